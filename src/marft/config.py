@@ -1,0 +1,524 @@
+"""Typed, validated configuration.
+
+A YAML file (or a built-in preset) becomes a tree of dataclasses. Every key is checked against the
+dataclass fields before anything heavy is loaded: an unknown key, a wrong type or an out-of-range
+value raises :class:`ConfigError` naming the dotted key and what is allowed.
+
+Example:
+    >>> cfg = load_config("demo", overrides=["algorithm.policy_lr=0.01"])
+    >>> cfg.algorithm.policy_lr
+    0.01
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range.
+
+    Attributes:
+        key: dotted path of the offending key (``""`` for the whole file).
+        message: what is wrong and what is allowed.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}" if key else message)
+
+
+def _check(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(key, message)
+
+
+# --------------------------------------------------------------------------------------------- sections
+
+
+@dataclass
+class TinyModelConfig:
+    """The built-in tiny Llama model (random weights, word-level tokenizer trained locally)."""
+
+    hidden_size: int = 64
+    """Width of the residual stream."""
+    num_layers: int = 2
+    """Number of transformer blocks."""
+    num_heads: int = 4
+    """Attention heads (must divide ``hidden_size``)."""
+    intermediate_size: int = 128
+    """MLP width."""
+    initializer_range: float = 0.02
+    """Std of the random init. A frozen base at 0.02 cannot produce peaked distributions through LoRA
+    alone; pair it with ``lora.modules_to_save: [lm_head]`` or raise it to ~0.2."""
+    seed: int = 0
+    """Seed of the random weights."""
+    extra_words: list[str] = field(default_factory=list)
+    """Words added to the tokenizer's vocabulary beyond the built-in corpus and the env's words."""
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            _check(getattr(self, name) > 0, name, "must be a positive integer")
+        _check(self.hidden_size % self.num_heads == 0, "num_heads", "must divide hidden_size")
+        _check(self.initializer_range > 0, "initializer_range", "must be > 0")
+
+
+@dataclass
+class ModelConfig:
+    """The one base model shared by the whole team."""
+
+    name: str = "tiny"
+    """``tiny`` for the built-in model, or any Hugging Face causal LM name or local path."""
+    gguf_file: str | None = None
+    """A GGUF file inside ``name`` (a local folder) to load with transformers' GGUF support."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Dtype of the frozen base; ``auto`` is float32 on CPU and bfloat16 on CUDA. Adapters, the
+    value head and optimizer states are always float32."""
+    device: str = "auto"
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    trust_remote_code: bool = False
+    """Passed to ``from_pretrained``."""
+    local_files_only: bool = False
+    """Never touch the network when loading ``name`` (also on when ``HF_HUB_OFFLINE=1``)."""
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    """Shape of the built-in model (used only when ``name: tiny``)."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "name", "must name a model: 'tiny' or a Hugging Face name/path")
+        dev = self.device
+        _check(
+            dev in ("auto", "cpu", "cuda", "mps") or dev.startswith("cuda:"),
+            "device",
+            f"must be auto, cpu, cuda, cuda:N or mps, got {dev!r}",
+        )
+
+
+@dataclass
+class LoraSettings:
+    """Each agent is one LoRA adapter with these settings (PEFT ``LoraConfig``)."""
+
+    r: int = 8
+    """Rank."""
+    alpha: float = 16.0
+    """Scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = 0.0
+    """LoRA dropout. 0 keeps the PPO ratio exactly 1 at the first epoch."""
+    target_modules: list[str] | str = "all-linear"
+    """Module names to adapt, or ``all-linear``."""
+    modules_to_save: list[str] = field(default_factory=list)
+    """Modules copied and trained in full per agent (e.g. ``[lm_head]`` for the tiny model)."""
+
+    def __post_init__(self) -> None:
+        _check(self.r > 0, "r", "must be a positive integer")
+        _check(self.alpha > 0, "alpha", "must be > 0")
+        _check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+
+
+@dataclass
+class AgentConfig:
+    """One member of the team: a role, a prompt and a LoRA adapter of its own."""
+
+    role: str
+    """Unique name; also the adapter's name and its checkpoint folder."""
+    system_prompt: str = ""
+    """The role prompt, sent as the system message through the tokenizer's chat template."""
+    observes: list[str] | None = None
+    """Roles whose outputs this agent sees (the Flex-MG dependency function D). Default: every
+    agent declared before it. ``[]`` means it sees only the environment."""
+    trainable: bool = True
+    """Whether RL updates this agent's adapter."""
+    graded: bool = False
+    """Whether the environment grades this agent's output (envs that grade read this)."""
+
+    def __post_init__(self) -> None:
+        import re
+
+        _check(
+            bool(re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,63}", self.role))
+            and self.role != "default"
+            and self.role not in "lora_",  # PEFT mistakes such adapter names for its own prefix
+            "role",
+            f"must be an identifier (letters, digits, _; not 'default' nor part of 'lora_'), got {self.role!r}",
+        )
+
+
+@dataclass
+class TeamConfig:
+    """The LaMAS: agents in declaration order and how they see each other."""
+
+    agents: list[AgentConfig] = field(default_factory=list)
+    """The agents. Acting order is a topological order of the dependency graph."""
+    message_format: str = "{role}: {content}"
+    """How an observed agent's output is quoted in a prompt; fields ``{role}`` and ``{content}``."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.agents) > 0, "agents", "the team needs at least one agent")
+        try:
+            self.message_format.format(role="r", content="c")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError("message_format", f"only {{role}} and {{content}} may be used ({e})") from None
+
+
+@dataclass
+class EnvConfig:
+    """The environment, vectorised over ``n_envs`` copies."""
+
+    name: str = "signal"
+    """A registered env name or ``package.module:Class``."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Arguments of the env, validated against its own config class."""
+    n_envs: int = 64
+    """Parallel copies; every iteration collects ``n_envs * steps_per_iter`` team steps."""
+    horizon: int = 1
+    """Maximum steps of one episode; an episode that reaches it ends (and resets)."""
+    reward_assignment: Literal["last", "shared", "per_agent"] = "last"
+    """``last``: the team reward goes to the last agent in acting order (as in the MARFT paper);
+    ``shared``: every agent gets it; ``per_agent``: the env gives each agent its own."""
+
+    def __post_init__(self) -> None:
+        _check(self.n_envs > 0, "n_envs", "must be a positive integer")
+        _check(self.horizon > 0, "horizon", "must be a positive integer")
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling of the agents' actions during training rollouts."""
+
+    temperature: float = 1.0
+    """Softmax temperature; the PPO ratio uses log-probs of this same distribution."""
+    top_k: int = 0
+    """Keep only the k most likely tokens (0: off)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0: off)."""
+    max_new_tokens: int = 8
+    """Longest action, in tokens."""
+    backend: str = "hf"
+    """Generation backend (see ``marft.rollout.ROLLOUT_BACKENDS``)."""
+
+    def __post_init__(self) -> None:
+        _check(self.temperature > 0, "temperature", "must be > 0")
+        _check(self.top_k >= 0, "top_k", "must be >= 0 (0 turns it off)")
+        _check(0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]")
+        _check(self.max_new_tokens > 0, "max_new_tokens", "must be a positive integer")
+
+
+@dataclass
+class AlgorithmConfig:
+    """The RL algorithm and its hyper-parameters."""
+
+    name: str = "appo"
+    """A registered algorithm (see ``marft.trainer.ALGORITHMS``)."""
+    gamma: float = 1.0
+    """Discount over (step, agent) micro-steps."""
+    lam: float = 0.95
+    """GAE lambda."""
+    clip_eps: float = 0.2
+    """PPO ratio clip."""
+    value_clip_eps: float | None = 0.2
+    """Clip of the value update around the old values (None: off)."""
+    value_loss: Literal["huber", "mse"] = "huber"
+    """Value regression loss: symmetric Huber or 0.5 * squared error."""
+    huber_delta: float = 1.0
+    """Huber threshold."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight."""
+    policy_lr: float = 1e-3
+    """Learning rate of every agent's adapter."""
+    critic_lr: float = 1e-3
+    """Learning rate of the value head."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    ppo_epochs: int = 2
+    """Passes over each rollout."""
+    num_minibatches: int = 1
+    """Optimizer steps per epoch and agent."""
+    micro_batch_size: int = 64
+    """Sequences per forward/backward; gradients accumulate up to a minibatch (bounds memory)."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip per agent and for the critic."""
+    normalize_advantages: bool = True
+    """Standardise advantages over the real entries of the batch."""
+    target_kl: float | None = None
+    """Stop an agent's epochs early once its approximate KL exceeds this (None: off)."""
+    logprob_norm: Literal["sum", "token_mean", "word_mean"] = "sum"
+    """An action's log-prob: sum of token log-probs, or divided by its token or word count."""
+    critic_warmup_iters: int = 0
+    """First iterations that train only the critic."""
+    agent_by_agent: int = 0
+    """If K > 0, only one trainable agent updates at a time, switching every K iterations."""
+    value_head_hidden: int = 128
+    """Width of the value head's hidden layer (0: a linear head)."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.gamma <= 1.0, "gamma", "must be in [0, 1]")
+        _check(0.0 <= self.lam <= 1.0, "lam", "must be in [0, 1]")
+        _check(self.clip_eps > 0, "clip_eps", "must be > 0")
+        _check(self.value_clip_eps is None or self.value_clip_eps > 0, "value_clip_eps", "must be > 0 or null")
+        _check(self.huber_delta > 0, "huber_delta", "must be > 0")
+        _check(self.policy_lr > 0, "policy_lr", "must be > 0")
+        _check(self.critic_lr > 0, "critic_lr", "must be > 0")
+        _check(self.ppo_epochs > 0, "ppo_epochs", "must be a positive integer")
+        _check(self.num_minibatches > 0, "num_minibatches", "must be a positive integer")
+        _check(self.micro_batch_size > 0, "micro_batch_size", "must be a positive integer")
+        _check(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
+        _check(self.target_kl is None or self.target_kl > 0, "target_kl", "must be > 0 or null")
+        _check(self.critic_warmup_iters >= 0, "critic_warmup_iters", "must be >= 0")
+        _check(self.agent_by_agent >= 0, "agent_by_agent", "must be >= 0 (0 trains all agents together)")
+        _check(self.value_head_hidden >= 0, "value_head_hidden", "must be >= 0")
+
+
+@dataclass
+class RunConfig:
+    """Length, seeding and logging of a training run."""
+
+    iterations: int = 60
+    """Training iterations (one rollout + one update each)."""
+    steps_per_iter: int = 1
+    """Team steps each env copy takes per iteration (T in the ``[B, T, N]`` buffers)."""
+    seed: int = 0
+    """Seed of python, numpy, torch, the envs and sampling."""
+    transcripts_per_iter: int = 2
+    """Finished episodes written to ``transcripts.jsonl`` per iteration."""
+    tensorboard: bool = True
+    """Write TensorBoard event files."""
+    progress: bool = True
+    """Show a progress bar with the live return."""
+    torch_threads: int = 0
+    """CPU threads for torch (0: torch's default)."""
+
+    def __post_init__(self) -> None:
+        _check(self.iterations > 0, "iterations", "must be a positive integer")
+        _check(self.steps_per_iter > 0, "steps_per_iter", "must be a positive integer")
+        _check(self.transcripts_per_iter >= 0, "transcripts_per_iter", "must be >= 0")
+        _check(self.torch_threads >= 0, "torch_threads", "must be >= 0")
+
+
+@dataclass
+class Config:
+    """A whole run: every section has defaults except the team."""
+
+    team: TeamConfig
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+
+
+# --------------------------------------------------------------------------------------- conversion
+
+
+def _join(path: str, key: str | int) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is not None:
+        return getattr(origin, "__name__", str(origin))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin is Literal:
+        _check(value in typing.get_args(tp), path, f"must be {_type_name(tp)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            _check(type(None) in args, path, f"must be {_type_name(tp)}, got null")
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, path)
+            except ConfigError as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(path, f"must be {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        _check(isinstance(value, list), path, f"must be a list, got {value!r}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_convert(item, v, _join(path, i)) for i, v in enumerate(value)]
+    if origin is dict:
+        _check(isinstance(value, dict), path, f"must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        _check(isinstance(value, bool), path, f"must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), path, f"must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads "1e-3" as a string
+                value = float(value)
+            except ValueError:
+                pass
+        _check(
+            isinstance(value, (int, float)) and not isinstance(value, bool), path, f"must be a number, got {value!r}"
+        )
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), path, f"must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {path}")
+
+
+def from_dict(cls: type, data: Any, path: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, refusing unknown keys and wrong types.
+
+    Raises:
+        ConfigError: naming the dotted key and what is allowed.
+    """
+    _check(isinstance(data, dict), path, f"must be a mapping with keys of {cls.__name__}, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(_join(path, key), f"unknown key{hint}; allowed keys: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _convert(hints[k], v, _join(path, k)) for k, v in data.items()}
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(_join(path, name), "is required")
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(_join(path, e.key), e.message) from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The plain-data form of a config (what is written to ``config.yaml``)."""
+    return dataclasses.asdict(cfg)
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+
+def preset_names() -> list[str]:
+    """Names of the YAML presets shipped inside the package."""
+    return sorted(p.name[:-5] for p in resources.files("marft.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_source(source: str | Path) -> dict[str, Any]:
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise ConfigError("", f"config file {str(path)!r} does not exist")
+        text = path.read_text()
+    elif str(source) in preset_names():
+        text = resources.files("marft.presets").joinpath(f"{source}.yaml").read_text()
+    else:
+        raise ConfigError(
+            "", f"{str(source)!r} is neither a YAML file nor a preset; presets: {', '.join(preset_names())}"
+        )
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError("", f"{source} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    _check(isinstance(data, dict), "", f"{source} must hold a mapping at the top level")
+    return data
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply one ``dotted.key=value`` override in place; the value is parsed as YAML.
+
+    List items are addressed by index: ``team.agents.1.trainable=false``.
+    """
+    if "=" not in override:
+        raise ConfigError(override, "an override must look like dotted.key=value")
+    key, raw = override.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            _check(part.isdigit() and int(part) < len(node), where, f"no list item {part}")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+        _check(isinstance(node, (dict, list)), where, "is not a section, so it has no sub-keys")
+    last = parts[-1]
+    if isinstance(node, list):
+        _check(last.isdigit() and int(last) < len(node), key, f"no list item {last}")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def load_config(source: str | Path | None = "demo", overrides: list[str] | None = None) -> Config:
+    """Read a YAML file or preset, apply ``key=value`` overrides and validate everything.
+
+    Cross-section checks (the dependency graph, the env's own arguments, the algorithm name) run
+    here too, so that every mistake surfaces before a model is loaded.
+
+    Raises:
+        ConfigError: on the first problem, naming the key.
+    """
+    data = _read_source(source if source is not None else "demo")
+    for ov in overrides or []:
+        apply_override(data, ov)
+    cfg = from_dict(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Checks that span sections: the team graph, the env and its arguments, the algorithm."""
+    # Imported here: config is the bottom layer and must not pull in models at import time.
+    from marft.envs import env_config_class
+    from marft.rollout.backends import ROLLOUT_BACKENDS
+    from marft.team.graph import TeamGraph
+    from marft.trainer.algorithms import ALGORITHMS
+
+    TeamGraph.from_config(cfg.team)
+    if cfg.algorithm.name not in ALGORITHMS:
+        raise ConfigError("algorithm.name", f"unknown algorithm {cfg.algorithm.name!r}; choose one of: {', '.join(ALGORITHMS.names())}")
+    if cfg.sampling.backend not in ROLLOUT_BACKENDS:
+        raise ConfigError("sampling.backend", f"unknown backend {cfg.sampling.backend!r}; choose one of: {', '.join(ROLLOUT_BACKENDS.names())}")
+    try:
+        env_cfg_cls = env_config_class(cfg.env.name)
+    except (KeyError, ImportError, AttributeError) as e:
+        raise ConfigError("env.name", str(e).strip("'\"")) from None
+    env_kwargs = from_dict(env_cfg_cls, cfg.env.kwargs, "env.kwargs") if env_cfg_cls is not None else cfg.env.kwargs
+    roles = [a.role for a in cfg.team.agents]
+    check_team = getattr(env_cfg_cls, "check_team", None)
+    if check_team is not None:
+        problem = check_team(env_kwargs, cfg.team)
+        if problem:
+            raise ConfigError(problem[0], problem[1])
+    if not any(a.trainable for a in cfg.team.agents):
+        raise ConfigError("team.agents", f"no agent is trainable among {roles}; set trainable: true on one")

@@ -1,0 +1,102 @@
+"""The environment protocol.
+
+An environment is any object with
+
+* ``reset(seed) -> Observation``
+* ``step(actions) -> StepResult`` where ``actions`` maps each role to its decoded text,
+
+found by registered name (``env.name: signal``) or by ``package.module:Class``. An env class may
+carry a ``Config`` dataclass: its ``env.kwargs`` are then validated against it before any model
+loads, and the instance is built as ``Class(config)``; otherwise as ``Class(**kwargs)``.
+
+Example:
+    >>> from marft.envs import make_env
+    >>> env = make_env("signal", {"symbols": ["red", "blue"]})
+    >>> obs = env.reset(seed=0)
+    >>> result = env.step({"speaker": "x", "listener": "red"})
+    >>> result.done
+    True
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from marft.registry import Registry
+
+
+@dataclass
+class Observation:
+    """What the env shows the team at one step.
+
+    Attributes:
+        text: shown to every agent.
+        private: extra text shown only to the named roles (e.g. a secret for one agent).
+    """
+
+    text: str
+    private: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StepResult:
+    """The outcome of one team step.
+
+    Attributes:
+        observation: the next observation (ignored when ``done``; the env is reset).
+        rewards: the team reward, or a reward per role.
+        done: whether the episode ended after this step.
+        info: anything worth logging (kept in transcripts).
+    """
+
+    observation: Observation
+    rewards: float | Mapping[str, float]
+    done: bool
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Env(Protocol):
+    """A multi-agent text environment (one copy; the collector vectorises copies)."""
+
+    def reset(self, seed: int | None = None) -> Observation: ...
+
+    def step(self, actions: Mapping[str, str]) -> StepResult: ...
+
+
+ENVS: Registry[type] = Registry("env")
+
+
+def _resolve(name: str) -> type:
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as e:
+            raise ImportError(f"cannot import env module {module!r} ({e}); is it on PYTHONPATH?") from None
+        try:
+            return getattr(mod, attr)
+        except AttributeError:
+            raise AttributeError(f"module {module!r} has no env class {attr!r}") from None
+    import marft.envs  # noqa: F401  (registers the built-in envs)
+
+    return ENVS.get(name)
+
+
+def env_config_class(name: str) -> type | None:
+    """The ``Config`` dataclass of env ``name``, or None when it takes free keyword arguments."""
+    return getattr(_resolve(name), "Config", None)
+
+
+def make_env(name: str, kwargs: Mapping[str, Any] | None = None) -> Env:
+    """Build one env copy by registered name or ``module:Class``; kwargs are validated first."""
+    from marft.config import from_dict
+
+    cls = _resolve(name)
+    cfg_cls = getattr(cls, "Config", None)
+    if cfg_cls is not None:
+        return cls(from_dict(cfg_cls, dict(kwargs or {}), "env.kwargs"))
+    return cls(**dict(kwargs or {}))

@@ -1,0 +1,275 @@
+"""One base model for the whole team: a named LoRA adapter per agent and a value head.
+
+The reference MARFT code loads a full copy of the base for every agent and one more for the
+critic. Here the base is loaded once and frozen; each agent is a PEFT LoRA adapter named after its
+role, the reference policy is the base with adapters disabled, and the critic is a small value head
+on the base's final hidden state (adapters disabled), so its features are computed once per
+observation and never need a backward through the base.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import Tensor, nn
+
+from marft.config import LoraSettings, ModelConfig
+from marft.models.logprobs import logprobs_and_entropy, warp_logits
+
+
+class ModelLoadError(RuntimeError):
+    """The base model or its tokenizer cannot be loaded (message says what to do)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"model.device is {name!r} but CUDA is not available; use model.device=cpu or auto")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` is float32 on CPU and bfloat16 on CUDA."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_base(cfg: ModelConfig, corpus: Sequence[str] = ()):
+    """Load the base causal LM and its tokenizer (``tiny`` builds the built-in model from ``corpus``).
+
+    Returns:
+        ``(model, tokenizer)`` with the tokenizer padding on the left and a pad token set.
+
+    Raises:
+        ModelLoadError: the model cannot be found (offline or misspelt) or has no chat template.
+    """
+    if cfg.name == "tiny":
+        from marft.models.tiny import build_tiny_model
+
+        model, tokenizer = build_tiny_model(cfg.tiny, corpus)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        offline = cfg.local_files_only or os.environ.get("HF_HUB_OFFLINE") == "1"
+        kw = dict(trust_remote_code=cfg.trust_remote_code, local_files_only=offline)
+        if cfg.gguf_file:
+            kw["gguf_file"] = cfg.gguf_file
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.name, **kw)
+            model = AutoModelForCausalLM.from_pretrained(cfg.name, **kw)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelLoadError(
+                f"cannot load model {cfg.name!r} ({first}). Give a local folder or a cached Hugging Face "
+                "name; offline, download it once elsewhere or use model.name=tiny."
+            ) from None
+        if tokenizer.chat_template is None:
+            raise ModelLoadError(
+                f"the tokenizer of {cfg.name!r} has no chat template; use an instruct/chat model "
+                "(marft builds every prompt with the tokenizer's chat template)"
+            )
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every token id that ends an action: the tokenizer's EOS and the generation config's."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None) if gen is not None else None
+    if isinstance(extra, int):
+        ids.add(extra)
+    elif extra:
+        ids.update(extra)
+    return sorted(ids)
+
+
+class ValueHead(nn.Module):
+    """The critic's head: ``[S, H]`` base features -> ``[S]`` values (float32)."""
+
+    def __init__(self, hidden_size: int, width: int = 128) -> None:
+        super().__init__()
+        if width > 0:
+            self.net = nn.Sequential(nn.Linear(hidden_size, width), nn.Tanh(), nn.Linear(width, 1))
+        else:
+            self.net = nn.Sequential(nn.Linear(hidden_size, 1))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net(features.float()).squeeze(-1)
+
+
+@dataclass
+class SequenceBatch:
+    """Prompt + response token ids of ``S`` actions.
+
+    Attributes:
+        prompt_ids: ``[S, P]`` left-padded prompt tokens.
+        prompt_mask: ``[S, P]`` 1 on real prompt tokens.
+        response_ids: ``[S, L]`` right-padded action tokens.
+        response_mask: ``[S, L]`` 1 on real action tokens.
+    """
+
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    response_ids: Tensor
+    response_mask: Tensor
+
+    def trimmed(self) -> SequenceBatch:
+        """Drop padding columns that every row has (leading for prompts, trailing for responses)."""
+        p_keep = self.prompt_mask.any(0).nonzero()
+        r_keep = self.response_mask.any(0).nonzero()
+        p0 = int(p_keep[0]) if len(p_keep) else self.prompt_mask.shape[1]
+        r1 = int(r_keep[-1]) + 1 if len(r_keep) else 1
+        return SequenceBatch(
+            self.prompt_ids[:, p0:], self.prompt_mask[:, p0:], self.response_ids[:, :r1], self.response_mask[:, :r1]
+        )
+
+
+def position_ids_from_mask(mask: Tensor) -> Tensor:
+    """Positions that ignore left padding: ``cumsum(mask) - 1``, clamped at 0."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class TeamModel(nn.Module):
+    """A frozen base, one LoRA adapter per role, and a value head.
+
+    Args:
+        base: a Hugging Face causal LM (frozen here).
+        tokenizer: its tokenizer (left padding).
+        roles: adapter names, one per agent.
+        lora: adapter settings shared by all agents.
+        value_head_width: hidden width of the value head (0: linear).
+        dtype: dtype of the frozen base; adapters and the value head stay float32.
+        device: where everything lives.
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        tokenizer,
+        roles: Sequence[str],
+        lora: LoraSettings,
+        value_head_width: int = 128,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        with_critic: bool = True,
+    ) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.roles = list(roles)
+        base = base.to(device=device, dtype=dtype)
+        base.requires_grad_(False)
+        if getattr(base.config, "use_cache", None) is False:
+            base.config.use_cache = True
+        peft_cfg = self._lora_config(lora)
+        self.policy: PeftModel = get_peft_model(base, peft_cfg, adapter_name=self.roles[0])
+        for role in self.roles[1:]:
+            self.policy.add_adapter(role, self._lora_config(lora))
+        # PEFT keeps adapters in float32 when the base is half precision (autocast_adapter_dtype).
+        hidden = base.config.get_text_config().hidden_size
+        self.value_head = ValueHead(hidden, value_head_width).to(device) if with_critic else None
+        self.eos_ids = eos_token_ids(base, tokenizer)
+        self.device = torch.device(device)
+        self.policy.eval()
+
+    @staticmethod
+    def _lora_config(lora: LoraSettings) -> LoraConfig:
+        return LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            modules_to_save=list(lora.modules_to_save) or None,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+
+    # ------------------------------------------------------------------------------ parameters
+
+    def adapter_parameters(self, role: str) -> list[nn.Parameter]:
+        """The trainable tensors of one agent (its LoRA matrices and ``modules_to_save`` copies)."""
+        tag = f".{role}."
+        return [p for n, p in self.policy.named_parameters() if tag in n and ("lora_" in n or "modules_to_save" in n)]
+
+    def base_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Every parameter of the frozen base (no adapter, no saved-module copy)."""
+        for n, p in self.policy.named_parameters():
+            if "lora_" not in n and "modules_to_save" not in n:
+                yield n, p
+
+    @contextmanager
+    def adapter(self, role: str | None) -> Iterator[None]:
+        """Run the policy as agent ``role``; ``None`` means the reference policy (the bare base)."""
+        if role is None:
+            with self.policy.disable_adapter():
+                yield
+            return
+        self.policy.set_adapter(role)
+        yield
+
+    # ------------------------------------------------------------------------------ forwards
+
+    def forward_logits(
+        self, input_ids: Tensor, attention_mask: Tensor, keep: int, adapter_names: list[str] | None = None, **kw
+    ):
+        """One forward of the active adapter(s); logits only for the last ``keep`` positions."""
+        extra = {"adapter_names": adapter_names} if adapter_names is not None else {}
+        return self.policy(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=kw.pop("position_ids", position_ids_from_mask(attention_mask)),
+            logits_to_keep=keep,
+            **extra,
+            **kw,
+        )
+
+    @torch.no_grad()
+    def critic_features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Final hidden state of the base (adapters disabled) at the last position.
+
+        Args:
+            input_ids: ``[S, P]`` left-padded observations.
+            attention_mask: ``[S, P]``.
+
+        Returns:
+            ``[S, H]`` float32 features; the frozen base makes them constant across epochs.
+        """
+        decoder = self.policy.get_base_model().get_decoder()
+        with self.adapter(None):
+            out = decoder(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+            )
+        return out.last_hidden_state[:, -1].float()
+
+    def action_logprobs(
+        self, batch: SequenceBatch, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+    ) -> tuple[Tensor, Tensor]:
+        """Token log-probs and entropies of the responses under the active adapter (with grad).
+
+        Logits are computed only for response positions, and the full-vocabulary tensor is dropped
+        as soon as log-probs and entropies are taken.
+
+        Args:
+            batch: prompts and responses of ``S`` actions.
+
+        Returns:
+            ``(logprobs, entropy)``, both ``[S, L]``, zero where ``response_mask`` is 0.
+        """
+        input_ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
+        mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)
+        L = batch.response_ids.shape[1]
+        logits = self.forward_logits(input_ids, mask, keep=L + 1).logits[:, :-1]
+        logits = warp_logits(logits, temperature, top_k, top_p)
+        logp, ent = logprobs_and_entropy(logits, batch.response_ids)
+        m = batch.response_mask.to(logp.dtype)
+        return logp * m, ent * m

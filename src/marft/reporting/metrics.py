@@ -1,0 +1,61 @@
+"""Where a run's numbers go: ``metrics.jsonl``, TensorBoard, ``transcripts.jsonl``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN; null means "no value this iteration"
+    return value
+
+
+class MetricsSink:
+    """Appends one JSON row per iteration and mirrors scalars to TensorBoard.
+
+    Args:
+        run_dir: the run directory.
+        tensorboard: also write TensorBoard event files under ``run_dir/tensorboard``.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.transcripts_path = self.run_dir / "transcripts.jsonl"
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+
+    def log(self, row: dict[str, Any]) -> None:
+        row = {k: _clean(v) for k, v in row.items()}
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            step = row["iteration"]
+            for k, v in row.items():
+                if k != "iteration" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, step)
+
+    def transcripts(self, iteration: int, items: list[dict[str, Any]]) -> None:
+        if not items:
+            return
+        with self.transcripts_path.open("a") as f:
+            for item in items:
+                f.write(json.dumps({"iteration": iteration, **item}, default=str) + "\n")
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

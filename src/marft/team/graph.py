@@ -1,0 +1,116 @@
+"""The Flex-MG dependency function D as a DAG over roles.
+
+Agent j acts after, and sees the outputs of, the agents it observes (MARFT, Liao et al. 2025,
+Sec. 3, "Flex-MG"). Agents whose inputs all exist act together: every agent at the same depth of
+the DAG is generated in one batched call, one adapter per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from marft.config import ConfigError, TeamConfig
+
+
+@dataclass(frozen=True)
+class Agent:
+    """One agent as the engine sees it (resolved from :class:`marft.config.AgentConfig`)."""
+
+    role: str
+    system_prompt: str
+    observes: tuple[str, ...]
+    trainable: bool
+    graded: bool
+    depth: int
+    index: int
+    """Position in acting order (the N axis of ``[B, T, N]`` buffers)."""
+
+
+@dataclass(frozen=True)
+class TeamGraph:
+    """Agents in acting order plus their grouping by depth.
+
+    Acting order is a topological order of the dependency DAG that keeps declaration order among
+    agents of equal depth. It is the order in which agent-wise GAE passes credit.
+    """
+
+    agents: tuple[Agent, ...]
+    message_format: str = "{role}: {content}"
+
+    @property
+    def roles(self) -> list[str]:
+        return [a.role for a in self.agents]
+
+    @property
+    def n_agents(self) -> int:
+        return len(self.agents)
+
+    @property
+    def levels(self) -> list[list[Agent]]:
+        """Agents grouped by depth, shallowest first; each group is one batched generation."""
+        depth = max(a.depth for a in self.agents)
+        return [[a for a in self.agents if a.depth == d] for d in range(depth + 1)]
+
+    def agent(self, role: str) -> Agent:
+        for a in self.agents:
+            if a.role == role:
+                return a
+        raise KeyError(f"no agent with role {role!r}; roles: {', '.join(self.roles)}")
+
+    @classmethod
+    def from_config(cls, team: TeamConfig) -> TeamGraph:
+        """Resolve defaults, check the graph and order it.
+
+        Raises:
+            ConfigError: on a duplicate role, an unknown observed role, self-observation or a cycle.
+        """
+        declared = [a.role for a in team.agents]
+        seen: set[str] = set()
+        for i, a in enumerate(team.agents):
+            if a.role in seen:
+                raise ConfigError(f"team.agents.{i}.role", f"duplicate role {a.role!r}; roles must be unique")
+            seen.add(a.role)
+        deps: dict[str, tuple[str, ...]] = {}
+        for i, a in enumerate(team.agents):
+            obs = tuple(declared[:i]) if a.observes is None else tuple(a.observes)
+            for j, r in enumerate(obs):
+                key = f"team.agents.{i}.observes.{j}"
+                if r not in seen:
+                    raise ConfigError(key, f"unknown role {r!r}; roles: {', '.join(declared)}")
+                if r == a.role:
+                    raise ConfigError(key, f"agent {r!r} cannot observe itself")
+            if len(set(obs)) != len(obs):
+                raise ConfigError(f"team.agents.{i}.observes", "lists a role twice")
+            deps[a.role] = obs
+
+        depth: dict[str, int] = {}
+        state: dict[str, int] = {}  # 1 = on the DFS stack, 2 = done
+
+        def visit(role: str, stack: list[str]) -> int:
+            if state.get(role) == 2:
+                return depth[role]
+            if state.get(role) == 1:
+                cycle = stack[stack.index(role) :] + [role]
+                raise ConfigError("team.agents", "the dependency graph has a cycle: " + " -> ".join(cycle))
+            state[role] = 1
+            d = 1 + max((visit(r, stack + [r]) for r in deps[role]), default=-1)
+            state[role] = 2
+            depth[role] = d
+            return d
+
+        for r in declared:
+            visit(r, [r])
+        order = sorted(range(len(declared)), key=lambda i: (depth[declared[i]], i))
+        agents = tuple(
+            Agent(
+                role=team.agents[i].role,
+                system_prompt=team.agents[i].system_prompt,
+                observes=deps[team.agents[i].role],
+                trainable=team.agents[i].trainable,
+                graded=team.agents[i].graded,
+                depth=depth[team.agents[i].role],
+                index=k,
+            )
+            for k, i in enumerate(order)
+        )
+        return cls(agents=agents, message_format=team.message_format)

@@ -1,0 +1,115 @@
+"""What an update may and may not touch: active adapters move, everything else stays bit-identical."""
+
+import json
+
+import torch
+from peft import PeftModel
+
+from marft.models import load_base
+from marft.trainer import Trainer
+from tests.conftest import small_config
+
+
+def snapshot(trainer):
+    m = trainer.model
+    return {
+        "base": {n: p.detach().clone() for n, p in m.base_parameters()},
+        **{r: [p.detach().clone() for p in m.adapter_parameters(r)] for r in m.roles},
+        "value_head": [p.detach().clone() for p in m.value_head.parameters()],
+    }
+
+
+def changed(before, after, key):
+    return any(not torch.equal(a, b) for a, b in zip(before[key], after[key], strict=True))
+
+
+def base_identical(before, after):
+    return all(torch.equal(before["base"][n], after["base"][n]) for n in before["base"])
+
+
+def make_trainer(tmp_path, *overrides):
+    trainer = Trainer(small_config(*overrides), tmp_path / "run")
+    trainer.setup()
+    return trainer
+
+
+def one_iteration(trainer, it):
+    rollout = trainer.collector.collect(trainer.cfg.run.steps_per_iter)
+    return trainer.algorithm.update(rollout, it)
+
+
+def test_every_trainable_adapter_and_the_critic_move_base_does_not(tmp_path):
+    trainer = make_trainer(tmp_path)
+    before = snapshot(trainer)
+    result = one_iteration(trainer, 0)
+    after = snapshot(trainer)
+    assert set(result.trained) == {"speaker", "listener"}
+    assert changed(before, after, "speaker") and changed(before, after, "listener")
+    assert changed(before, after, "value_head")
+    assert base_identical(before, after)
+    # every single trainable tensor received an update, not just some
+    for r in ("speaker", "listener"):
+        assert all(not torch.equal(a, b) for a, b in zip(before[r], after[r], strict=True))
+
+
+def test_agent_by_agent_touches_only_the_active_adapter(tmp_path):
+    trainer = make_trainer(tmp_path, "algorithm.agent_by_agent=2")
+    order = [trainer.algorithm.roles_to_train(i) for i in range(5)]
+    assert order == [["speaker"], ["speaker"], ["listener"], ["listener"], ["speaker"]]
+    for it, active in [(0, "speaker"), (2, "listener")]:
+        before = snapshot(trainer)
+        result = one_iteration(trainer, it)
+        after = snapshot(trainer)
+        other = {"speaker": "listener", "listener": "speaker"}[active]
+        assert result.trained == [active]
+        assert changed(before, after, active)
+        assert not changed(before, after, other)  # bit-identical, not merely close
+        assert base_identical(before, after)
+
+
+def test_frozen_agent_and_critic_warmup(tmp_path):
+    trainer = make_trainer(tmp_path, "team.agents.0.trainable=false", "algorithm.critic_warmup_iters=1")
+    before = snapshot(trainer)
+    assert one_iteration(trainer, 0).trained == []  # warm-up: critic only
+    mid = snapshot(trainer)
+    assert not changed(before, mid, "listener") and changed(before, mid, "value_head")
+    assert one_iteration(trainer, 1).trained == ["listener"]
+    after = snapshot(trainer)
+    assert changed(mid, after, "listener")
+    assert not changed(before, after, "speaker")
+    assert base_identical(before, after)
+
+
+def test_run_directory_contents_and_standalone_adapters(tmp_path):
+    cfg = small_config("run.tensorboard=true", "run.iterations=2")
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.setup()
+    result = trainer.train()
+    run = tmp_path / "run"
+    assert (run / "config.yaml").exists()
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1]
+    required = ["iteration", "env_steps", "episode_return", "time_s", "time_rollout_s", "time_update_s", "value_loss"]
+    for role in ("speaker", "listener"):
+        required += [f"policy_loss/{role}", f"approx_kl/{role}", f"entropy/{role}"]
+    for key in required:
+        assert key in rows[-1], key
+    assert rows[-1]["env_steps"] == 2 * 8
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    transcript = json.loads((run / "transcripts.jsonl").read_text().splitlines()[0])
+    turn = transcript["turns"][0]
+    assert [a["role"] for a in turn["agents"]] == ["speaker", "listener"]
+    assert turn["agents"][1]["messages"][-1]["content"].endswith("speaker: " + turn["agents"][0]["response"])
+    ckpt = result.checkpoint
+    assert (ckpt / "value_head.pt").exists() and (ckpt / "optimizers.pt").exists()
+
+    # Each adapter folder loads with PEFT alone and reproduces the trained agent.
+    base, _ = load_base(cfg.model, trainer._tiny_corpus(trainer.collector.envs[0]))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    for role in ("speaker", "listener"):
+        standalone = PeftModel.from_pretrained(base, str(ckpt / "adapters" / role)).eval()
+        with torch.no_grad(), trainer.model.adapter(role):
+            want = trainer.model.policy(input_ids=ids).logits
+            got = standalone(input_ids=ids).logits
+        torch.testing.assert_close(got, want)
+        base = standalone.unload()
