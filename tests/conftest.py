@@ -18,7 +18,9 @@ def _threads():
 
 def make_team_model(roles=("speaker", "listener"), modules_to_save=("lm_head",), seed=0) -> TeamModel:
     base, tok = load_base(ModelConfig(name="tiny", tiny=TinyModelConfig(seed=seed)), CORPUS)
-    lora = LoraSettings(r=4, alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=list(modules_to_save))
+    lora = LoraSettings(
+        r=4, alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=list(modules_to_save)
+    )
     return TeamModel(base, tok, list(roles), lora, value_head_width=16)
 
 

@@ -50,7 +50,9 @@ def test_bad_values_name_the_key(override, expected):
 
 
 def test_all_agents_frozen_is_an_error():
-    assert "no agent is trainable" in error_of("team.agents.0.trainable=false", "team.agents.1.trainable=false")
+    assert "no agent is trainable" in error_of(
+        "team.agents.0.trainable=false", "team.agents.1.trainable=false"
+    )
 
 
 def test_missing_file_and_team(tmp_path):
@@ -62,7 +64,16 @@ def test_missing_file_and_team(tmp_path):
 
 def test_cli_config_error_exits_2_without_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "marft.cli", "train", "--set", "algorithm.clip_eps=-1", "--out", str(tmp_path / "r")],
+        [
+            sys.executable,
+            "-m",
+            "marft.cli",
+            "train",
+            "--set",
+            "algorithm.clip_eps=-1",
+            "--out",
+            str(tmp_path / "r"),
+        ],
         capture_output=True,
         text=True,
     )
@@ -73,6 +84,8 @@ def test_cli_config_error_exits_2_without_traceback(tmp_path):
 
 
 def test_cli_help_documents_overrides():
-    proc = subprocess.run([sys.executable, "-m", "marft.cli", "train", "--help"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "marft.cli", "train", "--help"], capture_output=True, text=True
+    )
     assert proc.returncode == 0
     assert "--set" in proc.stdout and "--out" in proc.stdout and "metrics.jsonl" in proc.stdout

@@ -24,12 +24,28 @@ Examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="marft", description="Multi-agent reinforcement fine-tuning of LLM teams.")
+    p = argparse.ArgumentParser(
+        prog="marft", description="Multi-agent reinforcement fine-tuning of LLM teams."
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a team", description=TRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("config", nargs="?", default="demo", help=f"YAML file or preset ({', '.join(preset_names())}); default: demo")
+    t = sub.add_parser(
+        "train",
+        help="train a team",
+        description=TRAIN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     t.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "config",
+        nargs="?",
+        default="demo",
+        help=f"YAML file or preset ({', '.join(preset_names())}); default: demo",
+    )
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value by dotted key, e.g. algorithm.policy_lr=1e-3 (repeatable; values are YAML)",
     )
     t.add_argument("--out", type=Path, default=None, help="run directory (default: a new folder under runs/)")

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import types
@@ -263,7 +264,9 @@ class AlgorithmConfig:
         _check(0.0 <= self.gamma <= 1.0, "gamma", "must be in [0, 1]")
         _check(0.0 <= self.lam <= 1.0, "lam", "must be in [0, 1]")
         _check(self.clip_eps > 0, "clip_eps", "must be > 0")
-        _check(self.value_clip_eps is None or self.value_clip_eps > 0, "value_clip_eps", "must be > 0 or null")
+        _check(
+            self.value_clip_eps is None or self.value_clip_eps > 0, "value_clip_eps", "must be > 0 or null"
+        )
         _check(self.huber_delta > 0, "huber_delta", "must be > 0")
         _check(self.policy_lr > 0, "policy_lr", "must be > 0")
         _check(self.critic_lr > 0, "critic_lr", "must be > 0")
@@ -372,16 +375,18 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         _check(isinstance(value, bool), path, f"must be true or false, got {value!r}")
         return value
     if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), path, f"must be an integer, got {value!r}")
+        _check(
+            isinstance(value, int) and not isinstance(value, bool), path, f"must be an integer, got {value!r}"
+        )
         return value
     if tp is float:
         if isinstance(value, str):
-            try:  # YAML 1.1 reads "1e-3" as a string
+            with contextlib.suppress(ValueError):  # YAML 1.1 reads "1e-3" as a string
                 value = float(value)
-            except ValueError:
-                pass
         _check(
-            isinstance(value, (int, float)) and not isinstance(value, bool), path, f"must be a number, got {value!r}"
+            isinstance(value, (int, float)) and not isinstance(value, bool),
+            path,
+            f"must be a number, got {value!r}",
         )
         return float(value)
     if tp is str:
@@ -406,7 +411,11 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     kwargs = {k: _convert(hints[k], v, _join(path, k)) for k, v in data.items()}
     for name, f in fields.items():
-        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        if (
+            name not in kwargs
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ):
             raise ConfigError(_join(path, name), "is required")
     try:
         return cls(**kwargs)
@@ -506,14 +515,22 @@ def validate(cfg: Config) -> None:
 
     TeamGraph.from_config(cfg.team)
     if cfg.algorithm.name not in ALGORITHMS:
-        raise ConfigError("algorithm.name", f"unknown algorithm {cfg.algorithm.name!r}; choose one of: {', '.join(ALGORITHMS.names())}")
+        raise ConfigError(
+            "algorithm.name",
+            f"unknown algorithm {cfg.algorithm.name!r}; choose one of: {', '.join(ALGORITHMS.names())}",
+        )
     if cfg.sampling.backend not in ROLLOUT_BACKENDS:
-        raise ConfigError("sampling.backend", f"unknown backend {cfg.sampling.backend!r}; choose one of: {', '.join(ROLLOUT_BACKENDS.names())}")
+        raise ConfigError(
+            "sampling.backend",
+            f"unknown backend {cfg.sampling.backend!r}; choose one of: {', '.join(ROLLOUT_BACKENDS.names())}",
+        )
     try:
         env_cfg_cls = env_config_class(cfg.env.name)
     except (KeyError, ImportError, AttributeError) as e:
         raise ConfigError("env.name", str(e).strip("'\"")) from None
-    env_kwargs = from_dict(env_cfg_cls, cfg.env.kwargs, "env.kwargs") if env_cfg_cls is not None else cfg.env.kwargs
+    env_kwargs = (
+        from_dict(env_cfg_cls, cfg.env.kwargs, "env.kwargs") if env_cfg_cls is not None else cfg.env.kwargs
+    )
     roles = [a.role for a in cfg.team.agents]
     check_team = getattr(env_cfg_cls, "check_team", None)
     if check_team is not None:

@@ -56,7 +56,9 @@ def test_single_agent_is_ordinary_gae():
     # N = 1 reduces to CleanRL's GAE: gamma = 0.9, lam = 1 gives discounted returns minus values.
     rewards = torch.tensor([[[1.0], [1.0], [1.0]]])
     values = torch.zeros(1, 3, 1)
-    adv, ret = compute_agentwise_gae(rewards, values, torch.tensor([[0.0, 0.0, 1.0]]), torch.zeros(1), 0.9, 1.0)
+    adv, ret = compute_agentwise_gae(
+        rewards, values, torch.tensor([[0.0, 0.0, 1.0]]), torch.zeros(1), 0.9, 1.0
+    )
     torch.testing.assert_close(ret[0, :, 0], torch.tensor([1 + 0.9 + 0.81, 1 + 0.9, 1.0]))
 
 

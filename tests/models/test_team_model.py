@@ -17,7 +17,10 @@ def perturb(model, role, scale=0.5, seed=0):
 
 
 def prompts(model, n=4):
-    convs = [[{"role": "user", "content": f"name the secret colour {c}"}] for c in ["red", "blue", "green", "yellow"][:n]]
+    convs = [
+        [{"role": "user", "content": f"name the secret colour {c}"}]
+        for c in ["red", "blue", "green", "yellow"][:n]
+    ]
     enc = model.tokenizer.apply_chat_template(
         convs, add_generation_prompt=True, tokenize=True, padding=True, return_tensors="pt", return_dict=True
     )
@@ -33,7 +36,10 @@ def test_adding_agents_adds_only_adapter_parameters():
     n_base = sum(p.numel() for p in base_four.values())
     assert n_base == sum(p.numel() for p in base_one.values())
     per_adapter = sum(p.numel() for p in four.adapter_parameters("planner"))
-    assert all(sum(p.numel() for p in four.adapter_parameters(r)) == per_adapter for r in ["coder", "critic", "judge"])
+    assert all(
+        sum(p.numel() for p in four.adapter_parameters(r)) == per_adapter
+        for r in ["coder", "critic", "judge"]
+    )
     total_one = sum(p.numel() for p in one.policy.parameters())
     total_four = sum(p.numel() for p in four.policy.parameters())
     assert total_four - total_one == 3 * per_adapter
@@ -73,7 +79,10 @@ def test_reference_policy_and_critic_features_ignore_adapters(team_model):
     assert not torch.allclose(adapted, ref_after)
 
 
-@pytest.mark.parametrize("sampling", [SamplingConfig(max_new_tokens=5), SamplingConfig(max_new_tokens=5, temperature=0.7, top_k=10)])
+@pytest.mark.parametrize(
+    "sampling",
+    [SamplingConfig(max_new_tokens=5), SamplingConfig(max_new_tokens=5, temperature=0.7, top_k=10)],
+)
 def test_sampled_logprobs_equal_training_logprobs(team_model, sampling):
     """The PPO ratio starts at exactly 1: the sampler scores the distribution the learner scores."""
     perturb(team_model, "speaker", seed=3)

@@ -17,13 +17,17 @@ def test_default_observes_all_before_and_chain_order():
 
 
 def test_independent_agents_share_a_level():
-    g = TeamGraph.from_config(team({"role": "a", "observes": []}, {"role": "b", "observes": []}, {"role": "c"}))
+    g = TeamGraph.from_config(
+        team({"role": "a", "observes": []}, {"role": "b", "observes": []}, {"role": "c"})
+    )
     assert [[x.role for x in lvl] for lvl in g.levels] == [["a", "b"], ["c"]]
     assert [a.index for a in g.agents] == [0, 1, 2]
 
 
 def test_acting_order_is_topological_not_declaration():
-    g = TeamGraph.from_config(team({"role": "actor", "observes": ["planner"]}, {"role": "planner", "observes": []}))
+    g = TeamGraph.from_config(
+        team({"role": "actor", "observes": ["planner"]}, {"role": "planner", "observes": []})
+    )
     assert g.roles == ["planner", "actor"]
     assert g.agent("actor").depth == 1 and g.agent("actor").index == 1
 

@@ -89,7 +89,15 @@ def test_run_directory_contents_and_standalone_adapters(tmp_path):
     assert (run / "config.yaml").exists()
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1]
-    required = ["iteration", "env_steps", "episode_return", "time_s", "time_rollout_s", "time_update_s", "value_loss"]
+    required = [
+        "iteration",
+        "env_steps",
+        "episode_return",
+        "time_s",
+        "time_rollout_s",
+        "time_update_s",
+        "value_loss",
+    ]
     for role in ("speaker", "listener"):
         required += [f"policy_loss/{role}", f"approx_kl/{role}", f"entropy/{role}"]
     for key in required:

@@ -56,7 +56,9 @@ def ppo_policy_loss(
     return PolicyLoss(loss=loss, approx_kl=approx_kl, clipfrac=clipfrac)
 
 
-def regression_loss(pred: Tensor, target: Tensor, kind: Literal["huber", "mse"], huber_delta: float = 1.0) -> Tensor:
+def regression_loss(
+    pred: Tensor, target: Tensor, kind: Literal["huber", "mse"], huber_delta: float = 1.0
+) -> Tensor:
     """Elementwise ``0.5 * (pred - target)^2`` or the symmetric Huber loss with threshold ``delta``.
 
     Huber: ``0.5 e^2`` for ``|e| <= delta``, else ``delta * (|e| - 0.5 delta)`` (same on both sides).

@@ -47,9 +47,15 @@ class SignalConfig:
         roles = [a.role for a in team.agents]
         for key in ("informed_role", "answer_role"):
             if getattr(cfg, key) not in roles:
-                return f"env.kwargs.{key}", f"role {getattr(cfg, key)!r} is not in the team; roles: {', '.join(roles)}"
+                return (
+                    f"env.kwargs.{key}",
+                    f"role {getattr(cfg, key)!r} is not in the team; roles: {', '.join(roles)}",
+                )
         if cfg.informed_role == cfg.answer_role:
-            return "env.kwargs.answer_role", "must differ from informed_role, or there is nothing to coordinate"
+            return (
+                "env.kwargs.answer_role",
+                "must differ from informed_role, or there is nothing to coordinate",
+            )
         return None
 
 

@@ -31,7 +31,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"model.device is {name!r} but CUDA is not available; use model.device=cpu or auto")
+        raise ModelLoadError(
+            f"model.device is {name!r} but CUDA is not available; use model.device=cpu or auto"
+        )
     return torch.device(name)
 
 
@@ -131,7 +133,10 @@ class SequenceBatch:
         p0 = int(p_keep[0]) if len(p_keep) else self.prompt_mask.shape[1]
         r1 = int(r_keep[-1]) + 1 if len(r_keep) else 1
         return SequenceBatch(
-            self.prompt_ids[:, p0:], self.prompt_mask[:, p0:], self.response_ids[:, :r1], self.response_mask[:, :r1]
+            self.prompt_ids[:, p0:],
+            self.prompt_mask[:, p0:],
+            self.response_ids[:, :r1],
+            self.response_mask[:, :r1],
         )
 
 
@@ -199,7 +204,11 @@ class TeamModel(nn.Module):
     def adapter_parameters(self, role: str) -> list[nn.Parameter]:
         """The trainable tensors of one agent (its LoRA matrices and ``modules_to_save`` copies)."""
         tag = f".{role}."
-        return [p for n, p in self.policy.named_parameters() if tag in n and ("lora_" in n or "modules_to_save" in n)]
+        return [
+            p
+            for n, p in self.policy.named_parameters()
+            if tag in n and ("lora_" in n or "modules_to_save" in n)
+        ]
 
     def base_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Every parameter of the frozen base (no adapter, no saved-module copy)."""
@@ -220,7 +229,12 @@ class TeamModel(nn.Module):
     # ------------------------------------------------------------------------------ forwards
 
     def forward_logits(
-        self, input_ids: Tensor, attention_mask: Tensor, keep: int, adapter_names: list[str] | None = None, **kw
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        keep: int,
+        adapter_names: list[str] | None = None,
+        **kw,
     ):
         """One forward of the active adapter(s); logits only for the last ``keep`` positions."""
         extra = {"adapter_names": adapter_names} if adapter_names is not None else {}
@@ -247,7 +261,9 @@ class TeamModel(nn.Module):
         decoder = self.policy.get_base_model().get_decoder()
         with self.adapter(None):
             out = decoder(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask),
             )
         return out.last_hidden_state[:, -1].float()
 

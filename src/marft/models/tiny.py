@@ -20,7 +20,29 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 # Words that every tiny vocabulary holds, so that free-form agent messages have something to say.
-BASE_WORDS = ["a", "the", "is", "it", "yes", "no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "zero", "answer", "secret", ":", ",", "."]
+BASE_WORDS = [
+    "a",
+    "the",
+    "is",
+    "it",
+    "yes",
+    "no",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "zero",
+    "answer",
+    "secret",
+    ":",
+    ",",
+    ".",
+]
 
 
 def build_tiny_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerFast:
@@ -40,7 +62,9 @@ def build_tiny_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerFast:
     )
 
 
-def build_tiny_model(cfg: TinyModelConfig, corpus: Iterable[str]) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+def build_tiny_model(
+    cfg: TinyModelConfig, corpus: Iterable[str]
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     """A randomly initialised Llama sized by ``cfg`` and a tokenizer whose vocabulary covers ``corpus``."""
     tokenizer = build_tiny_tokenizer(list(corpus) + list(cfg.extra_words))
     config = LlamaConfig(

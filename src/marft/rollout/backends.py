@@ -49,7 +49,11 @@ class HFBackend:
 
     @torch.no_grad()
     def generate(
-        self, input_ids: Tensor, attention_mask: Tensor, roles: list[str], generator: torch.Generator | None = None
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        roles: list[str],
+        generator: torch.Generator | None = None,
     ) -> Generation:
         """Sample one action per row, row ``s`` with the adapter of ``roles[s]``.
 
@@ -74,7 +78,13 @@ class HFBackend:
         with nullcontext() if mixed else model.adapter(roles[0]):
             for _ in range(cfg.max_new_tokens):
                 out = model.forward_logits(
-                    ids, mask, keep=1, adapter_names=names, position_ids=pos, past_key_values=cache, use_cache=True
+                    ids,
+                    mask,
+                    keep=1,
+                    adapter_names=names,
+                    position_ids=pos,
+                    past_key_values=cache,
+                    use_cache=True,
                 )
                 cache = out.past_key_values
                 logp = warp_logits(out.logits[:, -1], cfg.temperature, cfg.top_k, cfg.top_p).log_softmax(-1)

@@ -80,11 +80,15 @@ class Rollout:
 def _pad_stack(tensors: Sequence[Tensor], value: float, left: bool) -> Tensor:
     """Stack ``[B, *]`` tensors of varying width along a new dim 1, padding the last dim."""
     width = max(t.shape[-1] for t in tensors)
-    padded = [F.pad(t, (width - t.shape[-1], 0) if left else (0, width - t.shape[-1]), value=value) for t in tensors]
+    padded = [
+        F.pad(t, (width - t.shape[-1], 0) if left else (0, width - t.shape[-1]), value=value) for t in tensors
+    ]
     return torch.stack(padded, dim=1)
 
 
-def team_reward_vector(rewards, roles: list[str], acting_roles: list[str], assignment: str) -> tuple[list[float], float]:
+def team_reward_vector(
+    rewards, roles: list[str], acting_roles: list[str], assignment: str
+) -> tuple[list[float], float]:
     """Split one step's env reward over the agents.
 
     Returns:
@@ -93,8 +97,10 @@ def team_reward_vector(rewards, roles: list[str], acting_roles: list[str], assig
     if isinstance(rewards, (int, float)):
         team = float(rewards)
         if assignment == "per_agent":
-            raise ValueError("env.reward_assignment is per_agent but the env returned one team reward; "
-                             "return a mapping role -> reward or use 'last' or 'shared'")
+            raise ValueError(
+                "env.reward_assignment is per_agent but the env returned one team reward; "
+                "return a mapping role -> reward or use 'last' or 'shared'"
+            )
         if assignment == "last":
             return [0.0] * (len(acting_roles) - 1) + [team], team
         return [team] * len(acting_roles), team
@@ -149,7 +155,12 @@ class Collector:
 
     def _encode(self, conversations: list[list[dict[str, str]]]) -> tuple[Tensor, Tensor]:
         enc = self.model.tokenizer.apply_chat_template(
-            conversations, add_generation_prompt=True, tokenize=True, padding=True, return_tensors="pt", return_dict=True
+            conversations,
+            add_generation_prompt=True,
+            tokenize=True,
+            padding=True,
+            return_tensors="pt",
+            return_dict=True,
         )
         return enc["input_ids"].to(self.model.device), enc["attention_mask"].to(self.model.device)
 
@@ -171,7 +182,11 @@ class Collector:
             convs_kept: list[dict[str, list]] = [{} for _ in range(keep)]
             for level in graph.levels:
                 t0 = time.perf_counter()
-                convs = [build_messages(a, self.obs[b], outputs[b], graph.message_format) for a in level for b in range(B)]
+                convs = [
+                    build_messages(a, self.obs[b], outputs[b], graph.message_format)
+                    for a in level
+                    for b in range(B)
+                ]
                 ids, mask = self._encode(convs)
                 row_roles = [a.role for a in level for _ in range(B)]
                 timings["env"] += time.perf_counter() - t0
@@ -205,7 +220,9 @@ class Collector:
             t0 = time.perf_counter()
             for b, env in enumerate(self.envs):
                 result = env.step(outputs[b])
-                r_vec, team_r = team_reward_vector(result.rewards, roles, roles, self.env_cfg.reward_assignment)
+                r_vec, team_r = team_reward_vector(
+                    result.rewards, roles, roles, self.env_cfg.reward_assignment
+                )
                 rewards[b, t] = torch.tensor(r_vec)
                 self._ep_return[b] += team_r
                 self._ep_len[b] += 1
@@ -214,7 +231,8 @@ class Collector:
                         {
                             "step": self._ep_len[b] - 1,
                             "agents": [
-                                {"role": r, "messages": convs_kept[b][r], "response": outputs[b][r]} for r in roles
+                                {"role": r, "messages": convs_kept[b][r], "response": outputs[b][r]}
+                                for r in roles
                             ],
                             "reward": team_r,
                             "info": result.info,
@@ -226,7 +244,9 @@ class Collector:
                     ep_returns.append(self._ep_return[b])
                     ep_lengths.append(self._ep_len[b])
                     if b < keep and len(transcripts) < self.transcripts_per_iter:
-                        transcripts.append({"env": b, "episode_return": self._ep_return[b], "turns": self._ep_turns[b]})
+                        transcripts.append(
+                            {"env": b, "episode_return": self._ep_return[b], "turns": self._ep_turns[b]}
+                        )
                     self._ep_return[b], self._ep_len[b] = 0.0, 0
                     self._ep_turns[b] = []
                     self.obs[b] = env.reset(seed=self._seeds.getrandbits(31))

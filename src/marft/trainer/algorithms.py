@@ -64,11 +64,15 @@ class APPO:
 
     uses_critic = True
 
-    def __init__(self, cfg: AlgorithmConfig, sampling: SamplingConfig, model: TeamModel, graph: TeamGraph) -> None:
+    def __init__(
+        self, cfg: AlgorithmConfig, sampling: SamplingConfig, model: TeamModel, graph: TeamGraph
+    ) -> None:
         self.cfg, self.sampling, self.model, self.graph = cfg, sampling, model, graph
         self.trainable = [a.role for a in graph.agents if a.trainable]
         self.optimizers = {
-            role: torch.optim.AdamW(model.adapter_parameters(role), lr=cfg.policy_lr, weight_decay=cfg.weight_decay)
+            role: torch.optim.AdamW(
+                model.adapter_parameters(role), lr=cfg.policy_lr, weight_decay=cfg.weight_decay
+            )
             for role in self.trainable
         }
         assert model.value_head is not None, "APPO needs the value head"
@@ -116,7 +120,9 @@ class APPO:
             steps = rollout.agents[agent.index]
             ent = float(masked_mean(steps.entropy, steps.sequences.response_mask))
             result.metrics[f"entropy/{role}"] = ent
-            result.metrics[f"response_tokens/{role}"] = float(steps.sequences.response_mask.sum(-1).float().mean())
+            result.metrics[f"response_tokens/{role}"] = float(
+                steps.sequences.response_mask.sum(-1).float().mean()
+            )
             if role in train:
                 adv = advantages[:, :, agent.index].reshape(-1)
                 m = mask[:, :, agent.index].reshape(-1)
@@ -137,7 +143,9 @@ class APPO:
             perm = torch.randperm(n, device=f.device)
             for idx in perm.chunk(cfg.num_minibatches):
                 v = self.model.value_head(f[idx])
-                loss = value_loss(v, ov[idx], ret[idx], m[idx], cfg.value_clip_eps, cfg.value_loss, cfg.huber_delta)
+                loss = value_loss(
+                    v, ov[idx], ret[idx], m[idx], cfg.value_clip_eps, cfg.value_loss, cfg.huber_delta
+                )
                 self.critic_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.model.value_head.parameters(), cfg.max_grad_norm)
@@ -145,7 +153,9 @@ class APPO:
                 losses.append(loss.detach())
         return float(torch.stack(losses).mean())
 
-    def _update_agent(self, role: str, steps: AgentSteps, advantages: Tensor, mask: Tensor) -> dict[str, float]:
+    def _update_agent(
+        self, role: str, steps: AgentSteps, advantages: Tensor, mask: Tensor
+    ) -> dict[str, float]:
         cfg, model = self.cfg, self.model
         seq, norm = steps.sequences, cfg.logprob_norm
         old = action_logprob(steps.old_logprobs, seq.response_mask, steps.word_counts, norm)
@@ -165,7 +175,10 @@ class APPO:
                     for sl in _micro_slices(len(mb), cfg.micro_batch_size):
                         idx = mb[sl]
                         batch = SequenceBatch(
-                            seq.prompt_ids[idx], seq.prompt_mask[idx], seq.response_ids[idx], seq.response_mask[idx]
+                            seq.prompt_ids[idx],
+                            seq.prompt_mask[idx],
+                            seq.response_ids[idx],
+                            seq.response_mask[idx],
                         ).trimmed()
                         tok_lp, tok_ent = model.action_logprobs(
                             batch, self.sampling.temperature, self.sampling.top_k, self.sampling.top_p

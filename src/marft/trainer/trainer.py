@@ -117,7 +117,9 @@ class Trainer:
         cfg = self.cfg
         start = time.perf_counter()
         env_steps = 0
-        bar = tqdm(range(cfg.run.iterations), desc="marft train", disable=not cfg.run.progress, dynamic_ncols=True)
+        bar = tqdm(
+            range(cfg.run.iterations), desc="marft train", disable=not cfg.run.progress, dynamic_ncols=True
+        )
         for it in bar:
             t0 = time.perf_counter()
             rollout = self.collector.collect(cfg.run.steps_per_iter)
