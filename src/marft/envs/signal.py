@@ -26,7 +26,8 @@ class SignalConfig:
     informed_role: str = "speaker"
     """Role that sees the secret."""
     answer_role: str = "listener"
-    """Role whose output is graded: its first word that is a symbol must be the secret."""
+    """Role whose output is graded: its first word that is a symbol must be the secret. The same
+    role as ``informed_role`` gives a single-agent baseline with nothing to coordinate."""
     rounds: int = 1
     """Secrets per episode (each round is one team step with its own reward)."""
     prompt: str = "name the secret colour"

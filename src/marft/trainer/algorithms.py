@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import time
+
 import torch
 from torch import Tensor
 
@@ -114,6 +116,7 @@ class APPO:
         result.metrics["value_mean"] = float(masked_mean(old_values, mask))
         result.metrics["return_target_mean"] = float(masked_mean(returns, mask))
 
+        self._fwd_bwd_s = 0.0
         train = set(self.roles_to_train(iteration))
         for agent in self.graph.agents:
             role = agent.role
@@ -132,6 +135,7 @@ class APPO:
                 result.metrics[f"policy_loss/{role}"] = 0.0
                 result.metrics[f"approx_kl/{role}"] = 0.0
         model.policy.eval()
+        result.metrics["time_fwd_bwd_s"] = self._fwd_bwd_s
         return result
 
     def _update_critic(self, feats: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor) -> float:
@@ -174,6 +178,7 @@ class APPO:
                     mb_real = mask[mb].sum().clamp(min=1.0)
                     for sl in _micro_slices(len(mb), cfg.micro_batch_size):
                         idx = mb[sl]
+                        t0 = time.perf_counter()
                         batch = SequenceBatch(
                             seq.prompt_ids[idx],
                             seq.prompt_mask[idx],
@@ -193,6 +198,7 @@ class APPO:
                         # gradient equals that of one pass over the whole minibatch.
                         share = mask[idx].sum() / mb_real
                         (loss * share).backward()
+                        self._fwd_bwd_s += time.perf_counter() - t0
                         losses.append(out.loss.detach() * share)
                         epoch_kls.append(out.approx_kl * share)
                         clipfracs.append(out.clipfrac)
