@@ -29,7 +29,11 @@ from pathlib import Path
 def team_overrides(n_agents: int) -> list[str]:
     roles = ["speaker", "listener", "checker", "judge"][:n_agents] if n_agents > 1 else ["solo"]
     agents = [
-        {"role": r, "system_prompt": "you see the secret . say one word to your partner", "observes": roles[:i]}
+        {
+            "role": r,
+            "system_prompt": "you see the secret . say one word to your partner",
+            "observes": roles[:i],
+        }
         for i, r in enumerate(roles)
     ]
     ov = [f"team.agents={json.dumps(agents)}"]
@@ -64,7 +68,9 @@ def run_one(model: str, n_agents: int, iters: int, n_envs: int, max_new_tokens: 
     rss_after_setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    phases: dict[str, list[float]] = {k: [] for k in ("iter", "generate", "score", "env", "update", "fwd_bwd")}
+    phases: dict[str, list[float]] = {
+        k: [] for k in ("iter", "generate", "score", "env", "update", "fwd_bwd")
+    }
     for it in range(iters + 1):  # the first iteration warms up and is not counted
         t0 = time.perf_counter()
         rollout = trainer.collector.collect(1)

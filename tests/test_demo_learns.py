@@ -25,7 +25,8 @@ def test_demo_team_learns_to_cooperate(tmp_path):
 
 def test_without_the_dependency_the_team_stays_at_chance(tmp_path):
     cfg = load_config(
-        "demo", ["run.progress=false", "run.tensorboard=false", "team.agents.1.observes=[]", "run.iterations=60"]
+        "demo",
+        ["run.progress=false", "run.tensorboard=false", "team.agents.1.observes=[]", "run.iterations=60"],
     )
     result = train(cfg, tmp_path / "nodep")
     r = returns(result)

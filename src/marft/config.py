@@ -245,6 +245,9 @@ class AlgorithmConfig:
     """Optimizer steps per epoch and agent."""
     micro_batch_size: int = 64
     """Sequences per forward/backward; gradients accumulate up to a minibatch (bounds memory)."""
+    micro_batch_tokens: int = 0
+    """If > 0, also cap a micro-batch at this many padded tokens, so memory stays bounded however
+    long prompts grow (later agents in a chain see every earlier output)."""
     max_grad_norm: float = 1.0
     """Gradient-norm clip per agent and for the critic."""
     normalize_advantages: bool = True
@@ -273,6 +276,7 @@ class AlgorithmConfig:
         _check(self.ppo_epochs > 0, "ppo_epochs", "must be a positive integer")
         _check(self.num_minibatches > 0, "num_minibatches", "must be a positive integer")
         _check(self.micro_batch_size > 0, "micro_batch_size", "must be a positive integer")
+        _check(self.micro_batch_tokens >= 0, "micro_batch_tokens", "must be >= 0 (0 turns it off)")
         _check(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
         _check(self.target_kl is None or self.target_kl > 0, "target_kl", "must be > 0 or null")
         _check(self.critic_warmup_iters >= 0, "critic_warmup_iters", "must be >= 0")

@@ -52,11 +52,6 @@ class SignalConfig:
                     f"env.kwargs.{key}",
                     f"role {getattr(cfg, key)!r} is not in the team; roles: {', '.join(roles)}",
                 )
-        if cfg.informed_role == cfg.answer_role:
-            return (
-                "env.kwargs.answer_role",
-                "must differ from informed_role, or there is nothing to coordinate",
-            )
         return None
 
 

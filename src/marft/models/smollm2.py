@@ -17,7 +17,9 @@ from pathlib import Path
 
 from marft.models.team_model import ModelLoadError
 
-DEFAULT_CACHE = Path(os.environ.get("MARFT_CACHE", Path.home() / ".cache" / "marft")) / "smollm2-135m-instruct"
+DEFAULT_CACHE = (
+    Path(os.environ.get("MARFT_CACHE", Path.home() / ".cache" / "marft")) / "smollm2-135m-instruct"
+)
 
 
 def smollm2_path(cache_dir: str | Path | None = None) -> Path:

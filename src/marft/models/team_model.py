@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils import ModulesToSaveWrapper
 from torch import Tensor, nn
 
 from marft.config import LoraSettings, ModelConfig
@@ -180,12 +181,34 @@ class TeamModel(nn.Module):
         self.policy: PeftModel = get_peft_model(base, peft_cfg, adapter_name=self.roles[0])
         for role in self.roles[1:]:
             self.policy.add_adapter(role, self._lora_config(lora))
-        # PEFT keeps adapters in float32 when the base is half precision (autocast_adapter_dtype).
+        # PEFT keeps LoRA matrices in float32 when the base is half precision; do the same for the
+        # full per-agent copies (modules_to_save), so every trainable tensor and its optimizer
+        # state is float32.
+        self._float32_saved_modules()
         hidden = base.config.get_text_config().hidden_size
         self.value_head = ValueHead(hidden, value_head_width).to(device) if with_critic else None
         self.eos_ids = eos_token_ids(base, tokenizer)
         self.device = torch.device(device)
         self.policy.eval()
+
+    def _float32_saved_modules(self) -> None:
+        def cast_in(module, args):
+            return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+        def cast_out(module, args, output):
+            return output.to(module._marft_out_dtype)
+
+        for wrapper in self.policy.modules():
+            if not isinstance(wrapper, ModulesToSaveWrapper):
+                continue
+            for copy in wrapper.modules_to_save.values():
+                params = list(copy.parameters())
+                if not params or params[0].dtype == torch.float32:
+                    continue
+                copy._marft_out_dtype = params[0].dtype  # the base's dtype, for the layers after it
+                copy.float()
+                copy.register_forward_pre_hook(cast_in)
+                copy.register_forward_hook(cast_out)
 
     @staticmethod
     def _lora_config(lora: LoraSettings) -> LoraConfig:

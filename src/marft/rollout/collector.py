@@ -152,6 +152,9 @@ class Collector:
         self._ep_return = [0.0] * len(envs)
         self._ep_len = [0] * len(envs)
         self._ep_turns: list[list[dict[str, Any]]] = [[] for _ in envs]
+        # Critic features of agent 0's observation of ``self.obs``: computed at the end of a rollout
+        # for bootstrapping, and reused as step 0's features by the next rollout.
+        self._first_features: Tensor | None = None
 
     def _encode(self, conversations: list[list[dict[str, str]]]) -> tuple[Tensor, Tensor]:
         enc = self.model.tokenizer.apply_chat_template(
@@ -163,6 +166,17 @@ class Collector:
             return_dict=True,
         )
         return enc["input_ids"].to(self.model.device), enc["attention_mask"].to(self.model.device)
+
+    def _features(self, ids: Tensor, mask: Tensor, reuse_first: bool, B: int) -> Tensor | None:
+        """Critic features of a level's rows; agent 0's rows at step 0 come from the cache."""
+        if not self.with_critic:
+            return None
+        if not (reuse_first and self._first_features is not None):
+            return self.model.critic_features(ids, mask)
+        if ids.shape[0] == B:
+            return self._first_features
+        rest = self.model.critic_features(ids[B:], mask[B:])
+        return torch.cat([self._first_features, rest], dim=0)
 
     @torch.no_grad()
     def collect(self, steps: int) -> Rollout:
@@ -194,7 +208,7 @@ class Collector:
                 gen = self.backend.generate(ids, mask, row_roles, self.generator)
                 timings["generate"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                feats = self.model.critic_features(ids, mask) if self.with_critic else None
+                feats = self._features(ids, mask, reuse_first=(t == 0 and level[0].index == 0), B=B)
                 timings["score"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 texts = tok.batch_decode(gen.response_ids, skip_special_tokens=True)
@@ -260,6 +274,7 @@ class Collector:
             t0 = time.perf_counter()
             ids, mask = self._encode([build_messages(first, o, {}, graph.message_format) for o in self.obs])
             last_features = self.model.critic_features(ids, mask)
+            self._first_features = last_features
             timings["score"] += time.perf_counter() - t0
 
         agents = []

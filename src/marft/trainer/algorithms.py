@@ -6,9 +6,8 @@ is a new class and a registration here, not an edit of the trainer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import time
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -51,8 +50,35 @@ def action_logprob(token_logprobs: Tensor, response_mask: Tensor, word_counts: T
     return total
 
 
-def _micro_slices(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+def micro_batches(idx: Tensor, seq: SequenceBatch, max_rows: int, max_tokens: int = 0) -> list[Tensor]:
+    """Split minibatch indices into micro-batches that bound memory.
+
+    Each micro-batch holds at most ``max_rows`` rows and, if ``max_tokens > 0``, at most
+    ``max_tokens`` padded tokens (rows x (longest prompt + longest response) after trimming), so
+    that agents late in a chain, whose prompts hold every earlier output, do not need more memory.
+
+    Args:
+        idx: ``[M]`` row indices, in the order to keep.
+        seq: the agent's sequences (for lengths).
+        max_rows: row cap.
+        max_tokens: padded-token cap (0: off).
+    """
+    if max_tokens <= 0:
+        return list(idx.split(max_rows))
+    p_len = seq.prompt_mask[idx].sum(-1).tolist()
+    r_len = seq.response_mask[idx].sum(-1).tolist()
+    groups: list[list[int]] = []
+    rows: list[int] = []
+    p_max = r_max = 0
+    for k, (p, r) in enumerate(zip(p_len, r_len, strict=True)):
+        p_new, r_new = max(p_max, p), max(r_max, r)
+        if rows and (len(rows) >= max_rows or (len(rows) + 1) * (p_new + r_new) > max_tokens):
+            groups.append(rows)
+            rows, p_new, r_new = [], p, r
+        rows.append(k)
+        p_max, r_max = p_new, r_new
+    groups.append(rows)
+    return [idx[torch.tensor(g, device=idx.device)] for g in groups]
 
 
 @ALGORITHMS.register("appo")
@@ -71,6 +97,7 @@ class APPO:
     ) -> None:
         self.cfg, self.sampling, self.model, self.graph = cfg, sampling, model, graph
         self.trainable = [a.role for a in graph.agents if a.trainable]
+        self._fwd_bwd_s = 0.0  # seconds in policy forwards and backwards, this update
         self.optimizers = {
             role: torch.optim.AdamW(
                 model.adapter_parameters(role), lr=cfg.policy_lr, weight_decay=cfg.weight_decay
@@ -161,59 +188,77 @@ class APPO:
         self, role: str, steps: AgentSteps, advantages: Tensor, mask: Tensor
     ) -> dict[str, float]:
         cfg, model = self.cfg, self.model
-        seq, norm = steps.sequences, cfg.logprob_norm
-        old = action_logprob(steps.old_logprobs, seq.response_mask, steps.word_counts, norm)
+        seq = steps.sequences
+        old = action_logprob(steps.old_logprobs, seq.response_mask, steps.word_counts, cfg.logprob_norm)
         params = model.adapter_parameters(role)
         opt = self.optimizers[role]
-        n = old.shape[0]
         losses, kls, clipfracs = [], [], []
         stopped = False
         with model.adapter(role):
             model.policy.train()
             for _ in range(cfg.ppo_epochs):
-                perm = torch.randperm(n, device=old.device)
-                epoch_kls = []
+                perm = torch.randperm(old.shape[0], device=old.device)
+                epoch_kl = torch.zeros((), device=old.device)
                 for mb in perm.chunk(cfg.num_minibatches):
                     opt.zero_grad(set_to_none=True)
-                    mb_real = mask[mb].sum().clamp(min=1.0)
-                    for sl in _micro_slices(len(mb), cfg.micro_batch_size):
-                        idx = mb[sl]
-                        t0 = time.perf_counter()
-                        batch = SequenceBatch(
-                            seq.prompt_ids[idx],
-                            seq.prompt_mask[idx],
-                            seq.response_ids[idx],
-                            seq.response_mask[idx],
-                        ).trimmed()
-                        tok_lp, tok_ent = model.action_logprobs(
-                            batch, self.sampling.temperature, self.sampling.top_k, self.sampling.top_p
-                        )
-                        lp = action_logprob(tok_lp, batch.response_mask, steps.word_counts[idx], norm)
-                        out = ppo_policy_loss(lp, old[idx], advantages[idx], mask[idx], cfg.clip_eps)
-                        loss = out.loss
-                        if cfg.entropy_coef:
-                            per_action = tok_ent.sum(-1) / batch.response_mask.sum(-1).clamp(min=1)
-                            loss = loss - cfg.entropy_coef * masked_mean(per_action, mask[idx])
-                        # Weight each micro-batch by its share of real samples: the accumulated
-                        # gradient equals that of one pass over the whole minibatch.
-                        share = mask[idx].sum() / mb_real
-                        (loss * share).backward()
-                        self._fwd_bwd_s += time.perf_counter() - t0
-                        losses.append(out.loss.detach() * share)
-                        epoch_kls.append(out.approx_kl * share)
-                        clipfracs.append(out.clipfrac)
+                    loss, kl, clipfrac = self.minibatch_backward(steps, old, advantages, mask, mb)
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                     opt.step()
-                kl = float(torch.stack(epoch_kls).sum()) / max(1, cfg.num_minibatches)
-                kls.append(kl)
-                if cfg.target_kl is not None and kl > cfg.target_kl:
+                    losses.append(loss)
+                    clipfracs.append(clipfrac)
+                    epoch_kl = epoch_kl + kl / cfg.num_minibatches
+                kls.append(float(epoch_kl))
+                if cfg.target_kl is not None and kls[-1] > cfg.target_kl:
                     stopped = True
                     break
-        n_mb = max(1, len(kls) * cfg.num_minibatches)
         return {
-            f"policy_loss/{role}": float(torch.stack(losses).sum()) / n_mb,
+            f"policy_loss/{role}": float(torch.stack(losses).mean()),
             f"approx_kl/{role}": kls[-1],
             f"clipfrac/{role}": float(torch.stack(clipfracs).mean()),
             f"epochs/{role}": float(len(kls)),
             f"kl_early_stop/{role}": float(stopped),
         }
+
+    def minibatch_backward(
+        self, steps: AgentSteps, old: Tensor, advantages: Tensor, mask: Tensor, mb: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Accumulate the gradient of one minibatch, micro-batch by micro-batch (active adapter).
+
+        Each micro-batch's loss is weighted by its share of the minibatch's real samples, so the
+        accumulated gradient equals that of a single pass over the whole minibatch whatever the
+        micro-batching.
+
+        Args:
+            steps: the agent's actions.
+            old: ``[S]`` action log-probs at sampling time.
+            advantages: ``[S]``.
+            mask: ``[S]`` real entries.
+            mb: indices of the minibatch.
+
+        Returns:
+            ``(policy_loss, approx_kl, clipfrac)`` of the minibatch, as detached scalars.
+        """
+        cfg, seq = self.cfg, steps.sequences
+        mb_real = mask[mb].sum().clamp(min=1.0)
+        loss_sum = kl_sum = clip_sum = torch.zeros((), device=old.device)
+        for idx in micro_batches(mb, seq, cfg.micro_batch_size, cfg.micro_batch_tokens):
+            t0 = time.perf_counter()
+            batch = SequenceBatch(
+                seq.prompt_ids[idx], seq.prompt_mask[idx], seq.response_ids[idx], seq.response_mask[idx]
+            ).trimmed()
+            tok_lp, tok_ent = self.model.action_logprobs(
+                batch, self.sampling.temperature, self.sampling.top_k, self.sampling.top_p
+            )
+            lp = action_logprob(tok_lp, batch.response_mask, steps.word_counts[idx], cfg.logprob_norm)
+            out = ppo_policy_loss(lp, old[idx], advantages[idx], mask[idx], cfg.clip_eps)
+            loss = out.loss
+            if cfg.entropy_coef:
+                per_action = tok_ent.sum(-1) / batch.response_mask.sum(-1).clamp(min=1)
+                loss = loss - cfg.entropy_coef * masked_mean(per_action, mask[idx])
+            share = mask[idx].sum() / mb_real
+            (loss * share).backward()
+            self._fwd_bwd_s += time.perf_counter() - t0
+            loss_sum = loss_sum + out.loss.detach() * share
+            kl_sum = kl_sum + out.approx_kl * share
+            clip_sum = clip_sum + out.clipfrac * share
+        return loss_sum, kl_sum, clip_sum

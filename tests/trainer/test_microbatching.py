@@ -1,0 +1,98 @@
+"""Micro-batching bounds memory without changing the gradient; half-precision bases keep fp32 adapters."""
+
+import torch
+
+from marft.models import SequenceBatch
+from marft.trainer import Trainer
+from marft.trainer.algorithms import action_logprob, micro_batches
+from tests.conftest import small_config
+
+
+def test_micro_batches_respect_row_and_token_caps():
+    seq = SequenceBatch(
+        prompt_ids=torch.zeros(5, 6, dtype=torch.long),
+        prompt_mask=torch.tensor(
+            [[0, 0, 0, 1, 1, 1], [1] * 6, [0, 0, 0, 0, 1, 1], [0, 0, 0, 1, 1, 1], [1] * 6]
+        ),
+        response_ids=torch.zeros(5, 2, dtype=torch.long),
+        response_mask=torch.tensor([[1, 1], [1, 0], [1, 0], [1, 1], [1, 1]]),
+    )
+    idx = torch.arange(5)
+    assert [g.tolist() for g in micro_batches(idx, seq, max_rows=2)] == [[0, 1], [2, 3], [4]]
+    # lengths (prompt + response): 5, 7, 3, 5, 8; cap 12 padded tokens
+    # [0] -> 5; [0,1] -> 2 * (6 + 2) = 16 > 12 -> split; [1] 7; [1,2] -> 2 * (6+1) = 14 > 12 -> split;
+    # [2] 3; [2,3] -> 2 * (3 + 2) = 10; [2,3,4] -> 3 * (6 + 2) = 24 -> split; [4]
+    groups = [g.tolist() for g in micro_batches(idx, seq, max_rows=10, max_tokens=12)]
+    assert groups == [[0], [1], [2, 3], [4]]
+
+
+def grads_with(trainer, steps, old, adv, mask, **cfg_changes):
+    for k, v in cfg_changes.items():
+        setattr(trainer.algorithm.cfg, k, v)
+    model = trainer.model
+    params = model.adapter_parameters("listener")
+    for p in params:
+        p.grad = None
+    with model.adapter("listener"):
+        loss, kl, _ = trainer.algorithm.minibatch_backward(steps, old, adv, mask, torch.arange(len(old)))
+    return loss, [p.grad.clone() for p in params]
+
+
+def test_gradient_is_independent_of_micro_batching(tmp_path):
+    trainer = Trainer(small_config("env.n_envs=12", "algorithm.entropy_coef=0.01"), tmp_path / "run")
+    trainer.setup()
+    rollout = trainer.collector.collect(1)
+    steps = rollout.agents[1]
+    seq = steps.sequences
+    old = action_logprob(steps.old_logprobs, seq.response_mask, steps.word_counts, "sum")
+    # advantages far from zero and a few padded (mask 0) entries
+    adv = torch.linspace(-2, 2, len(old))
+    mask = torch.ones(len(old))
+    mask[[1, 7]] = 0.0
+    # a non-trivial adapter, so that every LoRA matrix gets a gradient
+    with torch.no_grad():
+        for p in trainer.model.adapter_parameters("listener"):
+            p.add_(0.05 * torch.randn_like(p))
+    ref_loss, ref = grads_with(trainer, steps, old, adv, mask, micro_batch_size=64, micro_batch_tokens=0)
+    for changes in [
+        dict(micro_batch_size=1),
+        dict(micro_batch_size=5),
+        dict(micro_batch_size=64, micro_batch_tokens=40),
+    ]:
+        loss, got = grads_with(trainer, steps, old, adv, mask, **changes)
+        torch.testing.assert_close(loss, ref_loss)
+        for g, r in zip(got, ref, strict=True):
+            torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-4)
+    assert any(r.abs().sum() > 0 for r in ref)
+
+
+def test_bfloat16_base_keeps_float32_trainables_and_trains(tmp_path):
+    trainer = Trainer(small_config("model.dtype=bfloat16"), tmp_path / "run")
+    trainer.setup()
+    model = trainer.model
+    assert {p.dtype for _, p in model.base_parameters()} == {torch.bfloat16}
+    for role in model.roles:
+        assert {p.dtype for p in model.adapter_parameters(role)} == {torch.float32}
+    before = [p.detach().clone() for p in model.adapter_parameters("speaker")]
+    rollout = trainer.collector.collect(1)
+    result = trainer.algorithm.update(rollout, 0)
+    assert result.trained == ["speaker", "listener"]
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.metrics.values())
+    after = model.adapter_parameters("speaker")
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_cached_first_features_equal_fresh_ones(tmp_path):
+    """Step 0 reuses the bootstrap features of the previous rollout instead of a second forward."""
+    trainer = Trainer(small_config("team.agents.1.observes=[]"), tmp_path / "run")  # both agents at depth 0
+    trainer.setup()
+    collector = trainer.collector
+    first = collector.collect(1)
+    cached = collector._first_features.clone()
+    second = collector.collect(1)
+    torch.testing.assert_close(second.agents[0].features, cached)
+    # and they are what a fresh forward gives for those observations
+    ids = second.agents[0].sequences.prompt_ids
+    mask = second.agents[0].sequences.prompt_mask
+    torch.testing.assert_close(trainer.model.critic_features(ids, mask), cached, atol=1e-5, rtol=1e-5)
+    assert first.agents[1].features.shape == second.agents[1].features.shape
