@@ -41,7 +41,7 @@ def team_overrides(n_agents: int) -> list[str]:
     return ov
 
 
-def run_one(model: str, n_agents: int, iters: int, n_envs: int, max_new_tokens: int) -> dict:
+def run_one(model: str, n_agents: int, iters: int, n_envs: int, max_new_tokens: int, mb_tokens: int) -> dict:
     import torch
 
     from marft.config import load_config
@@ -55,12 +55,11 @@ def run_one(model: str, n_agents: int, iters: int, n_envs: int, max_new_tokens: 
         "algorithm.ppo_epochs=1",
         "algorithm.num_minibatches=1",
         f"algorithm.micro_batch_size={n_envs}",
+        f"algorithm.micro_batch_tokens={mb_tokens}",
         *team_overrides(n_agents),
     ]
     if model != "tiny":
         ov += [f"model.name={model}", "lora.modules_to_save=[]", "lora.target_modules=[q_proj,v_proj]"]
-        # A real model never emits EOS within a couple of tokens; force the full action length.
-        ov += ["sampling.temperature=1.0"]
     cfg = load_config("demo", ov)
     trainer = Trainer(cfg, Path("/tmp/marft-bench") / f"{Path(model).name}-{n_agents}")
     trainer.setup()
@@ -93,6 +92,7 @@ def run_one(model: str, n_agents: int, iters: int, n_envs: int, max_new_tokens: 
         "agents": n_agents,
         "n_envs": n_envs,
         "max_new_tokens": max_new_tokens,
+        "micro_batch_tokens": mb_tokens,
         "device": str(trainer.model.device),
         "iters": iters,
         "sec_iter": mean["iter"],
@@ -114,23 +114,31 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["tiny", "smollm2"], help="tiny, smollm2, or a model path")
     p.add_argument("--agents", nargs="+", type=int, default=[1, 2, 4])
     p.add_argument("--iters", type=int, default=3)
+    p.add_argument(
+        "--micro-batch-tokens",
+        type=int,
+        default=-1,
+        help="algorithm.micro_batch_tokens for every case (default: about one 1-agent batch; 0: off)",
+    )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/iteration.json"))
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = p.parse_args()
     if args.one:
-        model, n, iters, envs, tokens = args.one.split(",")
-        print(json.dumps(run_one(model, int(n), int(iters), int(envs), int(tokens))))
+        model, n, iters, envs, tokens, mbt = args.one.split(",")
+        print(json.dumps(run_one(model, int(n), int(iters), int(envs), int(tokens), int(mbt))))
         return
     rows = []
     for model in args.models:
         if model == "smollm2":
             from marft.models.smollm2 import smollm2_path
 
-            model, envs, tokens = str(smollm2_path()), 8, 16
+            model, envs, tokens, budget = str(smollm2_path()), 8, 16, 512
         else:
-            envs, tokens = 128, 2
+            envs, tokens, budget = 128, 2, 3072
+        if args.micro_batch_tokens >= 0:
+            budget = args.micro_batch_tokens
         for n in args.agents:
-            spec = f"{model},{n},{args.iters},{envs},{tokens}"
+            spec = f"{model},{n},{args.iters},{envs},{tokens},{budget}"
             out = subprocess.run([sys.executable, __file__, "--one", spec], capture_output=True, text=True)
             if out.returncode != 0:
                 sys.exit(f"benchmark {spec} failed:\n{out.stderr[-3000:]}")
@@ -140,7 +148,7 @@ def main() -> None:
                 f"{row['model']:>24} agents={n} iter={row['sec_iter']:.3f}s gen={row['sec_generate']:.3f} "
                 f"score={row['sec_score']:.3f} update={row['sec_update']:.3f} (fwd+bwd {row['sec_fwd_bwd']:.3f}) "
                 f"env+prompts={row['sec_env_prompts']:.3f} outside={100 * row['outside_gen_fwd_bwd_frac']:.1f}% "
-                f"peak={row['peak_mem_mb']:.0f}MB",
+                f"peak={row['peak_mem_mb']:.0f}MB mb_tokens={budget}",
                 flush=True,
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -121,3 +121,26 @@ def test_run_directory_contents_and_standalone_adapters(tmp_path):
             got = standalone(input_ids=ids).logits
         torch.testing.assert_close(got, want)
         base = standalone.unload()
+
+
+def test_action_logprob_normalisations():
+    from marft.trainer.algorithms import action_logprob
+
+    tok = torch.tensor([[-1.0, -2.0, -3.0], [-4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    words = torch.tensor([2.0, 1.0])
+    torch.testing.assert_close(action_logprob(tok, mask, words, "sum"), torch.tensor([-6.0, -4.0]))
+    torch.testing.assert_close(action_logprob(tok, mask, words, "token_mean"), torch.tensor([-2.0, -4.0]))
+    torch.testing.assert_close(action_logprob(tok, mask, words, "word_mean"), torch.tensor([-3.0, -4.0]))
+
+
+def test_kl_early_stop(tmp_path):
+    trainer = make_trainer(
+        tmp_path, "algorithm.ppo_epochs=5", "algorithm.target_kl=1e-9", "algorithm.policy_lr=0.01"
+    )
+    result = one_iteration(trainer, 0)
+    for role in ("speaker", "listener"):
+        assert result.metrics[f"kl_early_stop/{role}"] == 1.0
+        assert result.metrics[f"epochs/{role}"] < 5
+    trainer = make_trainer(tmp_path / "b", "algorithm.ppo_epochs=3")
+    assert one_iteration(trainer, 0).metrics["epochs/listener"] == 3.0
