@@ -118,3 +118,41 @@ def test_warp_logits_top_k_top_p_temperature():
     assert kept.tolist() == [True, True, False, False]
     torch.testing.assert_close(warp_logits(logits, temperature=2.0), logits / 2.0)
     assert math.isclose(float(warp_logits(logits, top_p=0.01).softmax(-1)[0]), 1.0)
+
+
+def test_any_hf_causal_lm_folder_loads_and_trains(tmp_path):
+    """The Hugging Face loading path (AutoModel/AutoTokenizer from a folder), end to end."""
+    from marft.trainer import train
+    from tests.conftest import small_config
+
+    src = make_team_model()
+    folder = tmp_path / "hf-model"
+    src.policy.get_base_model().save_pretrained(folder)
+    src.tokenizer.save_pretrained(folder)
+    cfg = small_config(f"model.name={folder}", "model.local_files_only=true", "run.iterations=1")
+    result = train(cfg, tmp_path / "run")
+    assert result.rows[0]["env_steps"] == 8
+
+
+def test_missing_model_is_a_clear_error_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    missing = tmp_path / "no-such-model"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "marft.cli",
+            "train",
+            "--set",
+            f"model.name={missing}",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 2
+    assert "cannot load model" in proc.stderr and "Traceback" not in proc.stderr

@@ -45,8 +45,13 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def load_base(cfg: ModelConfig, corpus: Sequence[str] = ()):
+def load_base(cfg: ModelConfig, corpus: Sequence[str] = (), dtype: torch.dtype | None = None):
     """Load the base causal LM and its tokenizer (``tiny`` builds the built-in model from ``corpus``).
+
+    Args:
+        cfg: the model section of the config.
+        corpus: text the built-in tiny tokenizer must cover (ignored for other models).
+        dtype: load the weights directly in this dtype (avoids a float32 copy of a large model).
 
     Returns:
         ``(model, tokenizer)`` with the tokenizer padding on the left and a pad token set.
@@ -67,7 +72,7 @@ def load_base(cfg: ModelConfig, corpus: Sequence[str] = ()):
             kw["gguf_file"] = cfg.gguf_file
         try:
             tokenizer = AutoTokenizer.from_pretrained(cfg.name, **kw)
-            model = AutoModelForCausalLM.from_pretrained(cfg.name, **kw)
+            model = AutoModelForCausalLM.from_pretrained(cfg.name, dtype=dtype, **kw)
         except (OSError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelLoadError(

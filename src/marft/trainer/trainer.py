@@ -76,7 +76,8 @@ class Trainer:
         self.graph = TeamGraph.from_config(cfg.team)
         envs = [make_env(cfg.env.name, cfg.env.kwargs) for _ in range(cfg.env.n_envs)]
         device = resolve_device(cfg.model.device)
-        base, tokenizer = load_base(cfg.model, corpus=self._tiny_corpus(envs[0]))
+        dtype = resolve_dtype(cfg.model.dtype, device)
+        base, tokenizer = load_base(cfg.model, corpus=self._tiny_corpus(envs[0]), dtype=dtype)
         algo_cls = ALGORITHMS.get(cfg.algorithm.name)
         with_critic = getattr(algo_cls, "uses_critic", True)
         self.model = TeamModel(
@@ -85,7 +86,7 @@ class Trainer:
             self.graph.roles,
             cfg.lora,
             value_head_width=cfg.algorithm.value_head_hidden,
-            dtype=resolve_dtype(cfg.model.dtype, device),
+            dtype=dtype,
             device=device,
             with_critic=with_critic,
         )
@@ -120,6 +121,10 @@ class Trainer:
         bar = tqdm(
             range(cfg.run.iterations), desc="marft train", disable=not cfg.run.progress, dynamic_ncols=True
         )
+        if cfg.run.progress:
+            bar.write(
+                f"marft: training {', '.join(self.graph.roles)} on {self.model.device}; run directory {self.run_dir}"
+            )
         for it in bar:
             t0 = time.perf_counter()
             rollout = self.collector.collect(cfg.run.steps_per_iter)
