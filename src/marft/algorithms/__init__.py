@@ -1,20 +1,33 @@
-"""Pure algorithm math: advantage estimators and losses. Imports nothing of models or envs."""
+"""Pure algorithm math: advantage estimators, losses, KL. Imports nothing of models or envs."""
 
 from marft.algorithms.advantages import (
     ADVANTAGE_ESTIMATORS,
     compute_agentwise_gae,
+    compute_tokenwise_gae,
+    dr_grpo_advantages,
+    grpo_advantages,
     masked_mean,
     masked_normalize,
+    reinforce_pp_advantages,
+    rloo_advantages,
 )
-from marft.algorithms.losses import PolicyLoss, ppo_policy_loss, regression_loss, value_loss
+from marft.algorithms.kl import kl_estimate
+from marft.algorithms.losses import POLICY_LOSSES, PolicyLoss, ppo_policy_loss, regression_loss, value_loss
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
+    "POLICY_LOSSES",
     "PolicyLoss",
     "compute_agentwise_gae",
+    "compute_tokenwise_gae",
+    "dr_grpo_advantages",
+    "grpo_advantages",
+    "kl_estimate",
     "masked_mean",
     "masked_normalize",
     "ppo_policy_loss",
     "regression_loss",
+    "reinforce_pp_advantages",
+    "rloo_advantages",
     "value_loss",
 ]

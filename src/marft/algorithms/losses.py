@@ -14,6 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from marft.algorithms.advantages import masked_mean
+from marft.registry import Registry
+
+POLICY_LOSSES: Registry = Registry("policy loss")
 
 
 @dataclass
@@ -31,18 +34,21 @@ class PolicyLoss:
     clipfrac: Tensor
 
 
+@POLICY_LOSSES.register("ppo_clip")
 def ppo_policy_loss(
     logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float
 ) -> PolicyLoss:
-    """PPO clipped surrogate (Schulman et al. 2017), per action (APPO).
+    """PPO clipped surrogate (Schulman et al. 2017), elementwise then masked mean.
 
     ``loss = mean(max(-A * r, -A * clip(r, 1 - eps, 1 + eps)))`` with ``r = exp(logprobs - old_logprobs)``.
+    Per action (APPO) the inputs are ``[S]``; per token (TPPO, GRPO) they are ``[S, L]`` and the mean
+    is the masked token-mean.
 
     Args:
-        logprobs: ``[S]`` log-prob of each action under the current policy (with grad).
-        old_logprobs: ``[S]`` log-prob under the policy that sampled it.
-        advantages: ``[S]``.
-        mask: ``[S]`` 1 for real entries.
+        logprobs: ``[S]`` or ``[S, L]`` log-probs under the current policy (with grad).
+        old_logprobs: same shape, under the policy that sampled them.
+        advantages: same shape.
+        mask: same shape, 1 for real entries.
         clip_eps: ratio clip.
     """
     log_ratio = logprobs - old_logprobs
@@ -50,6 +56,21 @@ def ppo_policy_loss(
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask)
+        clipfrac = masked_mean(((ratio - 1.0).abs() > clip_eps).to(ratio.dtype), mask)
+    return PolicyLoss(loss=loss, approx_kl=approx_kl, clipfrac=clipfrac)
+
+
+@POLICY_LOSSES.register("vanilla_pg")
+def vanilla_policy_loss(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float
+) -> PolicyLoss:
+    """Unclipped importance-weighted policy gradient, ``mean(-A * r)``; on the first epoch
+    (``r = 1``) its gradient is REINFORCE's. ``clip_eps`` only sets the reported clip fraction."""
+    log_ratio = logprobs - old_logprobs
+    ratio = log_ratio.exp()
+    loss = masked_mean(-advantages * ratio, mask)
     with torch.no_grad():
         approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask)
         clipfrac = masked_mean(((ratio - 1.0).abs() > clip_eps).to(ratio.dtype), mask)
