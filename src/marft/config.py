@@ -218,11 +218,21 @@ class AlgorithmConfig:
     """The RL algorithm and its hyper-parameters."""
 
     name: str = "appo"
-    """A registered algorithm (see ``marft.trainer.ALGORITHMS``)."""
+    """A registered algorithm: appo, tppo, grpo, dr_grpo, rloo, reinforce_pp (``marft.trainer.ALGORITHMS``)."""
+    advantage_estimator: str | None = None
+    """Group-relative algorithms: the estimator (``marft.algorithms.ADVANTAGE_ESTIMATORS``); None: the algorithm's own."""
+    policy_loss: str = "ppo_clip"
+    """The policy loss (``marft.algorithms.POLICY_LOSSES``): ppo_clip or vanilla_pg."""
+    group_size: int = 8
+    """Group-relative algorithms: rollouts per task instance (env.n_envs must be a multiple)."""
     gamma: float = 1.0
     """Discount over (step, agent) micro-steps."""
     lam: float = 0.95
     """GAE lambda."""
+    token_gamma: float = 1.0
+    """TPPO: discount between tokens inside an action (gamma reproduces the reference's decay)."""
+    token_lam: float = 1.0
+    """TPPO: GAE lambda between tokens inside an action."""
     clip_eps: float = 0.2
     """PPO ratio clip."""
     value_clip_eps: float | None = 0.2
@@ -260,6 +270,12 @@ class AlgorithmConfig:
     """First iterations that train only the critic."""
     agent_by_agent: int = 0
     """If K > 0, only one trainable agent updates at a time, switching every K iterations."""
+    kl_coef: float = 0.0
+    """Weight of the KL anchor to the reference policy (the base with adapters disabled); 0: off."""
+    kl_mode: Literal["loss", "penalty"] = "loss"
+    """``loss``: add ``kl_coef * KL`` to the policy loss; ``penalty``: subtract it from the rewards."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """Per-token KL estimator (k1 = log ratio, k3 = exp(-log ratio) - 1 + log ratio)."""
     value_head_hidden: int = 128
     """Width of the value head's hidden layer (0: a linear head)."""
 
@@ -281,6 +297,10 @@ class AlgorithmConfig:
         _check(self.target_kl is None or self.target_kl > 0, "target_kl", "must be > 0 or null")
         _check(self.critic_warmup_iters >= 0, "critic_warmup_iters", "must be >= 0")
         _check(self.agent_by_agent >= 0, "agent_by_agent", "must be >= 0 (0 trains all agents together)")
+        _check(self.group_size >= 1, "group_size", "must be a positive integer")
+        _check(0.0 <= self.token_gamma <= 1.0, "token_gamma", "must be in [0, 1]")
+        _check(0.0 <= self.token_lam <= 1.0, "token_lam", "must be in [0, 1]")
+        _check(self.kl_coef >= 0, "kl_coef", "must be >= 0 (0 turns the KL anchor off)")
         _check(self.value_head_hidden >= 0, "value_head_hidden", "must be >= 0")
 
 
@@ -523,6 +543,37 @@ def validate(cfg: Config) -> None:
             "algorithm.name",
             f"unknown algorithm {cfg.algorithm.name!r}; choose one of: {', '.join(ALGORITHMS.names())}",
         )
+    algo_cls = ALGORITHMS.get(cfg.algorithm.name)
+    from marft.algorithms import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
+
+    if cfg.algorithm.policy_loss not in POLICY_LOSSES:
+        raise ConfigError(
+            "algorithm.policy_loss",
+            f"unknown policy loss {cfg.algorithm.policy_loss!r}; choose one of: {', '.join(POLICY_LOSSES.names())}",
+        )
+    est = cfg.algorithm.advantage_estimator
+    if est is not None:
+        if not getattr(algo_cls, "episodic", False):
+            raise ConfigError(
+                "algorithm.advantage_estimator",
+                f"only group-relative algorithms take one; {cfg.algorithm.name} uses GAE (set it to null)",
+            )
+        if est not in ADVANTAGE_ESTIMATORS:
+            raise ConfigError(
+                "algorithm.advantage_estimator",
+                f"unknown estimator {est!r}; choose one of: {', '.join(ADVANTAGE_ESTIMATORS.names())}",
+            )
+    if getattr(algo_cls, "episodic", False):
+        G = cfg.algorithm.group_size
+        if cfg.env.n_envs % G:
+            raise ConfigError(
+                "env.n_envs",
+                f"must be a multiple of algorithm.group_size={G} (each task instance is rolled out G times); got {cfg.env.n_envs}",
+            )
+        if G < 2:
+            raise ConfigError(
+                "algorithm.group_size", "group-relative algorithms need at least 2 rollouts per task instance"
+            )
     if cfg.sampling.backend not in ROLLOUT_BACKENDS:
         raise ConfigError(
             "sampling.backend",

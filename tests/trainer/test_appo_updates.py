@@ -34,7 +34,7 @@ def make_trainer(tmp_path, *overrides):
 
 
 def one_iteration(trainer, it):
-    rollout = trainer.collector.collect(trainer.cfg.run.steps_per_iter)
+    rollout = trainer.collector.collect(trainer.steps_per_rollout)
     return trainer.algorithm.update(rollout, it)
 
 

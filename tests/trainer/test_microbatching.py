@@ -1,10 +1,11 @@
 """Micro-batching bounds memory without changing the gradient; half-precision bases keep fp32 adapters."""
 
+import pytest
 import torch
 
 from marft.models import SequenceBatch
 from marft.trainer import Trainer
-from marft.trainer.algorithms import action_logprob, micro_batches
+from marft.trainer.algorithms import AgentTargets, micro_batches
 from tests.conftest import small_config
 
 
@@ -26,7 +27,7 @@ def test_micro_batches_respect_row_and_token_caps():
     assert groups == [[0], [1], [2, 3], [4]]
 
 
-def grads_with(trainer, steps, old, adv, mask, **cfg_changes):
+def grads_with(trainer, steps, targets, **cfg_changes):
     for k, v in cfg_changes.items():
         setattr(trainer.algorithm.cfg, k, v)
     model = trainer.model
@@ -34,32 +35,43 @@ def grads_with(trainer, steps, old, adv, mask, **cfg_changes):
     for p in params:
         p.grad = None
     with model.adapter("listener"):
-        loss, kl, _ = trainer.algorithm.minibatch_backward(steps, old, adv, mask, torch.arange(len(old)))
+        loss, kl, _ = trainer.algorithm.minibatch_backward(steps, targets, torch.arange(len(targets.sample_mask)))
     return loss, [p.grad.clone() for p in params]
 
 
-def test_gradient_is_independent_of_micro_batching(tmp_path):
-    trainer = Trainer(small_config("env.n_envs=12", "algorithm.entropy_coef=0.01"), tmp_path / "run")
+@pytest.mark.parametrize("algo", ["appo", "tppo", "grpo"])
+def test_gradient_is_independent_of_micro_batching(tmp_path, algo):
+    cfg = small_config(
+        "env.n_envs=12",
+        "algorithm.entropy_coef=0.01",
+        f"algorithm.name={algo}",
+        "algorithm.group_size=3",
+        "algorithm.kl_coef=0.1",
+        "sampling.max_new_tokens=4",
+    )
+    trainer = Trainer(cfg, tmp_path / "run")
     trainer.setup()
     rollout = trainer.collector.collect(1)
     steps = rollout.agents[1]
-    seq = steps.sequences
-    old = action_logprob(steps.old_logprobs, seq.response_mask, steps.word_counts, "sum")
-    # advantages far from zero and a few padded (mask 0) entries
-    adv = torch.linspace(-2, 2, len(old))
-    mask = torch.ones(len(old))
+    S, L = steps.old_logprobs.shape
+    # advantages far from zero (per token for tppo) and a few padded (mask 0) samples
+    adv = torch.linspace(-2, 2, S)
+    if algo == "tppo":
+        adv = adv[:, None] + torch.linspace(-1, 1, L)[None, :]
+    mask = torch.ones(S)
     mask[[1, 7]] = 0.0
+    targets = AgentTargets(adv, mask)
     # a non-trivial adapter, so that every LoRA matrix gets a gradient
     with torch.no_grad():
         for p in trainer.model.adapter_parameters("listener"):
             p.add_(0.05 * torch.randn_like(p))
-    ref_loss, ref = grads_with(trainer, steps, old, adv, mask, micro_batch_size=64, micro_batch_tokens=0)
+    ref_loss, ref = grads_with(trainer, steps, targets, micro_batch_size=64, micro_batch_tokens=0)
     for changes in [
         dict(micro_batch_size=1),
         dict(micro_batch_size=5),
         dict(micro_batch_size=64, micro_batch_tokens=40),
     ]:
-        loss, got = grads_with(trainer, steps, old, adv, mask, **changes)
+        loss, got = grads_with(trainer, steps, targets, **changes)
         torch.testing.assert_close(loss, ref_loss)
         for g, r in zip(got, ref, strict=True):
             torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-4)

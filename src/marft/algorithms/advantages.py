@@ -151,7 +151,9 @@ def compute_tokenwise_gae(
     within = deltas @ discount.T  # [B, T, N, L]
 
     # Hand-over between actions: the last token's running advantage continues into the next action.
-    decay_to_last = torch.tensor(c, dtype=dtype).pow((last[..., None] - k).clamp(min=0).to(dtype))  # [B,T,N,L]
+    decay_to_last = torch.tensor(c, dtype=dtype).pow(
+        (last[..., None] - k).clamp(min=0).to(dtype)
+    )  # [B,T,N,L]
     link = gamma * lam * nonterminal  # [B, T, N]
     flat_within0 = within[..., 0].reshape(B, T * N)
     flat_decay0 = decay_to_last[..., 0].reshape(B, T * N)

@@ -36,6 +36,11 @@ def warp_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p:
     return logits
 
 
+def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
+    """Log-prob of ``tokens`` under ``logits`` (``[S, L, V]`` -> ``[S, L]``), no entropy."""
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
 def logprobs_and_entropy(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
     """Log-prob of ``tokens`` and the entropy of each distribution, without keeping ``[.., V]`` tensors.
 

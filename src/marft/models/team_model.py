@@ -20,7 +20,7 @@ from peft.utils import ModulesToSaveWrapper
 from torch import Tensor, nn
 
 from marft.config import LoraSettings, ModelConfig
-from marft.models.logprobs import logprobs_and_entropy, warp_logits
+from marft.models.logprobs import logprobs_and_entropy, token_logprobs, warp_logits
 
 
 class ModelLoadError(RuntimeError):
@@ -294,6 +294,50 @@ class TeamModel(nn.Module):
                 position_ids=position_ids_from_mask(attention_mask),
             )
         return out.last_hidden_state[:, -1].float()
+
+    @torch.no_grad()
+    def score_reference(
+        self,
+        batch: SequenceBatch,
+        features: str | None = "last",
+        ref_logprobs: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """One forward of the bare base (adapters disabled) that serves the critic and the KL anchor.
+
+        Args:
+            batch: prompts and sampled responses of ``S`` actions.
+            features: ``"last"``: the state before the first action token, ``[S, H]`` (APPO);
+                ``"tokens"``: the state before every action token, ``[S, L, H]`` (TPPO); None: none.
+            ref_logprobs: also return the reference policy's log-probs of the response tokens.
+
+        Returns:
+            ``(features, ref_logprobs)``; ``ref_logprobs`` is ``[S, L]``, 0 on padding.
+        """
+        if features == "last" and not ref_logprobs:
+            return self.critic_features(batch.prompt_ids, batch.prompt_mask), None
+        if features is None and not ref_logprobs:
+            return None, None
+        P, L = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
+        ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
+        mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)
+        base = self.policy.get_base_model()
+        with self.adapter(None):
+            hidden = base.get_decoder()(
+                input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)
+            ).last_hidden_state[:, P - 1 : P + L - 1]  # the state before each response token
+            ref = None
+            if ref_logprobs:
+                logits = warp_logits(base.get_output_embeddings()(hidden), temperature, top_k, top_p)
+                ref = token_logprobs(logits, batch.response_ids) * batch.response_mask
+        feats = None
+        if features == "last":
+            feats = hidden[:, 0].float()
+        elif features == "tokens":
+            feats = hidden.float()
+        return feats, ref
 
     def action_logprobs(
         self, batch: SequenceBatch, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0

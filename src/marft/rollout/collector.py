@@ -35,7 +35,9 @@ class AgentSteps:
         sequences: prompts and responses.
         old_logprobs: ``[B*T, L]`` token log-probs under the sampling distribution.
         entropy: ``[B*T, L]`` per-token entropy of that distribution.
-        features: ``[B*T, H]`` critic features of the observation (base, adapters disabled), or None.
+        features: critic features of the base (adapters disabled): ``[B*T, H]`` for the state
+            before the action, ``[B*T, L, H]`` for the state before each token, or None.
+        ref_logprobs: ``[B*T, L]`` token log-probs under the reference policy, or None.
         word_counts: ``[B*T]`` words in each decoded action (at least 1).
     """
 
@@ -43,6 +45,7 @@ class AgentSteps:
     old_logprobs: Tensor
     entropy: Tensor
     features: Tensor | None
+    ref_logprobs: Tensor | None
     word_counts: Tensor
 
 
@@ -51,11 +54,15 @@ class Rollout:
     """One iteration's trajectories. ``B`` env copies, ``T`` steps, ``N`` agents in acting order.
 
     Attributes:
-        rewards: ``[B, T, N]`` reward of each agent's action.
+        rewards: ``[B, T, N]`` reward of each agent's action (after reward assignment).
+        team_rewards: ``[B, T]`` the team's reward at each step.
         dones: ``[B, T]`` 1 where the episode ended after step t.
-        action_mask: ``[B, T, N]`` 1 where the agent really acted.
+        action_mask: ``[B, T, N]`` 1 where the agent really acted (0 after an episode ended in
+            episodic collection).
         agents: per agent (acting order), its actions.
-        last_features: ``[B, H]`` critic features of agent 0's observation after the last step.
+        last_features: critic features of agent 0's observation after the last step (``[B, H]``, or
+            ``[B, 1, H]`` for token-level critics), or None.
+        per_agent_rewards: whether the env rewarded each agent separately.
         episode_returns: team return of each episode that ended in this rollout.
         episode_lengths: their lengths in steps.
         transcripts: full conversations of some finished episodes.
@@ -63,10 +70,12 @@ class Rollout:
     """
 
     rewards: Tensor
+    team_rewards: Tensor
     dones: Tensor
     action_mask: Tensor
     agents: list[AgentSteps]
     last_features: Tensor | None
+    per_agent_rewards: bool = False
     episode_returns: list[float] = field(default_factory=list)
     episode_lengths: list[int] = field(default_factory=list)
     transcripts: list[dict[str, Any]] = field(default_factory=list)
@@ -74,7 +83,8 @@ class Rollout:
 
     @property
     def env_steps(self) -> int:
-        return int(self.dones.numel())
+        """Team steps actually taken (idle steps of finished episodes do not count)."""
+        return int(self.action_mask[:, :, 0].sum())
 
 
 def _pad_stack(tensors: Sequence[Tensor], value: float, left: bool) -> Tensor:
@@ -115,8 +125,25 @@ def team_reward_vector(
     return [team] * len(acting_roles), team
 
 
+def _scatter(full: int, rows: Tensor, values: Tensor, fill: float) -> Tensor:
+    """Place ``values`` (one per active env) at ``rows`` of a ``[full, ...]`` tensor filled with ``fill``."""
+    if values.shape[0] == full:
+        return values
+    out = torch.full((full, *values.shape[1:]), fill, dtype=values.dtype, device=values.device)
+    out[rows] = values
+    return out
+
+
 class Collector:
     """Runs the team in ``n_envs`` env copies and gathers :class:`Rollout` batches.
+
+    Two modes:
+
+    * continuing (APPO, TPPO): every env takes exactly ``steps`` team steps per rollout and
+      episodes reset automatically, carrying over between rollouts;
+    * episodic (group-relative algorithms): every rollout resets all envs, env copies
+      ``g*G .. g*G+G-1`` with the same seed (one task instance per group), and runs until every
+      episode has ended or ``env.horizon`` steps; finished envs stop generating.
 
     Args:
         envs: the env copies.
@@ -126,7 +153,10 @@ class Collector:
         env_cfg: horizon and reward assignment.
         sampling: sampling parameters.
         seed: seeds env resets and sampling.
-        with_critic: compute critic features (off for critic-free algorithms).
+        features: critic features to compute: ``"last"`` (per action), ``"tokens"`` (per token) or None.
+        ref_logprobs: also compute the reference policy's log-probs (for a KL anchor).
+        episodic: collect whole episodes in groups (see above).
+        group_size: G, in episodic mode.
         transcripts_per_iter: finished episodes kept as full conversations per rollout.
     """
 
@@ -139,12 +169,16 @@ class Collector:
         env_cfg: EnvConfig,
         sampling: SamplingConfig,
         seed: int = 0,
-        with_critic: bool = True,
+        features: str | None = "last",
+        ref_logprobs: bool = False,
+        episodic: bool = False,
+        group_size: int = 1,
         transcripts_per_iter: int = 2,
     ) -> None:
         self.envs, self.graph, self.model, self.backend = envs, graph, model, backend
         self.env_cfg, self.sampling = env_cfg, sampling
-        self.with_critic = with_critic
+        self.features, self.ref_logprobs = features, ref_logprobs
+        self.episodic, self.group_size = episodic, group_size
         self.transcripts_per_iter = transcripts_per_iter
         self._seeds = random.Random(seed)
         self.generator = torch.Generator(device=model.device).manual_seed(seed)
@@ -167,77 +201,120 @@ class Collector:
         )
         return enc["input_ids"].to(self.model.device), enc["attention_mask"].to(self.model.device)
 
-    def _features(self, ids: Tensor, mask: Tensor, reuse_first: bool, B: int) -> Tensor | None:
-        """Critic features of a level's rows; agent 0's rows at step 0 come from the cache."""
-        if not self.with_critic:
-            return None
-        if not (reuse_first and self._first_features is not None):
-            return self.model.critic_features(ids, mask)
-        if ids.shape[0] == B:
-            return self._first_features
-        rest = self.model.critic_features(ids[B:], mask[B:])
-        return torch.cat([self._first_features, rest], dim=0)
+    def _score(
+        self, batch: SequenceBatch, reuse_first: bool, n_first: int
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Critic features and reference log-probs of a level's rows, in one base forward.
+
+        Agent 0's rows at step 0 reuse the previous rollout's bootstrap features when nothing else
+        is needed from that forward.
+        """
+        sp = self.sampling
+        cached = self._first_features
+        if reuse_first and cached is not None and self.features == "last" and not self.ref_logprobs:
+            if batch.prompt_ids.shape[0] == n_first:
+                return cached, None
+            rest = SequenceBatch(
+                *(
+                    x[n_first:]
+                    for x in (batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
+                )
+            )
+            feats, _ = self.model.score_reference(rest, "last")
+            return torch.cat([cached, feats], dim=0), None
+        return self.model.score_reference(
+            batch, self.features, self.ref_logprobs, sp.temperature, sp.top_k, sp.top_p
+        )
+
+    def _reset_groups(self) -> None:
+        G = self.group_size
+        seeds = [self._seeds.getrandbits(31) for _ in range(len(self.envs) // G)]
+        for b, env in enumerate(self.envs):
+            self.obs[b] = env.reset(seed=seeds[b // G])
+            self._ep_return[b], self._ep_len[b], self._ep_turns[b] = 0.0, 0, []
 
     @torch.no_grad()
     def collect(self, steps: int) -> Rollout:
-        """Run ``steps`` team steps in every env copy."""
+        """Run ``steps`` team steps in every env copy (episodic mode: at most ``steps``)."""
         B, N, graph = len(self.envs), self.graph.n_agents, self.graph
-        tok = self.model.tokenizer
+        tok, device = self.model.tokenizer, self.model.device
         roles = graph.roles
         timings: dict[str, float] = defaultdict(float)
         per_agent: list[dict[str, list[Tensor]]] = [defaultdict(list) for _ in range(N)]
         rewards = torch.zeros(B, steps, N)
+        team_rewards = torch.zeros(B, steps)
         dones = torch.zeros(B, steps)
+        acted = torch.zeros(B, steps)
         ep_returns, ep_lengths, transcripts = [], [], []
         keep = min(self.transcripts_per_iter, B)
+        finished = [False] * B
+        if self.episodic:
+            self._reset_groups()
+        taken = 0
 
         for t in range(steps):
-            outputs: list[dict[str, str]] = [{} for _ in range(B)]
-            convs_kept: list[dict[str, list]] = [{} for _ in range(keep)]
+            active = [b for b in range(B) if not finished[b]]
+            if not active:
+                break
+            taken += 1
+            n_act = len(active)
+            rows_t = torch.tensor(active, device=device)
+            outputs: dict[int, dict[str, str]] = {b: {} for b in active}
+            convs_kept: dict[int, dict[str, list]] = {b: {} for b in active if b < keep}
             for level in graph.levels:
                 t0 = time.perf_counter()
                 convs = [
                     build_messages(a, self.obs[b], outputs[b], graph.message_format)
                     for a in level
-                    for b in range(B)
+                    for b in active
                 ]
                 ids, mask = self._encode(convs)
-                row_roles = [a.role for a in level for _ in range(B)]
+                row_roles = [a.role for a in level for _ in active]
                 timings["env"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 gen = self.backend.generate(ids, mask, row_roles, self.generator)
                 timings["generate"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                feats = self._features(ids, mask, reuse_first=(t == 0 and level[0].index == 0), B=B)
+                batch = SequenceBatch(ids, mask, gen.response_ids, gen.response_mask)
+                feats, ref = self._score(batch, reuse_first=(t == 0 and level[0].index == 0), n_first=n_act)
                 timings["score"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 texts = tok.batch_decode(gen.response_ids, skip_special_tokens=True)
                 for k, a in enumerate(level):
-                    rows = slice(k * B, (k + 1) * B)
+                    rows = slice(k * n_act, (k + 1) * n_act)
                     store = per_agent[a.index]
-                    store["prompt_ids"].append(ids[rows])
-                    store["prompt_mask"].append(mask[rows])
-                    store["response_ids"].append(gen.response_ids[rows])
-                    store["response_mask"].append(gen.response_mask[rows])
-                    store["logprobs"].append(gen.logprobs[rows])
-                    store["entropy"].append(gen.entropy[rows])
+
+                    def put(name: str, value: Tensor, fill: float, store=store, rows_t=rows_t) -> None:
+                        store[name].append(_scatter(B, rows_t, value, fill))
+
+                    put("prompt_ids", ids[rows], tok.pad_token_id)
+                    put("prompt_mask", mask[rows], 0)
+                    put("response_ids", gen.response_ids[rows], tok.pad_token_id)
+                    put("response_mask", gen.response_mask[rows], 0)
+                    put("logprobs", gen.logprobs[rows], 0.0)
+                    put("entropy", gen.entropy[rows], 0.0)
                     if feats is not None:
-                        store["features"].append(feats[rows])
-                    words = [max(1, len(s.split())) for s in texts[rows]]
-                    store["words"].append(torch.tensor(words, dtype=torch.float32))
-                    for b in range(B):
-                        outputs[b][a.role] = texts[k * B + b].strip()
-                    for b in range(keep):
-                        convs_kept[b][a.role] = convs[k * B + b]
+                        put("features", feats[rows], 0.0)
+                    if ref is not None:
+                        put("ref_logprobs", ref[rows], 0.0)
+                    words = [max(1, len(x.split())) for x in texts[rows]]
+                    put("words", torch.tensor(words, dtype=torch.float32, device=device), 1.0)
+                    for j, b in enumerate(active):
+                        outputs[b][a.role] = texts[k * n_act + j].strip()
+                        if b < keep:
+                            convs_kept[b][a.role] = convs[k * n_act + j]
                 timings["env"] += time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            for b, env in enumerate(self.envs):
+            for b in active:
+                env = self.envs[b]
                 result = env.step(outputs[b])
                 r_vec, team_r = team_reward_vector(
                     result.rewards, roles, roles, self.env_cfg.reward_assignment
                 )
                 rewards[b, t] = torch.tensor(r_vec)
+                team_rewards[b, t] = team_r
+                acted[b, t] = 1.0
                 self._ep_return[b] += team_r
                 self._ep_len[b] += 1
                 if b < keep:
@@ -263,18 +340,23 @@ class Collector:
                         )
                     self._ep_return[b], self._ep_len[b] = 0.0, 0
                     self._ep_turns[b] = []
-                    self.obs[b] = env.reset(seed=self._seeds.getrandbits(31))
+                    if self.episodic:
+                        finished[b] = True
+                    else:
+                        self.obs[b] = env.reset(seed=self._seeds.getrandbits(31))
                 else:
                     self.obs[b] = result.observation
             timings["env"] += time.perf_counter() - t0
 
         last_features = None
-        if self.with_critic:
+        if self.features is not None and not self.episodic:
             first = graph.agents[0]  # depth 0: its observation needs no other agent's output
             t0 = time.perf_counter()
             ids, mask = self._encode([build_messages(first, o, {}, graph.message_format) for o in self.obs])
             last_features = self.model.critic_features(ids, mask)
             self._first_features = last_features
+            if self.features == "tokens":
+                last_features = last_features[:, None]
             timings["score"] += time.perf_counter() - t0
 
         agents = []
@@ -285,21 +367,34 @@ class Collector:
                 response_ids=_pad_stack(store["response_ids"], tok.pad_token_id, left=False).flatten(0, 1),
                 response_mask=_pad_stack(store["response_mask"], 0, left=False).flatten(0, 1),
             )
+            feats = None
+            if self.features == "last":
+                feats = torch.stack(store["features"], 1).flatten(0, 1)
+            elif self.features == "tokens":
+                # [B, H, L] so that the length is last for padding, then back to [B*T, L, H]
+                feats = _pad_stack([f.transpose(1, 2) for f in store["features"]], 0.0, left=False)
+                feats = feats.flatten(0, 1).transpose(1, 2)
             agents.append(
                 AgentSteps(
                     sequences=seq,
                     old_logprobs=_pad_stack(store["logprobs"], 0.0, left=False).flatten(0, 1),
                     entropy=_pad_stack(store["entropy"], 0.0, left=False).flatten(0, 1),
-                    features=torch.stack(store["features"], 1).flatten(0, 1) if self.with_critic else None,
-                    word_counts=torch.stack(store["words"], 1).flatten(0, 1).to(self.model.device),
+                    features=feats,
+                    ref_logprobs=_pad_stack(store["ref_logprobs"], 0.0, left=False).flatten(0, 1)
+                    if self.ref_logprobs
+                    else None,
+                    word_counts=torch.stack(store["words"], 1).flatten(0, 1),
                 )
             )
+        T = taken
         return Rollout(
-            rewards=rewards.to(self.model.device),
-            dones=dones.to(self.model.device),
-            action_mask=torch.ones(B, steps, N, device=self.model.device),
+            rewards=rewards[:, :T].to(device),
+            team_rewards=team_rewards[:, :T].to(device),
+            dones=dones[:, :T].to(device),
+            action_mask=acted[:, :T, None].expand(B, T, N).contiguous().to(device),
             agents=agents,
             last_features=last_features,
+            per_agent_rewards=self.env_cfg.reward_assignment == "per_agent",
             episode_returns=ep_returns,
             episode_lengths=ep_lengths,
             transcripts=transcripts,

@@ -1,7 +1,15 @@
 """Algorithms: how a rollout becomes parameter updates. Chosen by ``algorithm.name``.
 
-Each algorithm composes the pure math of :mod:`marft.algorithms` with the team model; adding one
-is a new class and a registration here, not an edit of the trainer.
+Each algorithm composes the pure math of :mod:`marft.algorithms` (advantage estimators, policy
+losses, KL estimators, all chosen by name) with the team model. They share one policy-update
+machinery (:class:`PolicyGradient`) and differ in how they turn a rollout into advantages:
+
+* ``appo``: action-level PPO, one critic on the state before each action, agent-wise GAE;
+* ``tppo``: token-level PPO, the critic valued before every token, token-wise GAE;
+* ``grpo``, ``dr_grpo``, ``rloo``, ``reinforce_pp``: critic-free; each task instance is rolled
+  out ``group_size`` times and the team's returns become advantages within the group.
+
+Adding one is a new class (or estimator function) and a registration, not an edit of the trainer.
 """
 
 from __future__ import annotations
@@ -12,7 +20,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from marft.algorithms import compute_agentwise_gae, masked_mean, masked_normalize, ppo_policy_loss, value_loss
+from marft.algorithms import (
+    ADVANTAGE_ESTIMATORS,
+    POLICY_LOSSES,
+    compute_agentwise_gae,
+    compute_tokenwise_gae,
+    kl_estimate,
+    masked_mean,
+    masked_normalize,
+    value_loss,
+)
 from marft.config import AlgorithmConfig, SamplingConfig
 from marft.models.team_model import SequenceBatch, TeamModel
 from marft.registry import Registry
@@ -81,21 +98,48 @@ def micro_batches(idx: Tensor, seq: SequenceBatch, max_rows: int, max_tokens: in
     return [idx[torch.tensor(g, device=idx.device)] for g in groups]
 
 
-@ALGORITHMS.register("appo")
-class APPO:
-    """Action-level PPO with one critic and agent-wise GAE (MARFT's APPO, Liao et al. 2025, Alg. 1).
+def stack_agents(tensors: list[Tensor], B: int, T: int, fill: float = 0.0) -> Tensor:
+    """Per-agent ``[B*T, L_i, ...]`` tensors -> ``[B, T, N, L, ...]`` padded to the longest ``L_i``."""
+    L = max(x.shape[1] for x in tensors)
+    padded = []
+    for x in tensors:
+        pad = torch.full((x.shape[0], L - x.shape[1], *x.shape[2:]), fill, dtype=x.dtype, device=x.device)
+        padded.append(torch.cat([x, pad], dim=1).reshape(B, T, L, *x.shape[2:]))
+    return torch.stack(padded, dim=2)
 
-    One optimizer per agent; the critic is a value head on frozen base features. With
-    ``agent_by_agent: K`` only one trainable agent updates at a time, switching every K iterations,
-    and no other adapter (nor the base) is touched.
+
+@dataclass
+class AgentTargets:
+    """What one agent's policy update needs.
+
+    Attributes:
+        advantages: ``[S]`` per action, or ``[S, L]`` per token.
+        sample_mask: ``[S]`` 1 where the agent really acted.
     """
 
-    uses_critic = True
+    advantages: Tensor
+    sample_mask: Tensor
+
+
+class PolicyGradient:
+    """Shared machinery: per-agent optimizers, agent-by-agent scheduling, the KL anchor, micro-batched
+    clipped policy updates. Subclasses implement :meth:`targets`.
+
+    Class attributes:
+        critic: critic features the collector must compute (``"last"``, ``"tokens"`` or None).
+        token_level: the policy loss is a masked token-mean (else one ratio per action).
+        episodic: collect whole episodes in groups of ``group_size`` (critic-free methods).
+    """
+
+    critic: str | None = None
+    token_level: bool = False
+    episodic: bool = False
 
     def __init__(
         self, cfg: AlgorithmConfig, sampling: SamplingConfig, model: TeamModel, graph: TeamGraph
     ) -> None:
         self.cfg, self.sampling, self.model, self.graph = cfg, sampling, model, graph
+        self.policy_loss = POLICY_LOSSES.get(cfg.policy_loss)
         self.trainable = [a.role for a in graph.agents if a.trainable]
         self._fwd_bwd_s = 0.0  # seconds in policy forwards and backwards, this update
         self.optimizers = {
@@ -104,59 +148,79 @@ class APPO:
             )
             for role in self.trainable
         }
-        assert model.value_head is not None, "APPO needs the value head"
-        self.critic_optimizer = torch.optim.AdamW(
-            model.value_head.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay
-        )
+        self.critic_optimizer = None
+        if self.critic is not None:
+            if model.value_head is None:
+                raise ValueError(f"{type(self).__name__} needs the model's value head")
+            self.critic_optimizer = torch.optim.AdamW(
+                model.value_head.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay
+            )
+
+    @property
+    def needs_ref_logprobs(self) -> bool:
+        return self.cfg.kl_coef > 0
 
     def roles_to_train(self, iteration: int) -> list[str]:
         """Which agents update at ``iteration`` (none during critic warm-up)."""
-        if iteration < self.cfg.critic_warmup_iters:
+        warmup = self.cfg.critic_warmup_iters if self.critic is not None else 0
+        if iteration < warmup:
             return []
         if self.cfg.agent_by_agent > 0:
-            k = (iteration - self.cfg.critic_warmup_iters) // self.cfg.agent_by_agent
+            k = (iteration - warmup) // self.cfg.agent_by_agent
             return [self.trainable[k % len(self.trainable)]]
         return list(self.trainable)
 
     def state_dict(self) -> dict:
         return {
             "policy": {r: o.state_dict() for r, o in self.optimizers.items()},
-            "critic": self.critic_optimizer.state_dict(),
+            "critic": self.critic_optimizer.state_dict() if self.critic_optimizer is not None else None,
         }
+
+    # ------------------------------------------------------------------------------ targets
+
+    def targets(self, rollout: Rollout, rewards: Tensor, result: UpdateResult) -> dict[str, AgentTargets]:
+        """Advantages for every agent (and any critic update); ``rewards`` include a KL penalty."""
+        raise NotImplementedError
+
+    def _kl_per_action(self, rollout: Rollout) -> Tensor | None:
+        """``[B, T, N]`` summed per-token KL estimate of each sampled action against the reference."""
+        if not self.needs_ref_logprobs:
+            return None
+        B, T, N = rollout.rewards.shape
+        per_agent = []
+        for steps in rollout.agents:
+            kl = kl_estimate(steps.old_logprobs, steps.ref_logprobs, self.cfg.kl_estimator)
+            per_agent.append((kl * steps.sequences.response_mask).sum(-1).reshape(B, T))
+        return torch.stack(per_agent, dim=2)
+
+    # ------------------------------------------------------------------------------ update
 
     def update(self, rollout: Rollout, iteration: int) -> UpdateResult:
         cfg, model = self.cfg, self.model
-        B, T, N = rollout.rewards.shape
-        feats = torch.stack([a.features for a in rollout.agents], dim=1)  # [B*T, N, H]
-        feats = feats.reshape(B, T, N, -1)
-        with torch.no_grad():
-            old_values = model.value_head(feats)  # [B, T, N]
-            last_values = model.value_head(rollout.last_features)  # [B]
-        advantages, returns = compute_agentwise_gae(
-            rollout.rewards, old_values, rollout.dones, last_values, cfg.gamma, cfg.lam
-        )
-        mask = rollout.action_mask
-        if cfg.normalize_advantages:
-            advantages = masked_normalize(advantages, mask)
         result = UpdateResult()
-        result.metrics["value_loss"] = self._update_critic(feats, old_values, returns, mask)
-        result.metrics["value_mean"] = float(masked_mean(old_values, mask))
-        result.metrics["return_target_mean"] = float(masked_mean(returns, mask))
-
         self._fwd_bwd_s = 0.0
+        rewards = rollout.rewards
+        kl_action = self._kl_per_action(rollout)
+        if kl_action is not None:
+            for agent in self.graph.agents:
+                steps = rollout.agents[agent.index]
+                n_tok = steps.sequences.response_mask.sum().clamp(min=1)
+                result.metrics[f"kl_ref/{agent.role}"] = float(kl_action[:, :, agent.index].sum() / n_tok)
+            if cfg.kl_mode == "penalty":
+                rewards = rewards - cfg.kl_coef * kl_action * rollout.action_mask
+        targets = self.targets(rollout, rewards, result)
         train = set(self.roles_to_train(iteration))
         for agent in self.graph.agents:
             role = agent.role
             steps = rollout.agents[agent.index]
-            ent = float(masked_mean(steps.entropy, steps.sequences.response_mask))
-            result.metrics[f"entropy/{role}"] = ent
+            result.metrics[f"entropy/{role}"] = float(
+                masked_mean(steps.entropy, steps.sequences.response_mask)
+            )
             result.metrics[f"response_tokens/{role}"] = float(
-                steps.sequences.response_mask.sum(-1).float().mean()
+                masked_mean(steps.sequences.response_mask.sum(-1).float(), targets[role].sample_mask)
             )
             if role in train:
-                adv = advantages[:, :, agent.index].reshape(-1)
-                m = mask[:, :, agent.index].reshape(-1)
-                result.metrics.update(self._update_agent(role, steps, adv, m))
+                result.metrics.update(self._update_agent(role, steps, targets[role]))
                 result.trained.append(role)
             else:
                 result.metrics[f"policy_loss/{role}"] = 0.0
@@ -165,17 +229,23 @@ class APPO:
         result.metrics["time_fwd_bwd_s"] = self._fwd_bwd_s
         return result
 
-    def _update_critic(self, feats: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor) -> float:
+    def _update_critic(self, feats: Tensor, old_values: Tensor, returns: Tensor) -> float:
+        """Critic epochs on real entries only: ``feats [M, H]``, ``old_values``/``returns [M]``."""
         cfg = self.cfg
-        f, ov, ret, m = feats.flatten(0, 2), old_values.flatten(), returns.flatten(), mask.flatten()
-        n = f.shape[0]
+        ones = torch.ones_like(old_values)
         losses = []
         for _ in range(cfg.ppo_epochs):
-            perm = torch.randperm(n, device=f.device)
+            perm = torch.randperm(feats.shape[0], device=feats.device)
             for idx in perm.chunk(cfg.num_minibatches):
-                v = self.model.value_head(f[idx])
+                v = self.model.value_head(feats[idx])
                 loss = value_loss(
-                    v, ov[idx], ret[idx], m[idx], cfg.value_clip_eps, cfg.value_loss, cfg.huber_delta
+                    v,
+                    old_values[idx],
+                    returns[idx],
+                    ones[idx],
+                    cfg.value_clip_eps,
+                    cfg.value_loss,
+                    cfg.huber_delta,
                 )
                 self.critic_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -184,12 +254,9 @@ class APPO:
                 losses.append(loss.detach())
         return float(torch.stack(losses).mean())
 
-    def _update_agent(
-        self, role: str, steps: AgentSteps, advantages: Tensor, mask: Tensor
-    ) -> dict[str, float]:
+    def _update_agent(self, role: str, steps: AgentSteps, targets: AgentTargets) -> dict[str, float]:
         cfg, model = self.cfg, self.model
         seq = steps.sequences
-        old = action_logprob(steps.old_logprobs, seq.response_mask, steps.word_counts, cfg.logprob_norm)
         params = model.adapter_parameters(role)
         opt = self.optimizers[role]
         losses, kls, clipfracs = [], [], []
@@ -197,11 +264,11 @@ class APPO:
         with model.adapter(role):
             model.policy.train()
             for _ in range(cfg.ppo_epochs):
-                perm = torch.randperm(old.shape[0], device=old.device)
-                epoch_kl = torch.zeros((), device=old.device)
+                perm = torch.randperm(seq.prompt_ids.shape[0], device=seq.prompt_ids.device)
+                epoch_kl = torch.zeros((), device=perm.device)
                 for mb in perm.chunk(cfg.num_minibatches):
                     opt.zero_grad(set_to_none=True)
-                    loss, kl, clipfrac = self.minibatch_backward(steps, old, advantages, mask, mb)
+                    loss, kl, clipfrac = self.minibatch_backward(steps, targets, mb)
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                     opt.step()
                     losses.append(loss)
@@ -220,45 +287,189 @@ class APPO:
         }
 
     def minibatch_backward(
-        self, steps: AgentSteps, old: Tensor, advantages: Tensor, mask: Tensor, mb: Tensor
+        self, steps: AgentSteps, targets: AgentTargets, mb: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Accumulate the gradient of one minibatch, micro-batch by micro-batch (active adapter).
 
-        Each micro-batch's loss is weighted by its share of the minibatch's real samples, so the
-        accumulated gradient equals that of a single pass over the whole minibatch whatever the
-        micro-batching.
-
-        Args:
-            steps: the agent's actions.
-            old: ``[S]`` action log-probs at sampling time.
-            advantages: ``[S]``.
-            mask: ``[S]`` real entries.
-            mb: indices of the minibatch.
+        Each micro-batch's loss is weighted by its share of the minibatch's real samples (actions,
+        or tokens for token-level losses), so the accumulated gradient equals that of a single pass
+        over the whole minibatch whatever the micro-batching.
 
         Returns:
             ``(policy_loss, approx_kl, clipfrac)`` of the minibatch, as detached scalars.
         """
         cfg, seq = self.cfg, steps.sequences
-        mb_real = mask[mb].sum().clamp(min=1.0)
-        loss_sum = kl_sum = clip_sum = torch.zeros((), device=old.device)
+        sample_mask = targets.sample_mask
+        if self.token_level:
+            weights = seq.response_mask[mb].to(sample_mask.dtype) * sample_mask[mb, None]
+        else:
+            weights = sample_mask[mb]
+        total = weights.sum().clamp(min=1.0)
+        old_actions = None
+        if not self.token_level:
+            old_actions = action_logprob(
+                steps.old_logprobs, seq.response_mask, steps.word_counts, cfg.logprob_norm
+            )
+        loss_sum = kl_sum = clip_sum = torch.zeros((), device=mb.device)
         for idx in micro_batches(mb, seq, cfg.micro_batch_size, cfg.micro_batch_tokens):
             t0 = time.perf_counter()
             batch = SequenceBatch(
                 seq.prompt_ids[idx], seq.prompt_mask[idx], seq.response_ids[idx], seq.response_mask[idx]
             ).trimmed()
+            L = batch.response_ids.shape[1]
             tok_lp, tok_ent = self.model.action_logprobs(
                 batch, self.sampling.temperature, self.sampling.top_k, self.sampling.top_p
             )
-            lp = action_logprob(tok_lp, batch.response_mask, steps.word_counts[idx], cfg.logprob_norm)
-            out = ppo_policy_loss(lp, old[idx], advantages[idx], mask[idx], cfg.clip_eps)
+            tok_mask = batch.response_mask.to(tok_lp.dtype) * sample_mask[idx, None]
+            if self.token_level:
+                adv = targets.advantages[idx]
+                adv = adv[:, :L] if adv.dim() == 2 else adv[:, None].expand(-1, L)
+                out = self.policy_loss(tok_lp, steps.old_logprobs[idx, :L], adv, tok_mask, cfg.clip_eps)
+                weight = tok_mask.sum()
+            else:
+                lp = action_logprob(tok_lp, batch.response_mask, steps.word_counts[idx], cfg.logprob_norm)
+                out = self.policy_loss(
+                    lp, old_actions[idx], targets.advantages[idx], sample_mask[idx], cfg.clip_eps
+                )
+                weight = sample_mask[idx].sum()
             loss = out.loss
             if cfg.entropy_coef:
-                per_action = tok_ent.sum(-1) / batch.response_mask.sum(-1).clamp(min=1)
-                loss = loss - cfg.entropy_coef * masked_mean(per_action, mask[idx])
-            share = mask[idx].sum() / mb_real
+                loss = loss - cfg.entropy_coef * masked_mean(tok_ent, tok_mask)
+            if cfg.kl_coef > 0 and cfg.kl_mode == "loss":
+                kl_ref = kl_estimate(tok_lp, steps.ref_logprobs[idx, :L], cfg.kl_estimator)
+                loss = loss + cfg.kl_coef * masked_mean(kl_ref, tok_mask)
+            share = weight / total
             (loss * share).backward()
             self._fwd_bwd_s += time.perf_counter() - t0
             loss_sum = loss_sum + out.loss.detach() * share
             kl_sum = kl_sum + out.approx_kl * share
             clip_sum = clip_sum + out.clipfrac * share
         return loss_sum, kl_sum, clip_sum
+
+
+@ALGORITHMS.register("appo")
+class APPO(PolicyGradient):
+    """Action-level PPO with one critic and agent-wise GAE (MARFT's APPO, Liao et al. 2025, Alg. 1).
+
+    The critic values the state before each agent's action (base features, adapters disabled);
+    :func:`~marft.algorithms.compute_agentwise_gae` passes credit through the agents in acting order.
+    """
+
+    critic = "last"
+
+    def targets(self, rollout: Rollout, rewards: Tensor, result: UpdateResult) -> dict[str, AgentTargets]:
+        cfg, head = self.cfg, self.model.value_head
+        B, T, N = rewards.shape
+        feats = torch.stack([a.features for a in rollout.agents], dim=1).reshape(B, T, N, -1)
+        mask = rollout.action_mask
+        with torch.no_grad():
+            old_values = head(feats)  # [B, T, N]
+            last_values = head(rollout.last_features)  # [B]
+        advantages, returns = compute_agentwise_gae(
+            rewards, old_values, rollout.dones, last_values, cfg.gamma, cfg.lam
+        )
+        if cfg.normalize_advantages:
+            advantages = masked_normalize(advantages, mask)
+        real = mask.bool()
+        result.metrics["value_loss"] = self._update_critic(feats[real], old_values[real], returns[real])
+        result.metrics["value_mean"] = float(masked_mean(old_values, mask))
+        result.metrics["return_target_mean"] = float(masked_mean(returns, mask))
+        return {
+            a.role: AgentTargets(advantages[:, :, a.index].reshape(-1), mask[:, :, a.index].reshape(-1))
+            for a in self.graph.agents
+        }
+
+
+@ALGORITHMS.register("tppo")
+class TPPO(PolicyGradient):
+    """Token-level PPO (MARFT's TPPO): the critic values the state before every token, token-wise GAE
+    (:func:`~marft.algorithms.compute_tokenwise_gae`) runs over tokens in acting order, and the
+    clipped loss is a masked token-mean of per-token ratios."""
+
+    critic = "tokens"
+    token_level = True
+
+    def targets(self, rollout: Rollout, rewards: Tensor, result: UpdateResult) -> dict[str, AgentTargets]:
+        cfg, head = self.cfg, self.model.value_head
+        B, T, N = rewards.shape
+        feats = stack_agents([a.features for a in rollout.agents], B, T)  # [B, T, N, L, H]
+        tok_mask = stack_agents([a.sequences.response_mask for a in rollout.agents], B, T)  # [B, T, N, L]
+        tok_mask = tok_mask * rollout.action_mask[..., None].to(tok_mask.dtype)
+        with torch.no_grad():
+            old_values = head(feats) * tok_mask
+            last_values = head(rollout.last_features)[:, 0]  # [B]
+        advantages, returns = compute_tokenwise_gae(
+            rewards,
+            old_values,
+            tok_mask,
+            rollout.dones,
+            last_values,
+            cfg.gamma,
+            cfg.lam,
+            cfg.token_gamma,
+            cfg.token_lam,
+        )
+        if cfg.normalize_advantages:
+            advantages = masked_normalize(advantages, tok_mask)
+        real = tok_mask.bool()
+        result.metrics["value_loss"] = self._update_critic(feats[real], old_values[real], returns[real])
+        result.metrics["value_mean"] = float(masked_mean(old_values, tok_mask))
+        result.metrics["return_target_mean"] = float(masked_mean(returns, tok_mask))
+        return {
+            a.role: AgentTargets(
+                advantages[:, :, a.index].reshape(B * T, -1), rollout.action_mask[:, :, a.index].reshape(-1)
+            )
+            for a in self.graph.agents
+        }
+
+
+class GroupRelative(PolicyGradient):
+    """Critic-free, group-relative policy optimisation for teams (GRPO family; MAGRPO's joint credit).
+
+    Each task instance is rolled out ``group_size`` times by the whole team. The team return of each
+    rollout becomes an advantage within its group (``algorithm.advantage_estimator``, default: the
+    algorithm's name), and every agent's every token in that rollout gets it (joint credit). With
+    ``env.reward_assignment: per_agent`` each agent's own return is used instead. No critic exists.
+    """
+
+    token_level = True
+    episodic = True
+    default_estimator = "grpo"
+
+    def __init__(
+        self, cfg: AlgorithmConfig, sampling: SamplingConfig, model: TeamModel, graph: TeamGraph
+    ) -> None:
+        super().__init__(cfg, sampling, model, graph)
+        self.estimator = ADVANTAGE_ESTIMATORS.get(cfg.advantage_estimator or self.default_estimator)
+
+    def targets(self, rollout: Rollout, rewards: Tensor, result: UpdateResult) -> dict[str, AgentTargets]:
+        B, T, N = rewards.shape
+        mask = rollout.action_mask
+        if rollout.per_agent_rewards:
+            returns = (rewards * mask).sum(1)  # [B, N]
+        else:
+            # Team reward plus any KL penalty of all agents (rewards - rollout.rewards is the penalty).
+            penalty = ((rewards - rollout.rewards) * mask).sum((1, 2))
+            returns = (rollout.team_rewards * mask[:, :, 0]).sum(1) + penalty  # [B]
+        advantages = self.estimator(returns, self.cfg.group_size)
+        if advantages.dim() == 1:
+            advantages = advantages[:, None].expand(B, N)
+        result.metrics["group_return_std"] = float(
+            returns.reshape(-1, self.cfg.group_size, *returns.shape[1:]).std(1).mean()
+        )
+        per_row = advantages[:, None, :].expand(B, T, N)  # every step of the rollout gets its advantage
+        return {
+            a.role: AgentTargets(per_row[:, :, a.index].reshape(-1), mask[:, :, a.index].reshape(-1))
+            for a in self.graph.agents
+        }
+
+
+def _register_group(name: str, doc: str) -> type:
+    cls = type(name.upper(), (GroupRelative,), {"default_estimator": name, "__doc__": doc})
+    return ALGORITHMS.register(name)(cls)
+
+
+_register_group("grpo", "GRPO for teams: group mean and std baseline (Shao et al. 2024).")
+_register_group("dr_grpo", "Dr. GRPO for teams: group mean baseline, no std (Liu et al. 2025).")
+_register_group("rloo", "RLOO for teams: leave-one-out group mean baseline (Ahmadian et al. 2024).")
+_register_group("reinforce_pp", "REINFORCE++ for teams: returns normalised over the batch (Hu 2025).")

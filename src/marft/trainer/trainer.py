@@ -79,7 +79,7 @@ class Trainer:
         dtype = resolve_dtype(cfg.model.dtype, device)
         base, tokenizer = load_base(cfg.model, corpus=self._tiny_corpus(envs[0]), dtype=dtype)
         algo_cls = ALGORITHMS.get(cfg.algorithm.name)
-        with_critic = getattr(algo_cls, "uses_critic", True)
+        with_critic = algo_cls.critic is not None
         self.model = TeamModel(
             base,
             tokenizer,
@@ -100,10 +100,18 @@ class Trainer:
             cfg.env,
             cfg.sampling,
             seed=cfg.run.seed,
-            with_critic=with_critic,
+            features=algo_cls.critic,
+            ref_logprobs=cfg.algorithm.kl_coef > 0,
+            episodic=algo_cls.episodic,
+            group_size=cfg.algorithm.group_size,
             transcripts_per_iter=cfg.run.transcripts_per_iter,
         )
         self.sink = MetricsSink(self.run_dir, tensorboard=cfg.run.tensorboard)
+
+    @property
+    def steps_per_rollout(self) -> int:
+        """``run.steps_per_iter`` team steps, or up to ``env.horizon`` for whole-episode collection."""
+        return self.cfg.env.horizon if self.algorithm.episodic else self.cfg.run.steps_per_iter
 
     def _tiny_corpus(self, env) -> list[str]:
         """Text the built-in tokenizer must cover: prompts, roles, and the env's own words."""
@@ -127,7 +135,7 @@ class Trainer:
             )
         for it in bar:
             t0 = time.perf_counter()
-            rollout = self.collector.collect(cfg.run.steps_per_iter)
+            rollout = self.collector.collect(self.steps_per_rollout)
             t1 = time.perf_counter()
             update = self.algorithm.update(rollout, it)
             t2 = time.perf_counter()
