@@ -270,6 +270,9 @@ class AlgorithmConfig:
     """First iterations that train only the critic."""
     agent_by_agent: int = 0
     """If K > 0, only one trainable agent updates at a time, switching every K iterations."""
+    recompute_old_logprobs: bool | None = None
+    """Recompute old log-probs with the learner's forward before the epochs. None: only for a
+    half-precision base, where the sampler's cached forward rounds differently (fp32: exact)."""
     kl_coef: float = 0.0
     """Weight of the KL anchor to the reference policy (the base with adapters disabled); 0: off."""
     kl_mode: Literal["loss", "penalty"] = "loss"

@@ -44,7 +44,15 @@ def test_hand_worked_values():
     values = torch.tensor([[[[0.1, 0.2], [0.5, 9.0]]]])
     mask = torch.tensor([[[[1.0, 1.0], [1.0, 0.0]]]])
     adv, ret = compute_tokenwise_gae(
-        rewards, values, mask, torch.ones(1, 1), torch.tensor([7.0]), gamma=0.9, lam=0.5, token_gamma=1.0, token_lam=0.8
+        rewards,
+        values,
+        mask,
+        torch.ones(1, 1),
+        torch.tensor([7.0]),
+        gamma=0.9,
+        lam=0.5,
+        token_gamma=1.0,
+        token_lam=0.8,
     )
     # agent 1, token 0 (last, done): delta = 1 - 0.5 = 0.5; adv = 0.5
     # agent 0, token 1 (last, not cut): delta = 0 + 0.9 * 0.5 - 0.2 = 0.25; adv = 0.25 + 0.9*0.5*0.5 = 0.475

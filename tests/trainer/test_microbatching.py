@@ -35,7 +35,9 @@ def grads_with(trainer, steps, targets, **cfg_changes):
     for p in params:
         p.grad = None
     with model.adapter("listener"):
-        loss, kl, _ = trainer.algorithm.minibatch_backward(steps, targets, torch.arange(len(targets.sample_mask)))
+        loss, kl, _ = trainer.algorithm.minibatch_backward(
+            steps, targets, torch.arange(len(targets.sample_mask))
+        )
     return loss, [p.grad.clone() for p in params]
 
 
@@ -85,6 +87,7 @@ def test_bfloat16_base_keeps_float32_trainables_and_trains(tmp_path):
     assert {p.dtype for _, p in model.base_parameters()} == {torch.bfloat16}
     for role in model.roles:
         assert {p.dtype for p in model.adapter_parameters(role)} == {torch.float32}
+    assert trainer.algorithm.recompute_old_logprobs  # auto: on for a half-precision base
     before = [p.detach().clone() for p in model.adapter_parameters("speaker")]
     rollout = trainer.collector.collect(1)
     result = trainer.algorithm.update(rollout, 0)

@@ -10,6 +10,7 @@ observation and never need a backward through the base.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -230,13 +231,13 @@ class TeamModel(nn.Module):
     # ------------------------------------------------------------------------------ parameters
 
     def adapter_parameters(self, role: str) -> list[nn.Parameter]:
-        """The trainable tensors of one agent (its LoRA matrices and ``modules_to_save`` copies)."""
-        tag = f".{role}."
-        return [
-            p
-            for n, p in self.policy.named_parameters()
-            if tag in n and ("lora_" in n or "modules_to_save" in n)
-        ]
+        """The trainable tensors of one agent (its LoRA matrices and ``modules_to_save`` copies).
+
+        Matched exactly on PEFT's ``.<lora_*|modules_to_save>.<role>.`` segment, so a role named like
+        a module (``model``, ``mlp``) cannot pick up another agent's tensors.
+        """
+        pattern = re.compile(rf"\.(lora_[A-Za-z_]+|modules_to_save)\.{re.escape(role)}(\.|$)")
+        return [p for n, p in self.policy.named_parameters() if pattern.search(n)]
 
     def base_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Every parameter of the frozen base (no adapter, no saved-module copy)."""
@@ -340,7 +341,12 @@ class TeamModel(nn.Module):
         return feats, ref
 
     def action_logprobs(
-        self, batch: SequenceBatch, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+        self,
+        batch: SequenceBatch,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        entropy_grad: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """Token log-probs and entropies of the responses under the active adapter (with grad).
 
@@ -349,6 +355,7 @@ class TeamModel(nn.Module):
 
         Args:
             batch: prompts and responses of ``S`` actions.
+            entropy_grad: keep the entropy in the graph (only for an entropy bonus).
 
         Returns:
             ``(logprobs, entropy)``, both ``[S, L]``, zero where ``response_mask`` is 0.
@@ -358,6 +365,16 @@ class TeamModel(nn.Module):
         L = batch.response_ids.shape[1]
         logits = self.forward_logits(input_ids, mask, keep=L + 1).logits[:, :-1]
         logits = warp_logits(logits, temperature, top_k, top_p)
-        logp, ent = logprobs_and_entropy(logits, batch.response_ids)
-        m = batch.response_mask.to(logp.dtype)
-        return logp * m, ent * m
+        # Only the gathered log-prob needs the graph: autograd then keeps the logits and their
+        # logsumexp, not the extra full-vocabulary tensors of the entropy.
+        logp = token_logprobs(logits, batch.response_ids)
+        if entropy_grad:
+            _, ent = logprobs_and_entropy(logits, batch.response_ids)
+        else:
+            with torch.no_grad():
+                _, ent = logprobs_and_entropy(logits, batch.response_ids)
+        real = batch.response_mask.bool()
+        # where, not multiply: with top-k/top-p a padding token may have log-prob -inf (and -inf * 0
+        # is NaN); the floor keeps a sampled token that the new policy filters out finite.
+        logp = torch.where(real, logp.clamp(min=-1e4), 0.0)
+        return logp, torch.where(real, ent, 0.0)

@@ -15,7 +15,7 @@ Adding one is a new class (or estimator function) and a registration, not an edi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -148,6 +148,9 @@ class PolicyGradient:
             )
             for role in self.trainable
         }
+        recompute = cfg.recompute_old_logprobs
+        base_dtype = next(p.dtype for _, p in model.base_parameters())
+        self.recompute_old_logprobs = base_dtype != torch.float32 if recompute is None else recompute
         self.critic_optimizer = None
         if self.critic is not None:
             if model.value_head is None:
@@ -254,35 +257,59 @@ class PolicyGradient:
                 losses.append(loss.detach())
         return float(torch.stack(losses).mean())
 
+    def _recompute_old_logprobs(self, steps: AgentSteps) -> AgentSteps:
+        """Old log-probs from the learner's own forward (active adapter, no grad, eval mode).
+
+        In half precision the sampler's KV-cached, mixed-adapter forward and the learner's full
+        forward round differently, so the PPO ratio would not start at 1; this costs one forward.
+        """
+        seq, cfg, sp = steps.sequences, self.cfg, self.sampling
+        out = torch.zeros_like(steps.old_logprobs)
+        self.model.policy.eval()
+        with torch.no_grad():
+            idx_all = torch.arange(seq.prompt_ids.shape[0], device=seq.prompt_ids.device)
+            for idx in micro_batches(idx_all, seq, cfg.micro_batch_size, cfg.micro_batch_tokens):
+                batch = SequenceBatch(
+                    seq.prompt_ids[idx], seq.prompt_mask[idx], seq.response_ids[idx], seq.response_mask[idx]
+                ).trimmed()
+                lp, _ = self.model.action_logprobs(batch, sp.temperature, sp.top_k, sp.top_p)
+                out[idx, : lp.shape[1]] = lp
+        return replace(steps, old_logprobs=out)
+
     def _update_agent(self, role: str, steps: AgentSteps, targets: AgentTargets) -> dict[str, float]:
         cfg, model = self.cfg, self.model
         seq = steps.sequences
         params = model.adapter_parameters(role)
         opt = self.optimizers[role]
         losses, kls, clipfracs = [], [], []
-        stopped = False
+        steps_taken, stopped = 0, False
         with model.adapter(role):
+            if self.recompute_old_logprobs:
+                steps = self._recompute_old_logprobs(steps)
             model.policy.train()
             for _ in range(cfg.ppo_epochs):
                 perm = torch.randperm(seq.prompt_ids.shape[0], device=seq.prompt_ids.device)
-                epoch_kl = torch.zeros((), device=perm.device)
                 for mb in perm.chunk(cfg.num_minibatches):
                     opt.zero_grad(set_to_none=True)
                     loss, kl, clipfrac = self.minibatch_backward(steps, targets, mb)
+                    losses.append(loss)
+                    kls.append(kl)
+                    clipfracs.append(clipfrac)
+                    # The KL of this forward is that of the policy about to be stepped: stop before
+                    # a step that would start from a policy already too far from the sampler's.
+                    if cfg.target_kl is not None and float(kl) > cfg.target_kl:
+                        stopped = True
+                        break
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                     opt.step()
-                    losses.append(loss)
-                    clipfracs.append(clipfrac)
-                    epoch_kl = epoch_kl + kl / cfg.num_minibatches
-                kls.append(float(epoch_kl))
-                if cfg.target_kl is not None and kls[-1] > cfg.target_kl:
-                    stopped = True
+                    steps_taken += 1
+                if stopped:
                     break
         return {
             f"policy_loss/{role}": float(torch.stack(losses).mean()),
-            f"approx_kl/{role}": kls[-1],
+            f"approx_kl/{role}": float(kls[-1]),
             f"clipfrac/{role}": float(torch.stack(clipfracs).mean()),
-            f"epochs/{role}": float(len(kls)),
+            f"optimizer_steps/{role}": float(steps_taken),
             f"kl_early_stop/{role}": float(stopped),
         }
 
@@ -318,7 +345,11 @@ class PolicyGradient:
             ).trimmed()
             L = batch.response_ids.shape[1]
             tok_lp, tok_ent = self.model.action_logprobs(
-                batch, self.sampling.temperature, self.sampling.top_k, self.sampling.top_p
+                batch,
+                self.sampling.temperature,
+                self.sampling.top_k,
+                self.sampling.top_p,
+                cfg.entropy_coef > 0,
             )
             tok_mask = batch.response_mask.to(tok_lp.dtype) * sample_mask[idx, None]
             if self.token_level:
