@@ -1,0 +1,104 @@
+"""TPPO and the critic-free group-relative algorithms on the real engine."""
+
+import pytest
+import torch
+
+from marft.trainer import ALGORITHMS, Trainer
+from tests.conftest import small_config
+
+
+def make(tmp_path, *overrides):
+    trainer = Trainer(small_config("env.n_envs=12", "algorithm.group_size=4", *overrides), tmp_path / "run")
+    trainer.setup()
+    return trainer
+
+
+def test_registry_has_every_algorithm():
+    assert ALGORITHMS.names() == ["appo", "dr_grpo", "grpo", "reinforce_pp", "rloo", "tppo"]
+
+
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo", "reinforce_pp"])
+def test_group_relative_runs_build_no_critic(tmp_path, name):
+    trainer = make(tmp_path, f"algorithm.name={name}")
+    assert trainer.model.value_head is None
+    assert trainer.algorithm.critic_optimizer is None
+    assert not [n for n, _ in trainer.model.named_parameters() if "value_head" in n]
+    rollout = trainer.collector.collect(trainer.steps_per_rollout)
+    assert all(a.features is None for a in rollout.agents)
+    before = [p.detach().clone() for p in trainer.model.adapter_parameters("listener")]
+    result = trainer.algorithm.update(rollout, 0)
+    assert "value_loss" not in result.metrics
+    assert result.trained == ["speaker", "listener"]
+    after = trainer.model.adapter_parameters("listener")
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_groups_share_their_task_instance(tmp_path):
+    trainer = make(tmp_path, "algorithm.name=grpo")
+    rollout = trainer.collector.collect(trainer.steps_per_rollout)
+    prompts = rollout.agents[0].sequences.prompt_ids  # the speaker's prompt holds the secret
+    for g in range(3):
+        group = prompts[4 * g : 4 * g + 4]
+        assert all(torch.equal(group[0], row) for row in group)
+
+
+def test_episodic_collection_stops_finished_episodes(tmp_path):
+    # rounds 2, horizon 3: every episode ends after 2 steps; the rollout stops there.
+    trainer = make(tmp_path, "algorithm.name=rloo", "env.kwargs.rounds=2", "env.horizon=3")
+    rollout = trainer.collector.collect(trainer.steps_per_rollout)
+    assert rollout.rewards.shape == (12, 2, 2)
+    assert rollout.dones[:, -1].tolist() == [1.0] * 12
+    assert rollout.env_steps == 24 and rollout.episode_lengths == [2] * 12
+
+
+def test_group_returns_drive_the_advantages(tmp_path):
+    trainer = make(tmp_path, "algorithm.name=dr_grpo")
+    rollout = trainer.collector.collect(1)
+    # hand-set rewards: group 0 gets returns (1, 0, 0, 0), the others all 1
+    rollout.team_rewards[:] = 1.0
+    rollout.team_rewards[1:4] = 0.0
+    from marft.trainer.algorithms import UpdateResult
+
+    targets = trainer.algorithm.targets(rollout, rollout.rewards, UpdateResult())
+    adv = targets["speaker"].advantages
+    torch.testing.assert_close(adv[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]))
+    torch.testing.assert_close(adv[4:], torch.zeros(8))
+    torch.testing.assert_close(targets["listener"].advantages, adv)  # joint credit
+
+
+def test_tppo_values_every_token(tmp_path):
+    trainer = make(tmp_path, "algorithm.name=tppo", "sampling.max_new_tokens=3")
+    rollout = trainer.collector.collect(1)
+    for a in rollout.agents:
+        S, L = a.sequences.response_ids.shape
+        assert a.features.shape == (S, L, 64)
+    assert rollout.last_features.shape == (12, 1, 64)
+    result = trainer.algorithm.update(rollout, 0)
+    assert result.metrics["value_loss"] > 0 and result.trained == ["speaker", "listener"]
+
+
+@pytest.mark.parametrize("mode", ["loss", "penalty"])
+def test_kl_anchor_is_logged_per_agent_and_pulls_towards_the_base(tmp_path, mode):
+    trainer = make(tmp_path, "algorithm.kl_coef=0.5", f"algorithm.kl_mode={mode}", "algorithm.kl_estimator=k3")
+    rollout = trainer.collector.collect(1)
+    assert all(a.ref_logprobs is not None for a in rollout.agents)
+    # before any update the adapters are the base (LoRA B = 0, saved heads copied): KL is 0
+    result = trainer.algorithm.update(rollout, 0)
+    assert result.metrics["kl_ref/speaker"] == pytest.approx(0.0, abs=1e-5)
+    for _ in range(3):
+        result = trainer.algorithm.update(trainer.collector.collect(1), 1)
+    assert result.metrics["kl_ref/speaker"] > 0 and result.metrics["kl_ref/listener"] > 0
+
+
+def test_reference_logprobs_are_the_bare_base(tmp_path):
+    trainer = make(tmp_path, "algorithm.kl_coef=0.1")
+    with torch.no_grad():
+        for role in ("speaker", "listener"):
+            for p in trainer.model.adapter_parameters(role):
+                p.add_(0.3 * torch.randn_like(p))
+    rollout = trainer.collector.collect(1)
+    steps = rollout.agents[1]
+    with torch.no_grad(), trainer.model.adapter(None):
+        base_lp, _ = trainer.model.action_logprobs(steps.sequences)
+    torch.testing.assert_close(steps.ref_logprobs[:, : base_lp.shape[1]], base_lp, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(steps.old_logprobs, steps.ref_logprobs)
