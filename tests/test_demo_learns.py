@@ -33,3 +33,10 @@ def test_without_the_dependency_the_team_stays_at_chance(tmp_path):
     # The listener still learns to answer with a colour (the return rises from ~0.05 to ~1/3) but it
     # cannot know which: the return must stay near chance.
     assert 0.2 < statistics.mean(r[-10:]) < 0.45, r
+
+
+def test_critic_free_grpo_learns_the_demo_too(tmp_path):
+    cfg = load_config("demo", ["run.progress=false", "run.tensorboard=false", "algorithm.name=grpo"])
+    result = train(cfg, tmp_path / "grpo")
+    assert statistics.mean(returns(result)[-5:]) >= 0.9, returns(result)
+    assert result.rows[-1].get("value_loss") is None
