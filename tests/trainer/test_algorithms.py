@@ -79,7 +79,9 @@ def test_tppo_values_every_token(tmp_path):
 
 @pytest.mark.parametrize("mode", ["loss", "penalty"])
 def test_kl_anchor_is_logged_per_agent_and_pulls_towards_the_base(tmp_path, mode):
-    trainer = make(tmp_path, "algorithm.kl_coef=0.5", f"algorithm.kl_mode={mode}", "algorithm.kl_estimator=k3")
+    trainer = make(
+        tmp_path, "algorithm.kl_coef=0.5", f"algorithm.kl_mode={mode}", "algorithm.kl_estimator=k3"
+    )
     rollout = trainer.collector.collect(1)
     assert all(a.ref_logprobs is not None for a in rollout.agents)
     # before any update the adapters are the base (LoRA B = 0, saved heads copied): KL is 0
