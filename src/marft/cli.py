@@ -50,7 +50,92 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config value by dotted key, e.g. algorithm.policy_lr=1e-3 (repeatable; values are YAML)",
     )
     t.add_argument("--out", type=Path, default=None, help="run directory (default: a new folder under runs/)")
+
+    e = sub.add_parser(
+        "eval",
+        help="evaluate a team on a problem set",
+        description=EVAL_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument(
+        "config",
+        nargs="?",
+        default=None,
+        help="YAML file or preset (default: the checkpoint run's config.yaml)",
+    )
+    e.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="run directory or its checkpoint/ (default: the base model)",
+    )
+    e.add_argument(
+        "--split", default=None, help="a JSONL file of problems, or a dataset split name (hf: datasets)"
+    )
+    e.add_argument(
+        "--samples", type=int, default=1, help="attempts per problem, K (pass@K, maj@K); default 1"
+    )
+    e.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems")
+    e.add_argument("--batch", type=int, default=32, help="env copies run together (default 32)")
+    e.add_argument("--no-ablation", action="store_true", help="skip the per-agent swap-to-base ablation")
+    e.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: CHECKPOINT_RUN/eval or runs/eval-TIME)",
+    )
+    e.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override"
+    )
     return p
+
+
+EVAL_HELP = """\
+Evaluate a team on a problem set: accuracy, pass@K and majority vote (maj@K) over K samples per
+problem, and, with a checkpoint, an ablation that swaps one agent at a time back to the base model
+and shows the accuracy drop per agent. Writes summary.json and transcripts.jsonl to --out and
+prints the same numbers as a table.
+
+Examples:
+  marft eval --checkpoint runs/my-run --split ../shared/data/gsm8k/test.jsonl --samples 4
+  marft eval math_dual --split test.jsonl --limit 100 --set model.name=PATH    # the base model
+"""
+
+
+def _eval(args) -> int:
+    from datetime import datetime
+
+    from marft.trainer.evaluate import evaluate, format_table
+
+    source = args.config
+    run_config = args.checkpoint / "config.yaml" if args.checkpoint else None
+    if source is None:
+        if run_config is None or not run_config.exists():
+            raise ConfigError("", "give a CONFIG, or a --checkpoint run directory that holds config.yaml")
+        source = str(run_config)
+    overrides = list(args.overrides)
+    if args.split:
+        if args.split.endswith((".jsonl", ".json")) or Path(args.split).exists():
+            overrides.append(f"env.kwargs.data={args.split}")
+        else:
+            overrides.append(f"env.kwargs.split={args.split}")
+    if args.samples < 1:
+        raise ConfigError("--samples", "must be >= 1")
+    cfg = load_config(source, overrides)
+    out = args.out
+    if out is None:
+        base = (
+            args.checkpoint
+            if args.checkpoint and (args.checkpoint / "config.yaml").exists()
+            else Path("runs")
+        )
+        out = base / f"eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    summary = evaluate(
+        cfg, out, args.checkpoint, args.samples, args.limit, not args.no_ablation, args.batch, progress=True
+    )
+    print(format_table(summary))
+    print(f"summary: {out / 'summary.json'}")
+    return 0
 
 
 def _fail(message: str) -> int:
@@ -75,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run directory: {result.run_dir}")
             print(f"mean episode_return over the last {len(last)} iterations: {mean:.3f}")
             print(f"checkpoint: {result.checkpoint}")
+        elif args.command == "eval":
+            return _eval(args)
     except ConfigError as e:
         return _fail(f"config: {e}")
     except ModelLoadError as e:

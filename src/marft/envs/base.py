@@ -91,12 +91,24 @@ def env_config_class(name: str) -> type | None:
     return getattr(_resolve(name), "Config", None)
 
 
-def make_env(name: str, kwargs: Mapping[str, Any] | None = None) -> Env:
-    """Build one env copy by registered name or ``module:Class``; kwargs are validated first."""
+def make_env(name: str, kwargs: Mapping[str, Any] | None = None, team: Any = None) -> Env:
+    """Build one env copy by registered name or ``module:Class``; kwargs are validated first.
+
+    Args:
+        name: registered name or ``module:Class``.
+        kwargs: ``env.kwargs``.
+        team: the team's :class:`~marft.team.TeamGraph`; envs with a ``bind_team`` method (those
+            that grade some agents, say) receive it.
+    """
     from marft.config import from_dict
 
     cls = _resolve(name)
     cfg_cls = getattr(cls, "Config", None)
-    if cfg_cls is not None:
-        return cls(from_dict(cfg_cls, dict(kwargs or {}), "env.kwargs"))
-    return cls(**dict(kwargs or {}))
+    env = (
+        cls(from_dict(cfg_cls, dict(kwargs or {}), "env.kwargs"))
+        if cfg_cls is not None
+        else cls(**dict(kwargs or {}))
+    )
+    if team is not None and hasattr(env, "bind_team"):
+        env.bind_team(team)
+    return env

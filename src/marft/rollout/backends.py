@@ -20,6 +20,8 @@ from marft.models.team_model import TeamModel, position_ids_from_mask
 from marft.registry import Registry
 
 ROLLOUT_BACKENDS: Registry = Registry("rollout backend")
+BASE = "__base__"
+"""Adapter name of a row that must run on the bare base model (PEFT's convention)."""
 
 
 @dataclass
@@ -60,7 +62,7 @@ class HFBackend:
         Args:
             input_ids: ``[S, P]`` left-padded prompts.
             attention_mask: ``[S, P]``.
-            roles: ``S`` adapter names.
+            roles: ``S`` adapter names (``"__base__"``: the bare base model).
             generator: RNG for sampling (on the model's device).
         """
         cfg, model = self.sampling, self.model
@@ -75,7 +77,8 @@ class HFBackend:
         cache = DynamicCache()
         ids, mask = input_ids, attention_mask
         pos = position_ids_from_mask(mask)
-        with nullcontext() if mixed else model.adapter(roles[0]):
+        single = None if roles[0] == BASE else roles[0]
+        with nullcontext() if mixed else model.adapter(single):
             for _ in range(cfg.max_new_tokens):
                 out = model.forward_logits(
                     ids,

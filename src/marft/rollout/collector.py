@@ -158,6 +158,8 @@ class Collector:
         episodic: collect whole episodes in groups (see above).
         group_size: G, in episodic mode.
         transcripts_per_iter: finished episodes kept as full conversations per rollout.
+        adapter_of: adapter name per role (default: the role); ``"__base__"`` runs that agent on
+            the bare base model (evaluation's per-agent ablation).
     """
 
     def __init__(
@@ -174,12 +176,14 @@ class Collector:
         episodic: bool = False,
         group_size: int = 1,
         transcripts_per_iter: int = 2,
+        adapter_of: dict[str, str] | None = None,
     ) -> None:
         self.envs, self.graph, self.model, self.backend = envs, graph, model, backend
         self.env_cfg, self.sampling = env_cfg, sampling
         self.features, self.ref_logprobs = features, ref_logprobs
         self.episodic, self.group_size = episodic, group_size
         self.transcripts_per_iter = transcripts_per_iter
+        self.adapter_of = adapter_of or {}
         self._seeds = random.Random(seed)
         self.generator = torch.Generator(device=model.device).manual_seed(seed)
         self.obs: list[Observation] = [env.reset(seed=self._seeds.getrandbits(31)) for env in envs]
@@ -226,16 +230,25 @@ class Collector:
             batch, self.features, self.ref_logprobs, sp.temperature, sp.top_k, sp.top_p
         )
 
-    def _reset_groups(self) -> None:
+    def _reset_groups(self, problems: list[int] | None = None) -> None:
         G = self.group_size
         seeds = [self._seeds.getrandbits(31) for _ in range(len(self.envs) // G)]
         for b, env in enumerate(self.envs):
-            self.obs[b] = env.reset(seed=seeds[b // G])
+            if problems is not None:
+                self.obs[b] = env.reset_to(problems[b])
+            else:
+                self.obs[b] = env.reset(seed=seeds[b // G])
             self._ep_return[b], self._ep_len[b], self._ep_turns[b] = 0.0, 0, []
 
     @torch.no_grad()
-    def collect(self, steps: int) -> Rollout:
-        """Run ``steps`` team steps in every env copy (episodic mode: at most ``steps``)."""
+    def collect(self, steps: int, problems: list[int] | None = None) -> Rollout:
+        """Run ``steps`` team steps in every env copy (episodic mode: at most ``steps``).
+
+        Args:
+            steps: team steps (episodic: the most an episode may take).
+            problems: episodic mode only: start env copy b on problem ``problems[b]`` (``reset_to``)
+                instead of a seeded draw.
+        """
         B, N, graph = len(self.envs), self.graph.n_agents, self.graph
         tok, device = self.model.tokenizer, self.model.device
         roles = graph.roles
@@ -249,7 +262,7 @@ class Collector:
         keep = min(self.transcripts_per_iter, B)
         finished = [False] * B
         if self.episodic:
-            self._reset_groups()
+            self._reset_groups(problems)
         taken = 0
 
         for t in range(steps):
@@ -269,7 +282,7 @@ class Collector:
                     for b in active
                 ]
                 ids, mask = self._encode(convs)
-                row_roles = [a.role for a in level for _ in active]
+                row_roles = [self.adapter_of.get(a.role, a.role) for a in level for _ in active]
                 timings["env"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 gen = self.backend.generate(ids, mask, row_roles, self.generator)

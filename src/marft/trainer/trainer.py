@@ -74,7 +74,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         self.graph = TeamGraph.from_config(cfg.team)
-        envs = [make_env(cfg.env.name, cfg.env.kwargs) for _ in range(cfg.env.n_envs)]
+        envs = [make_env(cfg.env.name, cfg.env.kwargs, self.graph) for _ in range(cfg.env.n_envs)]
         device = resolve_device(cfg.model.device)
         dtype = resolve_dtype(cfg.model.dtype, device)
         base, tokenizer = load_base(cfg.model, corpus=self._tiny_corpus(envs[0]), dtype=dtype)

@@ -1,0 +1,206 @@
+"""The math env: a team solves a problem; the graded agents' answers are checked by :func:`grade`.
+
+Problems come from a local JSONL file (``{"problem", "answer"}`` per line, keys configurable) or,
+with ``data: hf:NAME[:CONFIG]``, from a Hugging Face dataset (needs ``pip install datasets``;
+``hf:json`` with ``data_files`` loads local files the same way). Each reset draws a problem with
+the seed it is given, so env copies reset with the same seed (a group) get the same problem.
+
+Multi-turn: after a wrong answer the env shows the attempt and the judge's feedback and the team
+tries again, up to ``max_attempts``; a right answer ends the episode.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from marft.envs.base import ENVS, Observation, StepResult
+from marft.envs.math.grading import extract_answer, grade
+
+
+@dataclass
+class MathConfig:
+    """Arguments of :class:`MathEnv` (``env.kwargs``)."""
+
+    data: str = "../shared/data/gsm8k/train.jsonl"
+    """A JSONL file, or ``hf:NAME[:CONFIG]`` for a Hugging Face dataset."""
+    split: str = "train"
+    """Split of a Hugging Face dataset (ignored for JSONL files)."""
+    data_files: list[str] = field(default_factory=list)
+    """``data_files`` for ``hf:json`` / ``hf:csv``."""
+    problem_key: str = "problem"
+    """Field holding the problem text."""
+    answer_key: str = "answer"
+    """Field holding the reference answer."""
+    answer_after: str | None = None
+    """If set, the reference is the text after this marker (``"####"`` for raw GSM8K solutions)."""
+    limit: int | None = None
+    """Use only the first N problems."""
+    instruction: str = "{problem}\n\nPut your final answer within \\boxed{{}}."
+    """The shared observation; ``{problem}`` is replaced by the problem."""
+    feedback: str = "Your team's answer {answer} is wrong. Check the work and try again."
+    """Judge feedback after a wrong answer; ``{answer}`` is the extracted answer."""
+    max_attempts: int = 1
+    """Attempts per problem (each attempt is one team step)."""
+    reward: Literal["final", "each"] = "final"
+    """``final``: the team reward is 1 when the last graded agent is right; ``each``: every graded
+    agent is rewarded for its own answer (use with ``env.reward_assignment: per_agent``)."""
+
+    def __post_init__(self) -> None:
+        from marft.config import ConfigError
+
+        if not self.data.startswith("hf:") and not Path(self.data).is_file():
+            raise ConfigError(
+                "data",
+                f"dataset file {self.data!r} not found; give a JSONL path or hf:NAME (working dir: {Path.cwd()})",
+            )
+        if self.max_attempts < 1:
+            raise ConfigError("max_attempts", "must be a positive integer")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError("limit", "must be a positive integer or null")
+        try:
+            self.instruction.format(problem="p")
+            self.feedback.format(answer="a")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(
+                "instruction", f"only {{problem}} (and {{answer}} in feedback) may be used ({e})"
+            ) from None
+
+    @staticmethod
+    def check_team(cfg: MathConfig, team) -> tuple[str, str] | None:
+        if not any(a.graded for a in team.agents):
+            roles = ", ".join(a.role for a in team.agents)
+            return (
+                "team.agents",
+                f"no agent is graded; set graded: true on the agent that answers (roles: {roles})",
+            )
+        return None
+
+
+@lru_cache(maxsize=16)
+def load_problems(
+    data: str,
+    split: str,
+    data_files: tuple[str, ...],
+    problem_key: str,
+    answer_key: str,
+    answer_after: str | None,
+) -> tuple[tuple[str, str], ...]:
+    """``(problem, reference)`` pairs of a dataset, loaded once per process."""
+    if data.startswith("hf:"):
+        try:
+            import datasets
+        except ImportError:
+            raise ImportError(f"{data!r} needs the datasets package: pip install datasets") from None
+        name, _, config = data[3:].partition(":")
+        kw = {"data_files": list(data_files)} if data_files else {}
+        rows = datasets.load_dataset(name, config or None, split=split, **kw)
+    else:
+        rows = []
+        with open(data) as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{data}:{n} is not valid JSON ({e})") from None
+    out = []
+    for n, row in enumerate(rows, 1):
+        if problem_key not in row or answer_key not in row:
+            raise ValueError(
+                f"{data} row {n} lacks {problem_key!r} or {answer_key!r}; set problem_key/answer_key"
+            )
+        answer = str(row[answer_key])
+        if answer_after is not None:
+            answer = answer.split(answer_after)[-1].strip().replace(",", "")
+        out.append((str(row[problem_key]), answer))
+    if not out:
+        raise ValueError(f"{data} holds no problems")
+    return tuple(out)
+
+
+@ENVS.register("math")
+class MathEnv:
+    """Math problems for a team; graded agents come from the team config (``graded: true``)."""
+
+    Config = MathConfig
+
+    def __init__(self, config: MathConfig) -> None:
+        self.cfg = config
+        problems = load_problems(
+            config.data,
+            config.split,
+            tuple(config.data_files),
+            config.problem_key,
+            config.answer_key,
+            config.answer_after,
+        )
+        self.problems = problems[: config.limit] if config.limit else problems
+        self.graded_roles: list[str] = []
+        self._rng = random.Random(0)
+        self.index = 0
+        self.attempt = 0
+        self.history: list[str] = []
+
+    def vocabulary(self) -> list[str]:
+        """Every problem and answer (the built-in tiny tokenizer is trained to cover them)."""
+        return [f"{p} {a}" for p, a in self.problems] + [self.cfg.instruction, self.cfg.feedback]
+
+    def bind_team(self, graph) -> None:
+        """Learn which roles are graded (called by the engine with the team's graph)."""
+        self.graded_roles = [a.role for a in graph.agents if a.graded]
+
+    @property
+    def problem(self) -> str:
+        return self.problems[self.index][0]
+
+    @property
+    def reference(self) -> str:
+        return self.problems[self.index][1]
+
+    def _observe(self) -> Observation:
+        text = self.cfg.instruction.format(problem=self.problem)
+        if self.history:
+            text = text + "\n\n" + "\n".join(self.history)
+        return Observation(text=text)
+
+    def reset(self, seed: int | None = None) -> Observation:
+        if seed is not None:
+            self._rng = random.Random(seed)
+        return self.reset_to(self._rng.randrange(len(self.problems)))
+
+    def reset_to(self, index: int) -> Observation:
+        """Start an episode on problem ``index`` (evaluation walks the dataset this way)."""
+        self.index, self.attempt, self.history = index, 0, []
+        return self._observe()
+
+    def step(self, actions: Mapping[str, str]) -> StepResult:
+        if not self.graded_roles:
+            raise RuntimeError(
+                "MathEnv.bind_team was not called: the env does not know which agents are graded"
+            )
+        correct = {role: grade(actions[role], self.reference) for role in self.graded_roles}
+        final = self.graded_roles[-1]
+        solved = correct[final]
+        self.attempt += 1
+        done = solved or self.attempt >= self.cfg.max_attempts
+        info = {
+            "problem_index": self.index,
+            "reference": self.reference,
+            "correct": correct,
+            "attempt": self.attempt,
+        }
+        if not done:
+            answer = extract_answer(actions[final]) or "(none)"
+            self.history.append(self.cfg.feedback.format(answer=answer))
+        rewards: float | dict[str, float]
+        if self.cfg.reward == "each":
+            rewards = {role: float(ok) for role, ok in correct.items()}
+        else:
+            rewards = float(solved)
+        return StepResult(observation=self._observe(), rewards=rewards, done=done, info=info)

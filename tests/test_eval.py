@@ -1,0 +1,123 @@
+"""marft eval end to end on 20 GSM8K problems with the tiny model, and its metrics by hand."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from marft.trainer.evaluate import Evaluator, ProblemResult, pass_at_k
+
+ROOT = Path(__file__).resolve().parents[1]
+GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+pytestmark = pytest.mark.skipif(not GSM8K.exists(), reason=f"{GSM8K} missing (tests read ../shared/data)")
+
+
+def math_config(tmp_path) -> Path:
+    cfg = {
+        "run": {"iterations": 1, "progress": False, "tensorboard": False},
+        "model": {"name": "tiny", "tiny": {"initializer_range": 0.2}},
+        "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "modules_to_save": ["lm_head"]},
+        "team": {
+            "agents": [
+                {"role": "reasoner", "system_prompt": "plan the solution"},
+                {"role": "actor", "system_prompt": "give the answer", "graded": True},
+            ]
+        },
+        "env": {
+            "name": "math",
+            "n_envs": 8,
+            "horizon": 2,
+            "kwargs": {"data": str(GSM8K), "limit": 20, "max_attempts": 2},
+        },
+        "sampling": {"max_new_tokens": 6},
+        "algorithm": {"name": "grpo", "group_size": 4, "ppo_epochs": 1},
+    }
+    path = tmp_path / "math.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "marft.cli", *args], capture_output=True, text=True)
+
+
+def test_marft_eval_end_to_end_on_20_problems(tmp_path):
+    cfg = math_config(tmp_path)
+    train = run_cli("train", str(cfg), "--out", str(tmp_path / "run"))
+    assert train.returncode == 0, train.stderr
+    out = tmp_path / "eval"
+    proc = run_cli(
+        "eval", "--checkpoint", str(tmp_path / "run"), "--limit", "20", "--samples", "2", "--out", str(out)
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_problems"] == 20 and summary["samples"] == 2
+    for key in ("accuracy", "pass@1", "pass@2", "maj@2"):
+        assert 0.0 <= summary["team"][key] <= 1.0
+    assert set(summary["ablation"]) == {"reasoner", "actor"}
+    assert "accuracy_drop" in summary["ablation"]["actor"]
+    transcripts = [json.loads(x) for x in (out / "transcripts.jsonl").read_text().splitlines()]
+    assert len(transcripts) == 20 * 2 * 3  # the team, then each agent swapped to base
+    assert {t["problem_index"] for t in transcripts} == set(range(20))
+    first = transcripts[0]["turns"][0]
+    assert [a["role"] for a in first["agents"]] == ["reasoner", "actor"]
+    assert "reference" in first["info"]
+    assert "trained team" in proc.stdout and "actor -> base" in proc.stdout
+
+
+def test_eval_errors_are_clear(tmp_path):
+    proc = run_cli("eval", "--checkpoint", str(tmp_path / "nothing"))
+    assert proc.returncode == 2 and "give a CONFIG" in proc.stderr
+    proc = run_cli("eval", str(math_config(tmp_path)), "--checkpoint", str(tmp_path), "--limit", "2")
+    assert proc.returncode == 2 and "has no adapter" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("eval", "demo")
+    assert proc.returncode == 2 and "no problem set" in proc.stderr
+
+
+def test_pass_at_k_and_majority_by_hand(tmp_path):
+    # n=4 samples, c=1 correct: pass@1 = 1/4, pass@2 = 1 - C(3,2)/C(4,2) = 0.5, pass@4 = 1
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
+    assert pass_at_k(4, 1, 4) == 1.0 and pass_at_k(4, 0, 4) == 0.0
+    ev = Evaluator.__new__(Evaluator)
+    ev.samples = 3
+    results = [
+        ProblemResult(0, "12", [True, False, False], ["12", "1,2", "7"]),  # majority is none... 3 distinct
+        ProblemResult(
+            1, "5", [False, True, True], ["4", "5", "5.0"]
+        ),  # majority 5 (5 and 5.0 differ as text)
+        ProblemResult(2, "1000", [True, True, False], ["1,000", "1000", "3"]),  # 1,000 -> 1000: majority
+    ]
+    s = ev.summarize(results)
+    assert s["accuracy"] == pytest.approx(5 / 9)
+    assert s["pass@3"] == pytest.approx(1.0)
+    # problem 0: every answer once -> the first counted ("12") wins; problem 1: "5"; problem 2: "1000"
+    assert s["maj@3"] == pytest.approx(1.0)
+
+
+def test_base_rows_run_on_the_bare_base():
+    from marft.config import SamplingConfig
+    from marft.rollout import HFBackend
+    from tests.conftest import make_team_model
+
+    model = make_team_model()
+    with torch.no_grad():
+        for p in model.adapter_parameters("speaker"):
+            p.add_(0.5 * torch.randn_like(p))
+    enc = model.tokenizer(["name the secret colour red", "red blue"], return_tensors="pt", padding=True)
+    backend = HFBackend(model, SamplingConfig(max_new_tokens=4))
+    base = backend.generate(
+        enc["input_ids"], enc["attention_mask"], ["__base__"] * 2, torch.Generator().manual_seed(0)
+    )
+    with model.adapter(None):
+        ref = model.forward_logits(enc["input_ids"], enc["attention_mask"], keep=1).logits
+    mixed = model.forward_logits(
+        enc["input_ids"], enc["attention_mask"], keep=1, adapter_names=["__base__", "speaker"]
+    ).logits
+    torch.testing.assert_close(mixed[0], ref[0])
+    assert not torch.allclose(mixed[1], ref[1])
+    assert base.response_ids.shape[0] == 2
