@@ -28,7 +28,14 @@ class MathConfig:
     """Arguments of :class:`MathEnv` (``env.kwargs``)."""
 
     data: str = "../shared/data/gsm8k/train.jsonl"
-    """A JSONL file, or ``hf:NAME[:CONFIG]`` for a Hugging Face dataset."""
+    """A JSONL file, ``hf:NAME[:CONFIG]`` for a Hugging Face dataset, or ``arithmetic`` for
+    generated one- and two-step word problems (see ``arith_*``)."""
+    arith_count: int = 2000
+    """``arithmetic``: how many problems."""
+    arith_seed: int = 0
+    """``arithmetic``: seed of the generator (use another seed for a held-out set)."""
+    arith_max: int = 20
+    """``arithmetic``: largest number in a problem."""
     split: str = "train"
     """Split of a Hugging Face dataset (ignored for JSONL files)."""
     data_files: list[str] = field(default_factory=list)
@@ -54,7 +61,7 @@ class MathConfig:
     def __post_init__(self) -> None:
         from marft.config import ConfigError
 
-        if not self.data.startswith("hf:") and not Path(self.data).is_file():
+        if self.data != "arithmetic" and not self.data.startswith("hf:") and not Path(self.data).is_file():
             raise ConfigError(
                 "data",
                 f"dataset file {self.data!r} not found; give a JSONL path or hf:NAME (working dir: {Path.cwd()})",
@@ -80,6 +87,43 @@ class MathConfig:
                 f"no agent is graded; set graded: true on the agent that answers (roles: {roles})",
             )
         return None
+
+
+_NAMES = ["Tom", "Ana", "Lee", "Mia", "Sam", "Ivy", "Ben", "Zoe"]
+_THINGS = ["apples", "books", "coins", "pencils", "stickers", "marbles", "cards", "shells"]
+
+
+def arithmetic_problems(count: int, seed: int, max_value: int) -> tuple[tuple[str, str], ...]:
+    """Generated one- and two-step word problems (+, -, x) with non-negative integer answers."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        name, thing = rng.choice(_NAMES), rng.choice(_THINGS)
+        a, b, c = (rng.randint(1, max_value) for _ in range(3))
+        kind = rng.randrange(5)
+        if kind == 0:
+            text, ans = (
+                f"{name} has {a} {thing} and gets {b} more. How many {thing} does {name} have now?",
+                a + b,
+            )
+        elif kind == 1:
+            a, b = max(a, b), min(a, b)
+            text, ans = f"{name} has {a} {thing} and gives away {b}. How many {thing} are left?", a - b
+        elif kind == 2:
+            a, b = rng.randint(2, 9), rng.randint(2, 9)
+            text, ans = (
+                f"{name} has {a} bags with {b} {thing} in each bag. How many {thing} are there in total?",
+                a * b,
+            )
+        elif kind == 3:
+            text = f"{name} has {a} {thing}, finds {b} more, and then finds {c} more. How many {thing} does {name} have?"
+            ans = a + b + c
+        else:
+            a = a + b
+            text = f"{name} has {a} {thing}, gives away {b}, and then buys {c} more. How many {thing} does {name} have?"
+            ans = a - b + c
+        out.append((text, str(ans)))
+    return tuple(out)
 
 
 @lru_cache(maxsize=16)
