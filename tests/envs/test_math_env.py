@@ -94,3 +94,8 @@ def test_team_presets_validate(preset, jsonl):
     graph = TeamGraph.from_config(cfg.team)
     assert sum(a.graded for a in graph.agents) == 1 and graph.agents[-1].graded
     assert len(graph.agents) == {"math_single": 1, "math_dual": 2, "math_trio": 3, "math_quartet": 4}[preset]
+
+
+def test_arithmetic_data_source_builds_an_env():
+    env = make_env("math", {"data": "arithmetic", "arith_count": 30, "arith_seed": 3}, team(True))
+    assert len(env.problems) == 30 and env.problems == arithmetic_problems(30, 3, 20)

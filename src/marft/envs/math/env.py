@@ -176,14 +176,17 @@ class MathEnv:
 
     def __init__(self, config: MathConfig) -> None:
         self.cfg = config
-        problems = load_problems(
-            config.data,
-            config.split,
-            tuple(config.data_files),
-            config.problem_key,
-            config.answer_key,
-            config.answer_after,
-        )
+        if config.data == "arithmetic":
+            problems = arithmetic_problems(config.arith_count, config.arith_seed, config.arith_max)
+        else:
+            problems = load_problems(
+                config.data,
+                config.split,
+                tuple(config.data_files),
+                config.problem_key,
+                config.answer_key,
+                config.answer_after,
+            )
         self.problems = problems[: config.limit] if config.limit else problems
         self.graded_roles: list[str] = []
         self._rng = random.Random(0)
