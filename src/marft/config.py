@@ -140,6 +140,8 @@ class AgentConfig:
     """Whether RL updates this agent's adapter."""
     graded: bool = False
     """Whether the environment grades this agent's output (envs that grade read this)."""
+    max_new_tokens: int | None = None
+    """This agent's longest action in tokens (None: ``sampling.max_new_tokens``)."""
 
     def __post_init__(self) -> None:
         import re
@@ -150,6 +152,11 @@ class AgentConfig:
             and self.role not in "lora_",  # PEFT mistakes such adapter names for its own prefix
             "role",
             f"must be an identifier (letters, digits, _; not 'default' nor part of 'lora_'), got {self.role!r}",
+        )
+        _check(
+            self.max_new_tokens is None or self.max_new_tokens > 0,
+            "max_new_tokens",
+            "must be a positive integer or null",
         )
 
 

@@ -156,3 +156,13 @@ def test_missing_model_is_a_clear_error_exit_2(tmp_path):
     )
     assert proc.returncode == 2
     assert "cannot load model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_per_row_token_limits(team_model):
+    ids, mask = prompts(team_model)
+    limits = torch.tensor([1, 3, 2, 5])
+    gen = HFBackend(team_model, SamplingConfig(max_new_tokens=8)).generate(
+        ids, mask, ["speaker"] * 4, torch.Generator().manual_seed(0), limits
+    )
+    assert (gen.response_mask.sum(-1) <= limits).all()
+    assert gen.response_ids.shape[1] <= 5

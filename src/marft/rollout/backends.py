@@ -56,6 +56,7 @@ class HFBackend:
         attention_mask: Tensor,
         roles: list[str],
         generator: torch.Generator | None = None,
+        max_new_tokens: Tensor | None = None,
     ) -> Generation:
         """Sample one action per row, row ``s`` with the adapter of ``roles[s]``.
 
@@ -64,6 +65,7 @@ class HFBackend:
             attention_mask: ``[S, P]``.
             roles: ``S`` adapter names (``"__base__"``: the bare base model).
             generator: RNG for sampling (on the model's device).
+            max_new_tokens: ``[S]`` longest action per row (default: ``sampling.max_new_tokens``).
         """
         cfg, model = self.sampling, self.model
         S = input_ids.shape[0]
@@ -73,13 +75,19 @@ class HFBackend:
         eos = torch.tensor(model.eos_ids, device=device)
         pad = model.tokenizer.pad_token_id
         finished = torch.zeros(S, dtype=torch.bool, device=device)
+        limits = (
+            max_new_tokens
+            if max_new_tokens is not None
+            else torch.full((S,), cfg.max_new_tokens, device=device)
+        )
+        limits = limits.to(device)
         tokens, logps, ents, alive = [], [], [], []
         cache = DynamicCache()
         ids, mask = input_ids, attention_mask
         pos = position_ids_from_mask(mask)
         single = None if roles[0] == BASE else roles[0]
         with nullcontext() if mixed else model.adapter(single):
-            for _ in range(cfg.max_new_tokens):
+            for step in range(int(limits.max())):
                 out = model.forward_logits(
                     ids,
                     mask,
@@ -98,7 +106,7 @@ class HFBackend:
                 tokens.append(tok.masked_fill(finished, pad))
                 logps.append(logp.gather(-1, tok[:, None]).squeeze(-1).masked_fill(finished, 0.0))
                 ents.append((-(p * logp.masked_fill(p == 0, 0.0)).sum(-1)).masked_fill(finished, 0.0))
-                finished = finished | torch.isin(tok, eos)
+                finished = finished | torch.isin(tok, eos) | (limits <= step + 1)
                 if bool(finished.all()):
                     break
                 ids = tok[:, None]

@@ -285,7 +285,11 @@ class Collector:
                 row_roles = [self.adapter_of.get(a.role, a.role) for a in level for _ in active]
                 timings["env"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                gen = self.backend.generate(ids, mask, row_roles, self.generator)
+                limits = torch.tensor(
+                    [a.max_new_tokens or self.sampling.max_new_tokens for a in level for _ in active],
+                    device=device,
+                )
+                gen = self.backend.generate(ids, mask, row_roles, self.generator, limits)
                 timings["generate"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 batch = SequenceBatch(ids, mask, gen.response_ids, gen.response_mask)

@@ -24,6 +24,8 @@ class Agent:
     depth: int
     index: int
     """Position in acting order (the N axis of ``[B, T, N]`` buffers)."""
+    max_new_tokens: int | None = None
+    """This agent's longest action (None: the sampling default)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class TeamGraph:
                 graded=team.agents[i].graded,
                 depth=depth[team.agents[i].role],
                 index=k,
+                max_new_tokens=team.agents[i].max_new_tokens,
             )
             for k, i in enumerate(order)
         )
