@@ -99,3 +99,19 @@ def test_team_presets_validate(preset, jsonl):
 def test_arithmetic_data_source_builds_an_env():
     env = make_env("math", {"data": "arithmetic", "arith_count": 30, "arith_seed": 3}, team(True))
     assert len(env.problems) == 30 and env.problems == arithmetic_problems(30, 3, 20)
+
+
+def test_hugging_face_loading_path_through_a_local_file(jsonl):
+    """The hf: code path (datasets.load_dataset) on a local file, as the hub is unreachable here."""
+    pytest.importorskip("datasets")
+    env = make_env("math", {"data": "hf:json", "data_files": [str(jsonl)], "split": "train"}, team(True))
+    assert env.problems == (("1+1?", "2"), ("half of 1?", "\\frac{1}{2}"))
+    gsm = DATA / "gsm8k" / "test.jsonl"
+    if gsm.exists():  # raw GSM8K-style rows: the number after '####' in the solution
+        env = make_env(
+            "math",
+            {"data": "hf:json", "data_files": [str(gsm)], "answer_key": "solution", "answer_after": "####", "limit": 5},
+            team(True),
+        )
+        ref = make_env("math", {"data": str(gsm), "limit": 5}, team(True))
+        assert [a for _, a in env.problems] == [a for _, a in ref.problems]
