@@ -110,7 +110,13 @@ def test_hugging_face_loading_path_through_a_local_file(jsonl):
     if gsm.exists():  # raw GSM8K-style rows: the number after '####' in the solution
         env = make_env(
             "math",
-            {"data": "hf:json", "data_files": [str(gsm)], "answer_key": "solution", "answer_after": "####", "limit": 5},
+            {
+                "data": "hf:json",
+                "data_files": [str(gsm)],
+                "answer_key": "solution",
+                "answer_after": "####",
+                "limit": 5,
+            },
             team(True),
         )
         ref = make_env("math", {"data": str(gsm), "limit": 5}, team(True))
