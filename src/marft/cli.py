@@ -24,6 +24,17 @@ Examples:
 """
 
 
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value by dotted key, e.g. algorithm.policy_lr=1e-3 (repeatable; values are YAML)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="marft", description="Multi-agent reinforcement fine-tuning of LLM teams."
@@ -41,14 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         default="demo",
         help=f"YAML file or preset ({', '.join(preset_names())}); default: demo",
     )
-    t.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value by dotted key, e.g. algorithm.policy_lr=1e-3 (repeatable; values are YAML)",
-    )
+    _add_overrides(t)
     t.add_argument("--out", type=Path, default=None, help="run directory (default: a new folder under runs/)")
 
     e = sub.add_parser(
@@ -84,9 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="output folder (default: CHECKPOINT_RUN/eval or runs/eval-TIME)",
     )
-    e.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override"
-    )
+    _add_overrides(e)
     return p
 
 

@@ -232,6 +232,26 @@ class PolicyGradient:
         result.metrics["time_fwd_bwd_s"] = self._fwd_bwd_s
         return result
 
+    def _fit_critic(
+        self,
+        feats: Tensor,
+        old_values: Tensor,
+        advantages: Tensor,
+        returns: Tensor,
+        mask: Tensor,
+        result: UpdateResult,
+    ) -> Tensor:
+        """Train the critic on the real entries (``mask``), log it, and return the advantages,
+        standardised over the real entries if ``normalize_advantages``.
+
+        Shapes: ``feats [..., H]``; the rest ``[...]`` (``[B, T, N]`` or ``[B, T, N, L]``).
+        """
+        real = mask.bool()
+        result.metrics["value_loss"] = self._update_critic(feats[real], old_values[real], returns[real])
+        result.metrics["value_mean"] = float(masked_mean(old_values, mask))
+        result.metrics["return_target_mean"] = float(masked_mean(returns, mask))
+        return masked_normalize(advantages, mask) if self.cfg.normalize_advantages else advantages
+
     def _update_critic(self, feats: Tensor, old_values: Tensor, returns: Tensor) -> float:
         """Critic epochs on real entries only: ``feats [M, H]``, ``old_values``/``returns [M]``."""
         cfg = self.cfg
@@ -399,12 +419,7 @@ class APPO(PolicyGradient):
         advantages, returns = compute_agentwise_gae(
             rewards, old_values, rollout.dones, last_values, cfg.gamma, cfg.lam
         )
-        if cfg.normalize_advantages:
-            advantages = masked_normalize(advantages, mask)
-        real = mask.bool()
-        result.metrics["value_loss"] = self._update_critic(feats[real], old_values[real], returns[real])
-        result.metrics["value_mean"] = float(masked_mean(old_values, mask))
-        result.metrics["return_target_mean"] = float(masked_mean(returns, mask))
+        advantages = self._fit_critic(feats, old_values, advantages, returns, mask, result)
         return {
             a.role: AgentTargets(advantages[:, :, a.index].reshape(-1), mask[:, :, a.index].reshape(-1))
             for a in self.graph.agents
@@ -440,12 +455,7 @@ class TPPO(PolicyGradient):
             cfg.token_gamma,
             cfg.token_lam,
         )
-        if cfg.normalize_advantages:
-            advantages = masked_normalize(advantages, tok_mask)
-        real = tok_mask.bool()
-        result.metrics["value_loss"] = self._update_critic(feats[real], old_values[real], returns[real])
-        result.metrics["value_mean"] = float(masked_mean(old_values, tok_mask))
-        result.metrics["return_target_mean"] = float(masked_mean(returns, tok_mask))
+        advantages = self._fit_critic(feats, old_values, advantages, returns, tok_mask, result)
         return {
             a.role: AgentTargets(
                 advantages[:, :, a.index].reshape(B * T, -1), rollout.action_mask[:, :, a.index].reshape(-1)
