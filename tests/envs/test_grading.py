@@ -32,6 +32,8 @@ RIGHT = [
     ("First \\boxed{3}, but on reflection \\boxed{4}", "4"),
     ("\\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt3}{2}"),
     ("\\boxed{-2 + 7i}", "-2+7i"),
+    ("The answer is 18 eggs.", "18"),
+    ("\\boxed{90 degrees}", "90^\\circ"),
 ]
 WRONG = [
     ("\\boxed{4.67}", "\\frac{14}{3}"),
@@ -42,6 +44,13 @@ WRONG = [
     ("The answer is 17.", "18"),
     ("no answer here", "18"),
     ("\\boxed{\\text{Bob}}", "\\text{Evelyn}"),
+    # trailing words that change the value are not units
+    ("\\boxed{2 pi}", "2"),
+    ("\\boxed{5 x}", "5"),
+    ("\\boxed{3 i}", "3"),
+    ("\\boxed{2 e}", "2"),
+    ("The answer is 7 million.", "7"),
+    ("\\boxed{1 half}", "1"),
 ]
 
 

@@ -104,3 +104,28 @@ def test_reference_logprobs_are_the_bare_base(tmp_path):
         base_lp, _ = trainer.model.action_logprobs(steps.sequences)
     torch.testing.assert_close(steps.ref_logprobs[:, : base_lp.shape[1]], base_lp, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(steps.old_logprobs, steps.ref_logprobs)
+
+
+def test_rows_of_finished_episodes_are_skipped_even_alone_in_a_micro_batch(tmp_path):
+    """Episodic collection pads finished envs with empty rows; they must never reach a forward."""
+    trainer = make(
+        tmp_path,
+        "algorithm.name=grpo",
+        "env.kwargs.rounds=2",
+        "env.horizon=2",
+        "algorithm.micro_batch_size=1",
+        "algorithm.recompute_old_logprobs=true",
+    )
+    rollout = trainer.collector.collect(trainer.steps_per_rollout)
+    T = rollout.rewards.shape[1]
+    # pretend env 0 finished after step 0: its step-1 rows are padding, as _scatter writes them
+    rollout.action_mask[0, 1:] = 0
+    rollout.dones[0, 0] = 1
+    for steps in rollout.agents:
+        row = 0 * T + 1
+        steps.sequences.prompt_mask[row] = 0
+        steps.sequences.response_mask[row] = 0
+        steps.old_logprobs[row] = 0
+    result = trainer.algorithm.update(rollout, 0)
+    assert result.trained == ["speaker", "listener"]
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.metrics.values())

@@ -287,7 +287,7 @@ class PolicyGradient:
         out = torch.zeros_like(steps.old_logprobs)
         self.model.policy.eval()
         with torch.no_grad():
-            idx_all = torch.arange(seq.prompt_ids.shape[0], device=seq.prompt_ids.device)
+            idx_all = torch.nonzero(seq.response_mask.sum(-1) > 0).squeeze(-1)  # finished envs: no tokens
             for idx in micro_batches(idx_all, seq, cfg.micro_batch_size, cfg.micro_batch_tokens):
                 batch = SequenceBatch(
                     seq.prompt_ids[idx], seq.prompt_mask[idx], seq.response_ids[idx], seq.response_mask[idx]
@@ -358,6 +358,12 @@ class PolicyGradient:
                 steps.old_logprobs, seq.response_mask, steps.word_counts, cfg.logprob_norm
             )
         loss_sum = kl_sum = clip_sum = torch.zeros((), device=mb.device)
+        # Rows without any real token (finished envs in episodic collection) carry no loss and would
+        # trim to an empty sequence: leave them out before micro-batching.
+        mb = mb[(seq.response_mask[mb].sum(-1) > 0) & (sample_mask[mb] > 0)]
+        if mb.numel() == 0:
+            zero = torch.zeros((), device=sample_mask.device)
+            return zero, zero, zero
         for idx in micro_batches(mb, seq, cfg.micro_batch_size, cfg.micro_batch_tokens):
             t0 = time.perf_counter()
             batch = SequenceBatch(
@@ -385,7 +391,12 @@ class PolicyGradient:
                 weight = sample_mask[idx].sum()
             loss = out.loss
             if cfg.entropy_coef:
-                loss = loss - cfg.entropy_coef * masked_mean(tok_ent, tok_mask)
+                if self.token_level:
+                    entropy = masked_mean(tok_ent, tok_mask)
+                else:  # per action, then over actions: weighted like the action-level loss
+                    per_action = tok_ent.sum(-1) / batch.response_mask.sum(-1).clamp(min=1)
+                    entropy = masked_mean(per_action, sample_mask[idx])
+                loss = loss - cfg.entropy_coef * entropy
             if cfg.kl_coef > 0 and cfg.kl_mode == "loss":
                 kl_ref = kl_estimate(tok_lp, steps.ref_logprobs[idx, :L], cfg.kl_estimator)
                 loss = loss + cfg.kl_coef * masked_mean(kl_ref, tok_mask)

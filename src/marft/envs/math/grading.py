@@ -17,7 +17,6 @@ import multiprocessing as mp
 import re
 import sys
 import threading
-from functools import lru_cache
 
 MAX_TIMEOUT_S = 2.0
 MAX_ANSWER_CHARS = 400
@@ -28,7 +27,45 @@ _ANSWER_IS = re.compile(
 )
 _GSM8K = re.compile(r"####\s*(.+?)\s*$", re.MULTILINE)
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
-_PLAIN_NUMBER_WITH_WORDS = re.compile(r"^\s*\\?\$?\s*(-?\d[\d,]*(?:\.\d+)?)\s*(?:[A-Za-z][A-Za-z .]*)?$")
+_PLAIN_NUMBER_WITH_WORDS = re.compile(r"^\s*\\?\$?\s*(-?\d[\d,]*(?:\.\d+)?)\s*([A-Za-z][A-Za-z ]*)?\.?$")
+# Trailing words that change the value: never stripped ("7 million" is not 7, "2 pi" is not 2).
+_VALUE_WORDS = {
+    "million",
+    "millions",
+    "billion",
+    "billions",
+    "trillion",
+    "thousand",
+    "thousands",
+    "hundred",
+    "hundreds",
+    "dozen",
+    "dozens",
+    "half",
+    "halves",
+    "third",
+    "thirds",
+    "quarter",
+    "quarters",
+    "fourth",
+    "fourths",
+    "fifth",
+    "fifths",
+    "tenth",
+    "tenths",
+    "percent",
+    "squared",
+    "cubed",
+    "times",
+    "over",
+    "plus",
+    "minus",
+    "sqrt",
+    "root",
+    "pi",
+    "factorial",
+    "inverse",
+}
 _THOUSANDS = re.compile(r"^-?\d{1,3}(,\d{3})+(\.\d+)?$")
 
 
@@ -69,13 +106,17 @@ def extract_answer(response: str) -> str | None:
 def normalize(answer: str) -> str:
     """Cheap textual clean-ups that math-verify does not do itself.
 
-    Drops a plain number's thousands separators, dollar sign and trailing words (``$1,000 dollars``
-    -> ``1000``); strips surrounding ``$`` and whitespace.
+    Drops a plain number's thousands separators, dollar sign and trailing unit words (``$1,000
+    dollars`` -> ``1000``, ``18 eggs`` -> ``18``); words that change the value (``million``,
+    ``pi``, single letters such as ``x`` or ``i``) are kept, so those answers stay wrong.
     """
     a = answer.strip().strip("$").strip()
     m = _PLAIN_NUMBER_WITH_WORDS.match(a)
     if m:
-        a = m.group(1)
+        words = (m.group(2) or "").lower().split()
+        # only unit-like words: at least 3 letters, none of which changes the value
+        if all(len(w) >= 3 and w not in _VALUE_WORDS for w in words):
+            a = m.group(1)
     if _THOUSANDS.match(a):
         a = a.replace(",", "")
     return a
@@ -121,16 +162,26 @@ class _Worker:
         self._proc = None
         self._conn = None
 
-    def _start(self) -> None:
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    def _start(self) -> bool:
+        # spawn, not fork: the trainer holds torch/OpenMP, tokenizer and logging threads whose locks a
+        # forked child could inherit mid-use; spawn also gives the child no copy of our pipe end,
+        # so it sees EOF and exits if this process dies.
+        ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         self._proc = ctx.Process(target=_worker_main, args=(child,), daemon=True)
         self._proc.start()
+        child.close()
         self._conn = parent
         # Import math-verify now, so that the first call's limit measures grading, not imports.
-        self._conn.send(("1", "1"))
-        self._conn.poll(60)
-        self._conn.recv()
+        try:
+            self._conn.send(("1", "1"))
+            if self._conn.poll(120):
+                self._conn.recv()
+                return True
+        except (OSError, EOFError):
+            pass
+        self._kill()
+        return False
 
     def _kill(self) -> None:
         if self._proc is not None:
@@ -138,10 +189,11 @@ class _Worker:
             self._proc.join(timeout=5)
         self._proc = self._conn = None
 
-    def __call__(self, pred: str, ref: str, timeout: float) -> bool:
+    def __call__(self, pred: str, ref: str, timeout: float) -> bool | None:
+        """True/False, or None when no verdict came in time (the worker is then replaced)."""
         with self._lock:
-            if self._proc is None or not self._proc.is_alive():
-                self._start()
+            if (self._proc is None or not self._proc.is_alive()) and not self._start():
+                return None
             try:
                 self._conn.send((pred, ref))
                 if self._conn.poll(timeout):
@@ -149,15 +201,28 @@ class _Worker:
             except (OSError, EOFError):
                 pass
             self._kill()  # overran or died: the next call gets a fresh worker
-            return False
+            return None
 
 
 _WORKER = _Worker()
 
 
-@lru_cache(maxsize=65536)
+_CACHE: dict[tuple[str, str], bool] = {}
+_CACHE_SIZE = 65536
+
+
 def _equivalent(pred: str, ref: str, timeout: float) -> bool:
-    return _WORKER(pred, ref, timeout)
+    """Cached verdicts; a timeout is not a verdict and is not cached (a busy machine may be slow)."""
+    key = (pred, ref)
+    if key in _CACHE:
+        return _CACHE[key]
+    verdict = _WORKER(pred, ref, timeout)
+    if verdict is None:
+        return False
+    if len(_CACHE) >= _CACHE_SIZE:
+        _CACHE.clear()
+    _CACHE[key] = verdict
+    return verdict
 
 
 def grade(response: str, reference: str, timeout: float = MAX_TIMEOUT_S) -> bool:
