@@ -84,3 +84,40 @@ def test_cli_train_end_to_end(tmp_path):
     assert (out / "config.yaml").exists() and (out / "checkpoint" / "adapters" / "listener").is_dir()
     resolved = load_config(str(out / "config.yaml"))  # the resolved config is itself a valid config
     assert resolved.run.iterations == 2 and resolved.env.n_envs == 4
+
+
+def test_horizon_cuts_bootstrap_from_the_next_observation(tmp_path):
+    # rounds 3, horizon 2: every episode is cut by the horizon, never ended by the env
+    cfg = small_config(
+        "env.kwargs.rounds=3",
+        "env.horizon=2",
+        "run.steps_per_iter=2",
+        "env.n_envs=3",
+        "algorithm.normalize_advantages=false",
+    )
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.setup()
+    rollout = trainer.collector.collect(2)
+    assert rollout.truncated.tolist() == [[0.0, 1.0]] * 3 == rollout.dones.tolist()
+    assert rollout.truncated_features.shape == (3, 2, 64)
+    assert torch.all(rollout.truncated_features[:, 0] == 0) and torch.all(
+        rollout.truncated_features[:, 1] != 0
+    )
+    # the last agent's advantage at the cut: r + gamma * V(next obs) - V(its obs)  (gamma = lam = 1)
+    from marft.trainer.algorithms import UpdateResult
+
+    head = trainer.model.value_head
+    with torch.no_grad():
+        v_next = head(rollout.truncated_features[:, 1])
+        v_last = head(rollout.agents[1].features.reshape(3, 2, -1)[:, 1])
+    algo = trainer.algorithm
+    algo._update_critic = lambda *a, **k: 0.0  # keep the critic fixed for this check
+    targets = algo.targets(rollout, rollout.rewards, UpdateResult())
+    adv_last = targets["listener"].advantages.reshape(3, 2)[:, 1]
+    torch.testing.assert_close(adv_last, rollout.rewards[:, 1, 1] + v_next - v_last)
+    # an env that ends by itself is not a truncation
+    done_cfg = small_config("env.kwargs.rounds=1", "env.horizon=3", "env.n_envs=3")
+    t2 = Trainer(done_cfg, tmp_path / "run2")
+    t2.setup()
+    r2 = t2.collector.collect(1)
+    assert r2.truncated.sum() == 0 and r2.truncated_features is None

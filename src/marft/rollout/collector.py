@@ -62,6 +62,10 @@ class Rollout:
         agents: per agent (acting order), its actions.
         last_features: critic features of agent 0's observation after the last step (``[B, H]``, or
             ``[B, 1, H]`` for token-level critics), or None.
+        truncated: ``[B, T]`` 1 where the episode was cut by ``env.horizon`` (``dones`` is 1 there
+            too) rather than ended by the env.
+        truncated_features: ``[B, T, H]`` critic features of agent 0's next observation at those
+            cuts (zeros elsewhere), or None when there were none.
         per_agent_rewards: whether the env rewarded each agent separately.
         episode_returns: team return of each episode that ended in this rollout.
         episode_lengths: their lengths in steps.
@@ -75,6 +79,8 @@ class Rollout:
     action_mask: Tensor
     agents: list[AgentSteps]
     last_features: Tensor | None
+    truncated: Tensor | None = None
+    truncated_features: Tensor | None = None
     per_agent_rewards: bool = False
     episode_returns: list[float] = field(default_factory=list)
     episode_lengths: list[int] = field(default_factory=list)
@@ -261,6 +267,7 @@ class Collector:
         ep_returns, ep_lengths, transcripts = [], [], []
         keep = min(self.transcripts_per_iter, B)
         finished = [False] * B
+        cut: list[tuple[int, int, Observation]] = []  # (env, step, next observation) of horizon cuts
         if self.episodic:
             self._reset_groups(problems)
         taken = 0
@@ -347,6 +354,10 @@ class Collector:
                         }
                     )
                 done = result.done or self._ep_len[b] >= self.env_cfg.horizon
+                if done and not result.done and self.features is not None and not self.episodic:
+                    # Cut by the horizon, not ended by the env: keep the next observation so the
+                    # critic can bootstrap from it (a time limit is not a terminal state).
+                    cut.append((b, t, result.observation))
                 if done:
                     dones[b, t] = 1.0
                     ep_returns.append(self._ep_return[b])
@@ -374,6 +385,20 @@ class Collector:
             self._first_features = last_features
             if self.features == "tokens":
                 last_features = last_features[:, None]
+            timings["score"] += time.perf_counter() - t0
+
+        truncated = torch.zeros(B, steps)
+        trunc_features = None
+        if cut:
+            t0 = time.perf_counter()
+            first = graph.agents[0]
+            ids, mask = self._encode([build_messages(first, o, {}, graph.message_format) for _, _, o in cut])
+            feats = self.model.critic_features(ids, mask)
+            trunc_features = torch.zeros(B, steps, feats.shape[-1], device=device)
+            for k, (b, t, _) in enumerate(cut):
+                truncated[b, t] = 1.0
+                trunc_features[b, t] = feats[k]
+            trunc_features = trunc_features[:, :taken]
             timings["score"] += time.perf_counter() - t0
 
         agents = []
@@ -411,6 +436,8 @@ class Collector:
             action_mask=acted[:, :T, None].expand(B, T, N).contiguous().to(device),
             agents=agents,
             last_features=last_features,
+            truncated=truncated[:, :T].to(device),
+            truncated_features=trunc_features,
             per_agent_rewards=self.env_cfg.reward_assignment == "per_agent",
             episode_returns=ep_returns,
             episode_lengths=ep_lengths,

@@ -232,6 +232,17 @@ class PolicyGradient:
         result.metrics["time_fwd_bwd_s"] = self._fwd_bwd_s
         return result
 
+    def _bootstrap_truncation(self, rollout: Rollout, rewards: Tensor) -> Tensor:
+        """Add ``gamma * V(next observation)`` to the last agent's reward where the horizon cut an
+        episode: GAE then cuts there (``dones`` is 1) without treating a time limit as terminal."""
+        if rollout.truncated_features is None:
+            return rewards
+        with torch.no_grad():
+            v_next = self.model.value_head(rollout.truncated_features)  # [B, T]
+        rewards = rewards.clone()
+        rewards[:, :, -1] += self.cfg.gamma * rollout.truncated * v_next
+        return rewards
+
     def _fit_critic(
         self,
         feats: Tensor,
@@ -424,6 +435,7 @@ class APPO(PolicyGradient):
         B, T, N = rewards.shape
         feats = torch.stack([a.features for a in rollout.agents], dim=1).reshape(B, T, N, -1)
         mask = rollout.action_mask
+        rewards = self._bootstrap_truncation(rollout, rewards)
         with torch.no_grad():
             old_values = head(feats)  # [B, T, N]
             last_values = head(rollout.last_features)  # [B]
@@ -450,6 +462,7 @@ class TPPO(PolicyGradient):
         cfg, head = self.cfg, self.model.value_head
         B, T, N = rewards.shape
         feats = stack_agents([a.features for a in rollout.agents], B, T)  # [B, T, N, L, H]
+        rewards = self._bootstrap_truncation(rollout, rewards)
         tok_mask = stack_agents([a.sequences.response_mask for a in rollout.agents], B, T)  # [B, T, N, L]
         tok_mask = tok_mask * rollout.action_mask[..., None].to(tok_mask.dtype)
         with torch.no_grad():
