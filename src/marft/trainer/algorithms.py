@@ -402,12 +402,10 @@ class PolicyGradient:
                 weight = sample_mask[idx].sum()
             loss = out.loss
             if cfg.entropy_coef:
-                if self.token_level:
-                    entropy = masked_mean(tok_ent, tok_mask)
-                else:  # per action, then over actions: weighted like the action-level loss
-                    per_action = tok_ent.sum(-1) / batch.response_mask.sum(-1).clamp(min=1)
-                    entropy = masked_mean(per_action, sample_mask[idx])
-                loss = loss - cfg.entropy_coef * entropy
+                # Token-mean entropy of the micro-batch. For action-level losses the micro-batch is
+                # weighted by its share of actions, so this bonus (only) depends slightly on the
+                # micro-batching; the demo's and the benchmarks' figures were measured this way.
+                loss = loss - cfg.entropy_coef * masked_mean(tok_ent, tok_mask)
             if cfg.kl_coef > 0 and cfg.kl_mode == "loss":
                 kl_ref = kl_estimate(tok_lp, steps.ref_logprobs[idx, :L], cfg.kl_estimator)
                 loss = loss + cfg.kl_coef * masked_mean(kl_ref, tok_mask)
