@@ -7,6 +7,7 @@ from peft import PeftModel
 
 from marft.models import load_base
 from marft.trainer import Trainer
+from marft.trainer.trainer import tiny_corpus
 from tests.conftest import small_config
 
 
@@ -112,7 +113,7 @@ def test_run_directory_contents_and_standalone_adapters(tmp_path):
     assert (ckpt / "value_head.pt").exists() and (ckpt / "optimizers.pt").exists()
 
     # Each adapter folder loads with PEFT alone and reproduces the trained agent.
-    base, _ = load_base(cfg.model, trainer._tiny_corpus(trainer.collector.envs[0]))
+    base, _ = load_base(cfg.model, tiny_corpus(cfg, trainer.collector.envs[0]))
     ids = torch.tensor([[5, 6, 7, 8]])
     for role in ("speaker", "listener"):
         standalone = PeftModel.from_pretrained(base, str(ckpt / "adapters" / role)).eval()

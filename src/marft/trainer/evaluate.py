@@ -23,6 +23,7 @@ from marft.models.team_model import ModelLoadError, TeamModel, load_base, resolv
 from marft.rollout.backends import BASE, ROLLOUT_BACKENDS
 from marft.rollout.collector import Collector
 from marft.team.graph import TeamGraph
+from marft.trainer.trainer import tiny_corpus
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -120,10 +121,7 @@ class Evaluator:
         self.envs = [make_env(cfg.env.name, cfg.env.kwargs, self.graph) for _ in range(n_envs)]
         device = resolve_device(cfg.model.device)
         dtype = resolve_dtype(cfg.model.dtype, device)
-        corpus = [a.system_prompt for a in cfg.team.agents] + [a.role for a in cfg.team.agents]
-        corpus.append(cfg.team.message_format.replace("{role}", " ").replace("{content}", " "))
-        corpus += probe.vocabulary() if hasattr(probe, "vocabulary") else []
-        base, tokenizer = load_base(cfg.model, corpus=corpus, dtype=dtype)
+        base, tokenizer = load_base(cfg.model, corpus=tiny_corpus(cfg, probe), dtype=dtype)
         self.model = TeamModel(
             base, tokenizer, self.graph.roles, cfg.lora, dtype=dtype, device=device, with_critic=False
         )

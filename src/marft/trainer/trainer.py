@@ -35,6 +35,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def tiny_corpus(cfg: Config, env) -> list[str]:
+    """Text the built-in tiny tokenizer must cover: prompts, roles, and the env's own words."""
+    corpus = [a.system_prompt for a in cfg.team.agents] + [a.role for a in cfg.team.agents]
+    corpus.append(cfg.team.message_format.replace("{role}", " ").replace("{content}", " "))
+    vocab = getattr(env, "vocabulary", None)
+    if vocab is not None:
+        corpus.extend(vocab())
+    return corpus
+
+
 def default_run_dir(root: str | Path = "runs") -> Path:
     """A new folder ``runs/YYYYmmdd-HHMMSS[-k]``."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -77,7 +87,7 @@ class Trainer:
         envs = [make_env(cfg.env.name, cfg.env.kwargs, self.graph) for _ in range(cfg.env.n_envs)]
         device = resolve_device(cfg.model.device)
         dtype = resolve_dtype(cfg.model.dtype, device)
-        base, tokenizer = load_base(cfg.model, corpus=self._tiny_corpus(envs[0]), dtype=dtype)
+        base, tokenizer = load_base(cfg.model, corpus=tiny_corpus(cfg, envs[0]), dtype=dtype)
         algo_cls = ALGORITHMS.get(cfg.algorithm.name)
         with_critic = algo_cls.critic is not None
         self.model = TeamModel(
@@ -112,15 +122,6 @@ class Trainer:
     def steps_per_rollout(self) -> int:
         """``run.steps_per_iter`` team steps, or up to ``env.horizon`` for whole-episode collection."""
         return self.cfg.env.horizon if self.algorithm.episodic else self.cfg.run.steps_per_iter
-
-    def _tiny_corpus(self, env) -> list[str]:
-        """Text the built-in tokenizer must cover: prompts, roles, and the env's own words."""
-        corpus = [a.system_prompt for a in self.cfg.team.agents] + [a.role for a in self.cfg.team.agents]
-        corpus.append(self.cfg.team.message_format.replace("{role}", " ").replace("{content}", " "))
-        vocab = getattr(env, "vocabulary", None)
-        if vocab is not None:
-            corpus.extend(vocab())
-        return corpus
 
     def train(self) -> TrainResult:
         cfg = self.cfg
