@@ -46,7 +46,7 @@ def run_one(algo: str, seed: int, iterations: int, out: str) -> dict:
         (i for i in range(WINDOW - 1, len(returns)) if sum(returns[i - WINDOW + 1 : i + 1]) / WINDOW >= 0.9),
         None,
     )
-    head = Path(out) / "checkpoint" / "value_head.pt"
+    head = result.checkpoint / "value_head.pt"
     critic_params = 0
     if head.exists():
         import torch

@@ -73,7 +73,7 @@ def test_eval_errors_are_clear(tmp_path):
     proc = run_cli("eval", "--checkpoint", str(tmp_path / "nothing"))
     assert proc.returncode == 2 and "give a CONFIG" in proc.stderr
     proc = run_cli("eval", str(math_config(tmp_path)), "--checkpoint", str(tmp_path), "--limit", "2")
-    assert proc.returncode == 2 and "has no adapter" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "not a marft run directory" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("eval", "demo")
     assert proc.returncode == 2 and "no problem set" in proc.stderr
 

@@ -192,10 +192,14 @@ class EnvConfig:
     reward_assignment: Literal["last", "shared", "per_agent"] = "last"
     """``last``: the team reward goes to the last agent in acting order (as in the MARFT paper);
     ``shared``: every agent gets it; ``per_agent``: the env gives each agent its own."""
+    max_failure_rate: float = 0.1
+    """An episode whose env (or reward function) raises is dropped and counted; the run stops
+    when more than this fraction of an iteration's episodes failed."""
 
     def __post_init__(self) -> None:
         _check(self.n_envs > 0, "n_envs", "must be a positive integer")
         _check(self.horizon > 0, "horizon", "must be a positive integer")
+        _check(0.0 <= self.max_failure_rate <= 1.0, "max_failure_rate", "must be in [0, 1]")
 
 
 @dataclass
@@ -332,12 +336,24 @@ class RunConfig:
     """Show a progress bar with the live return."""
     torch_threads: int = 0
     """CPU threads for torch (0: torch's default)."""
+    report: bool = True
+    """Write ``report.html`` (plots and transcripts, see ``marft report``) at the end of the run."""
+    checkpoint_every: int = 10
+    """Save a complete checkpoint every this many iterations (0: only at the end and on a signal)."""
+    keep_checkpoints: int = 3
+    """How many of the newest checkpoints to keep (0: keep all)."""
+    max_nonfinite_in_row: int = 3
+    """Abort when an agent's update is skipped for a non-finite loss or gradient this many
+    iterations in a row."""
 
     def __post_init__(self) -> None:
         _check(self.iterations > 0, "iterations", "must be a positive integer")
         _check(self.steps_per_iter > 0, "steps_per_iter", "must be a positive integer")
         _check(self.transcripts_per_iter >= 0, "transcripts_per_iter", "must be >= 0")
         _check(self.torch_threads >= 0, "torch_threads", "must be >= 0")
+        _check(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0: only at the end)")
+        _check(self.keep_checkpoints >= 0, "keep_checkpoints", "must be >= 0 (0: keep all)")
+        _check(self.max_nonfinite_in_row >= 1, "max_nonfinite_in_row", "must be >= 1")
 
 
 @dataclass

@@ -5,7 +5,8 @@ An environment is any object with
 * ``reset(seed) -> Observation``
 * ``step(actions) -> StepResult`` where ``actions`` maps each role to its decoded text,
 
-found by registered name (``env.name: signal``) or by ``package.module:Class``. An env class may
+and optionally ``state_dict() -> dict`` / ``load_state_dict(state)`` for exact resume (without
+them, checkpoints pickle the env's attributes), found by registered name (``env.name: signal``) or by ``package.module:Class``. An env class may
 carry a ``Config`` dataclass: its ``env.kwargs`` are then validated against it before any model
 loads, and the instance is built as ``Class(config)``; otherwise as ``Class(**kwargs)``.
 
@@ -68,6 +69,22 @@ class Env(Protocol):
 
 
 ENVS: Registry[type] = Registry("env")
+
+
+def env_state(env: Any) -> Any:
+    """What a checkpoint needs to continue ``env`` exactly: its ``state_dict()`` when it has one,
+    else a copy of its attributes (which must then be picklable)."""
+    if hasattr(env, "state_dict"):
+        return env.state_dict()
+    return dict(vars(env))
+
+
+def load_env_state(env: Any, state: Any) -> None:
+    """Put back what :func:`env_state` returned."""
+    if hasattr(env, "load_state_dict"):
+        env.load_state_dict(state)
+    else:
+        vars(env).update(state)
 
 
 def _resolve(name: str) -> type:

@@ -20,22 +20,36 @@ class MetricsSink:
     Args:
         run_dir: the run directory.
         tensorboard: also write TensorBoard event files under ``run_dir/tensorboard``.
+        start_iteration: when resuming, the checkpoint's iteration: rows (and transcripts and
+            TensorBoard points) of later iterations, written before a crash, are dropped so the
+            redone iterations are neither missing nor duplicated.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: Path, tensorboard: bool = True, start_iteration: int = 0) -> None:
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.transcripts_path = self.run_dir / "transcripts.jsonl"
+        for path in (self.metrics_path, self.transcripts_path):
+            _truncate(path, start_iteration)
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            self._tb = SummaryWriter(
+                log_dir=str(self.run_dir / "tensorboard"), purge_step=start_iteration or None
+            )
+
+    def rows_before(self, iteration: int) -> list[dict[str, Any]]:
+        """The rows already logged for iterations before ``iteration``."""
+        if not self.metrics_path.exists():
+            return []
+        return [r for r in read_metrics(self.run_dir) if r["iteration"] < iteration]
 
     def log(self, row: dict[str, Any]) -> None:
         row = {k: _clean(v) for k, v in row.items()}
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+            f.flush()
         if self._tb is not None:
             step = row["iteration"]
             for k, v in row.items():
@@ -53,6 +67,23 @@ class MetricsSink:
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
+
+
+def _truncate(path: Path, iteration: int) -> None:
+    """Keep only the JSON lines of iterations before ``iteration`` (a torn last line goes too);
+    rewritten atomically."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["iteration"] < iteration:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut by a kill
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(x + "\n" for x in keep))
+    tmp.replace(path)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

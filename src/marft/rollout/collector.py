@@ -8,8 +8,10 @@ exactly ``steps_per_iter`` team steps per env copy.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
+import traceback
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,11 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from marft.config import EnvConfig, SamplingConfig
-from marft.envs.base import Env, Observation
+from marft.envs.base import Env, Observation, env_state, load_env_state
 from marft.models.team_model import SequenceBatch, TeamModel
 from marft.rollout.backends import HFBackend
 from marft.team.graph import TeamGraph
 from marft.team.prompts import build_messages
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,6 +71,8 @@ class Rollout:
         truncated_features: ``[B, T, H]`` critic features of agent 0's next observation at those
             cuts (zeros elsewhere), or None when there were none.
         per_agent_rewards: whether the env rewarded each agent separately.
+        failed_episodes: episodes cut short because the env raised (their last step's actions
+            are masked out of the update and their returns are not in ``episode_returns``).
         episode_returns: team return of each episode that ended in this rollout.
         episode_lengths: their lengths in steps.
         transcripts: full conversations of some finished episodes.
@@ -82,6 +88,7 @@ class Rollout:
     truncated: Tensor | None = None
     truncated_features: Tensor | None = None
     per_agent_rewards: bool = False
+    failed_episodes: int = 0
     episode_returns: list[float] = field(default_factory=list)
     episode_lengths: list[int] = field(default_factory=list)
     transcripts: list[dict[str, Any]] = field(default_factory=list)
@@ -200,6 +207,35 @@ class Collector:
         # for bootstrapping, and reused as step 0's features by the next rollout.
         self._first_features: Tensor | None = None
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue collecting exactly: RNGs, live episodes, env states."""
+        return {
+            "seeds": self._seeds.getstate(),
+            "generator": self.generator.get_state(),
+            "obs": self.obs,
+            "ep_return": self._ep_return,
+            "ep_len": self._ep_len,
+            "ep_turns": self._ep_turns,
+            "first_features": None if self._first_features is None else self._first_features.cpu(),
+            "envs": [env_state(env) for env in self.envs],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["envs"]) != len(self.envs):
+            raise ValueError(
+                f"the checkpoint holds {len(state['envs'])} env copies but the config asks for "
+                f"{len(self.envs)}; resume with the run's env.n_envs"
+            )
+        self._seeds.setstate(state["seeds"])
+        self.generator.set_state(state["generator"])
+        self.obs = list(state["obs"])
+        self._ep_return, self._ep_len = list(state["ep_return"]), list(state["ep_len"])
+        self._ep_turns = list(state["ep_turns"])
+        ff = state["first_features"]
+        self._first_features = None if ff is None else ff.to(self.model.device)
+        for env, st in zip(self.envs, state["envs"], strict=True):
+            load_env_state(env, st)
+
     def _encode(self, conversations: list[list[dict[str, str]]]) -> tuple[Tensor, Tensor]:
         enc = self.model.tokenizer.apply_chat_template(
             conversations,
@@ -271,6 +307,7 @@ class Collector:
         if self.episodic:
             self._reset_groups(problems)
         taken = 0
+        failed = 0
 
         for t in range(steps):
             active = [b for b in range(B) if not finished[b]]
@@ -332,10 +369,25 @@ class Collector:
             t0 = time.perf_counter()
             for b in active:
                 env = self.envs[b]
-                result = env.step(outputs[b])
-                r_vec, team_r = team_reward_vector(
-                    result.rewards, roles, roles, self.env_cfg.reward_assignment
-                )
+                try:
+                    result = env.step(outputs[b])
+                    r_vec, team_r = team_reward_vector(
+                        result.rewards, roles, roles, self.env_cfg.reward_assignment
+                    )
+                except Exception as e:  # a user env or reward function: fail the episode, not the run
+                    failed += 1
+                    log.warning(
+                        "env copy %d raised in step(); its episode is dropped: %s",
+                        b,
+                        "".join(traceback.format_exception_only(e)).strip(),
+                    )
+                    self._ep_return[b], self._ep_len[b], self._ep_turns[b] = 0.0, 0, []
+                    dones[b, t] = 1.0
+                    if self.episodic:
+                        finished[b] = True
+                    else:
+                        self.obs[b] = env.reset(seed=self._seeds.getrandbits(31))
+                    continue
                 rewards[b, t] = torch.tensor(r_vec)
                 team_rewards[b, t] = team_r
                 acted[b, t] = 1.0
@@ -439,6 +491,7 @@ class Collector:
             truncated=truncated[:, :T].to(device),
             truncated_features=trunc_features,
             per_agent_rewards=self.env_cfg.reward_assignment == "per_agent",
+            failed_episodes=failed,
             episode_returns=ep_returns,
             episode_lengths=ep_lengths,
             transcripts=transcripts,

@@ -174,10 +174,20 @@ class PolicyGradient:
         return list(self.trainable)
 
     def state_dict(self) -> dict:
+        """Every optimizer's state (the algorithm keeps no other state between updates)."""
         return {
             "policy": {r: o.state_dict() for r, o in self.optimizers.items()},
             "critic": self.critic_optimizer.state_dict() if self.critic_optimizer is not None else None,
         }
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = set(self.optimizers) - set(state["policy"])
+        if missing:
+            raise ValueError(f"the checkpoint has no optimizer state for agents {sorted(missing)}")
+        for role, opt in self.optimizers.items():
+            opt.load_state_dict(state["policy"][role])
+        if self.critic_optimizer is not None and state.get("critic") is not None:
+            self.critic_optimizer.load_state_dict(state["critic"])
 
     # ------------------------------------------------------------------------------ targets
 
@@ -258,13 +268,19 @@ class PolicyGradient:
         Shapes: ``feats [..., H]``; the rest ``[...]`` (``[B, T, N]`` or ``[B, T, N, L]``).
         """
         real = mask.bool()
-        result.metrics["value_loss"] = self._update_critic(feats[real], old_values[real], returns[real])
+        value_loss_, skipped = self._update_critic(feats[real], old_values[real], returns[real])
+        result.metrics["value_loss"] = value_loss_
+        result.metrics["nonfinite_skip/critic"] = float(skipped)
         result.metrics["value_mean"] = float(masked_mean(old_values, mask))
         result.metrics["return_target_mean"] = float(masked_mean(returns, mask))
         return masked_normalize(advantages, mask) if self.cfg.normalize_advantages else advantages
 
-    def _update_critic(self, feats: Tensor, old_values: Tensor, returns: Tensor) -> float:
-        """Critic epochs on real entries only: ``feats [M, H]``, ``old_values``/``returns [M]``."""
+    def _update_critic(self, feats: Tensor, old_values: Tensor, returns: Tensor) -> tuple[float, bool]:
+        """Critic epochs on real entries only: ``feats [M, H]``, ``old_values``/``returns [M]``.
+
+        Returns:
+            ``(mean value loss, whether the update stopped at a non-finite loss or gradient)``.
+        """
         cfg = self.cfg
         ones = torch.ones_like(old_values)
         losses = []
@@ -283,10 +299,13 @@ class PolicyGradient:
                 )
                 self.critic_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.value_head.parameters(), cfg.max_grad_norm)
+                norm = torch.nn.utils.clip_grad_norm_(self.model.value_head.parameters(), cfg.max_grad_norm)
+                if not (torch.isfinite(loss) and torch.isfinite(norm)):
+                    self.critic_optimizer.zero_grad(set_to_none=True)
+                    return (float(torch.stack(losses).mean()) if losses else float("nan")), True
                 self.critic_optimizer.step()
                 losses.append(loss.detach())
-        return float(torch.stack(losses).mean())
+        return float(torch.stack(losses).mean()), False
 
     def _recompute_old_logprobs(self, steps: AgentSteps) -> AgentSteps:
         """Old log-probs from the learner's own forward (active adapter, no grad, eval mode).
@@ -313,7 +332,7 @@ class PolicyGradient:
         params = model.adapter_parameters(role)
         opt = self.optimizers[role]
         losses, kls, clipfracs = [], [], []
-        steps_taken, stopped = 0, False
+        steps_taken, stopped, nonfinite = 0, False, False
         with model.adapter(role):
             if self.recompute_old_logprobs:
                 steps = self._recompute_old_logprobs(steps)
@@ -323,6 +342,13 @@ class PolicyGradient:
                 for mb in perm.chunk(cfg.num_minibatches):
                     opt.zero_grad(set_to_none=True)
                     loss, kl, clipfrac = self.minibatch_backward(steps, targets, mb)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                        # One bad step would poison the adapter and Adam's moments for good: skip
+                        # this agent's whole update this iteration; the trainer counts these.
+                        opt.zero_grad(set_to_none=True)
+                        nonfinite = True
+                        break
                     losses.append(loss)
                     kls.append(kl)
                     clipfracs.append(clipfrac)
@@ -331,17 +357,18 @@ class PolicyGradient:
                     if cfg.target_kl is not None and float(kl) > cfg.target_kl:
                         stopped = True
                         break
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                     opt.step()
                     steps_taken += 1
-                if stopped:
+                if stopped or nonfinite:
                     break
+        nan = float("nan")
         return {
-            f"policy_loss/{role}": float(torch.stack(losses).mean()),
-            f"approx_kl/{role}": float(kls[-1]),
-            f"clipfrac/{role}": float(torch.stack(clipfracs).mean()),
+            f"policy_loss/{role}": float(torch.stack(losses).mean()) if losses else nan,
+            f"approx_kl/{role}": float(kls[-1]) if kls else nan,
+            f"clipfrac/{role}": float(torch.stack(clipfracs).mean()) if clipfracs else nan,
             f"optimizer_steps/{role}": float(steps_taken),
             f"kl_early_stop/{role}": float(stopped),
+            f"nonfinite_skip/{role}": float(nonfinite),
         }
 
     def minibatch_backward(

@@ -19,10 +19,11 @@ from tqdm.auto import tqdm
 from marft.config import Config, ConfigError
 from marft.envs.base import make_env
 from marft.envs.math.grading import extract_answer, grade, normalize
-from marft.models.team_model import ModelLoadError, TeamModel, load_base, resolve_device, resolve_dtype
+from marft.models.team_model import TeamModel, load_base, resolve_device, resolve_dtype
 from marft.rollout.backends import BASE, ROLLOUT_BACKENDS
 from marft.rollout.collector import Collector
 from marft.team.graph import TeamGraph
+from marft.trainer.checkpoint import load_adapter_weights, resolve_checkpoint
 from marft.trainer.trainer import tiny_corpus
 
 
@@ -53,27 +54,14 @@ def majority(answers: list[str | None]) -> str | None:
 
 
 def load_adapters(model: TeamModel, checkpoint: str | Path) -> Path:
-    """Load every agent's adapter from a run directory or its ``checkpoint/`` folder.
+    """Load every agent's adapter from a run directory (its newest complete checkpoint) or a
+    checkpoint folder; returns the checkpoint folder.
 
     Raises:
-        ModelLoadError: the folder is not a marft checkpoint or lacks an agent.
+        CheckpointError: nothing usable there, or an agent's adapter is missing or does not fit.
     """
-    from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    path = Path(checkpoint)
-    ckpt = path / "checkpoint" if (path / "checkpoint").is_dir() else path
-    for role in model.roles:
-        weights = ckpt / "adapters" / role / "adapter_model.safetensors"
-        if not weights.exists():
-            raise ModelLoadError(
-                f"{ckpt} has no adapter for agent {role!r} ({weights} missing); give a run directory or its checkpoint/"
-            )
-        result = set_peft_model_state_dict(model.policy, load_file(str(weights)), adapter_name=role)
-        if getattr(result, "unexpected_keys", None):
-            raise ModelLoadError(
-                f"adapter of {role!r} in {ckpt} does not fit this model: {result.unexpected_keys[:3]}"
-            )
+    ckpt = resolve_checkpoint(checkpoint)
+    load_adapter_weights(model, ckpt)
     return ckpt
 
 

@@ -194,6 +194,19 @@ class MathEnv:
         self.attempt = 0
         self.history: list[str] = []
 
+    def state_dict(self) -> dict:
+        """The sampling RNG and the current episode (not the problems: they reload from ``data``)."""
+        return {
+            "rng": self._rng.getstate(),
+            "index": self.index,
+            "attempt": self.attempt,
+            "history": list(self.history),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._rng.setstate(state["rng"])
+        self.index, self.attempt, self.history = state["index"], state["attempt"], list(state["history"])
+
     def vocabulary(self) -> list[str]:
         """Every problem and answer (the built-in tiny tokenizer is trained to cover them)."""
         return [f"{p} {a}" for p, a in self.problems] + [self.cfg.instruction, self.cfg.feedback]

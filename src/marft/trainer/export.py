@@ -1,0 +1,60 @@
+"""``marft export``: one agent of a trained team, as a PEFT adapter or merged into its base."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from marft.config import load_config
+from marft.trainer.checkpoint import CheckpointError, resolve_checkpoint
+
+
+def export_agent(run_dir: str | Path, role: str, out: str | Path, merge: bool = False) -> Path:
+    """Write agent ``role``'s adapter (or, with ``merge``, base + adapter as one model) to ``out``.
+
+    The adapter folder (``adapter_config.json``, ``adapter_model.safetensors``) loads with
+    ``PeftModel.from_pretrained(base, out)``. A merged folder holds the model and its tokenizer
+    and loads with ``AutoModelForCausalLM.from_pretrained(out)``; an agent with a trainable output
+    head (``lora.modules_to_save``) gets its own head in the merged model.
+
+    Args:
+        run_dir: a run directory (its newest complete checkpoint is used) or a checkpoint folder.
+        role: the agent to export.
+        out: output folder; must not exist or be empty.
+        merge: merge into the base model instead of copying the adapter.
+
+    Raises:
+        CheckpointError: no usable checkpoint, an unknown role, or a non-empty ``out``.
+    """
+    ckpt = resolve_checkpoint(run_dir)
+    run = ckpt.parent.parent
+    roles = sorted(p.name for p in (ckpt / "adapters").iterdir() if p.is_dir())
+    if role not in roles:
+        raise CheckpointError(f"no agent {role!r} in {ckpt}; agents: {', '.join(roles)}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise CheckpointError(f"{out} is not empty; give a new --out folder")
+    adapter = ckpt / "adapters" / role
+    if not merge:
+        shutil.copytree(adapter, out, dirs_exist_ok=True)
+        return out
+    import torch
+    from peft import PeftModel
+
+    from marft.envs.base import make_env
+    from marft.models.team_model import load_base, resolve_dtype
+    from marft.team.graph import TeamGraph
+    from marft.trainer.trainer import tiny_corpus
+
+    cfg = load_config(str(run / "config.yaml"))
+    graph = TeamGraph.from_config(cfg.team)
+    env = make_env(cfg.env.name, cfg.env.kwargs, graph)
+    # The built-in tiny base is rebuilt from its own seed, so it comes out identical to training's.
+    dtype = resolve_dtype(cfg.model.dtype, torch.device("cpu"))
+    base, tokenizer = load_base(cfg.model, corpus=tiny_corpus(cfg, env), dtype=dtype)
+    model = PeftModel.from_pretrained(base, str(adapter), adapter_name=role)
+    merged = model.merge_and_unload()
+    out.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
