@@ -34,6 +34,7 @@ def small_config(*overrides: str):
     base = [
         "run.progress=false",
         "run.tensorboard=false",
+        "run.report=false",
         "env.n_envs=8",
         "run.iterations=2",
         "algorithm.ppo_epochs=1",

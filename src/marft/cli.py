@@ -1,4 +1,4 @@
-"""``marft`` command line: ``marft train [CONFIG] [--set key=value ...] [--out DIR]``."""
+"""``marft`` command line: ``marft train``, ``marft eval``, ``marft report``, ``marft export``."""
 
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ Train a team with the config CONFIG: a YAML file or a built-in preset name (defa
 two-agent signalling team on the built-in tiny model that learns on CPU in about a minute).
 
 The run directory (--out, default a new folder under runs/) receives config.yaml (the resolved
-config), metrics.jsonl (one row per iteration), TensorBoard events, transcripts.jsonl and a final
-checkpoint/ with one PEFT adapter folder per agent, the value head and the optimizer states.
+config), metrics.jsonl (one row per iteration), TensorBoard events, transcripts.jsonl and
+checkpoints/iter-N/ (adapters, value head, optimizers, RNG and env state). Ctrl-C or SIGTERM saves a
+checkpoint and stops; --resume RUN_DIR continues exactly.
 
 Examples:
   marft train
   marft train my_team.yaml --set algorithm.policy_lr=1e-3 --set env.n_envs=32
   marft train --set team.agents.1.observes=[]     # the demo without its dependency: stays at chance
+  marft train --resume runs/my-run --set run.iterations=200
 """
 
 
@@ -54,6 +56,47 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_overrides(t)
     t.add_argument("--out", type=Path, default=None, help="run directory (default: a new folder under runs/)")
+    t.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue RUN_DIR exactly from its newest complete checkpoint (its config.yaml plus any --set; "
+        "raise run.iterations to train longer)",
+    )
+
+    r = sub.add_parser(
+        "report",
+        help="write a run (or several, overlaid) as one HTML page of plots and transcripts",
+        description=REPORT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument(
+        "runs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories; several are overlaid"
+    )
+    r.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE.html",
+        help="output file (default: RUN_DIR/report.html for one run, report-A-vs-B.html here for several)",
+    )
+
+    x = sub.add_parser(
+        "export",
+        help="export one agent's adapter, or the base with it merged in",
+        description=EXPORT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    x.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory or one of its checkpoints")
+    x.add_argument("--agent", required=True, metavar="ROLE", help="the agent (role) to export")
+    x.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created)")
+    x.add_argument(
+        "--merge",
+        action="store_true",
+        help="merge the adapter into the base and write a standalone model folder "
+        "(AutoModelForCausalLM.from_pretrained loads it)",
+    )
 
     e = sub.add_parser(
         "eval",
@@ -71,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         "--checkpoint",
         type=Path,
         default=None,
-        help="run directory or its checkpoint/ (default: the base model)",
+        help="run directory (its newest checkpoint) or a checkpoints/iter-N folder (default: the base model)",
     )
     e.add_argument(
         "--split", default=None, help="a JSONL file of problems, or a dataset split name (hf: datasets)"
@@ -102,6 +145,86 @@ Examples:
   marft eval --checkpoint runs/my-run --split ../shared/data/gsm8k/test.jsonl --samples 4
   marft eval math_dual --split test.jsonl --limit 100 --set model.name=PATH    # the base model
 """
+
+
+REPORT_HELP = """\
+Write one self-contained HTML file (no network needed to view it): the team's return, per agent the
+policy loss, approximate KL and entropy, the value loss, time per phase, the resolved config, and
+the episode transcripts with each agent's turn under its role, best and worst episodes first.
+Several runs are drawn on the same axes. marft train writes RUN_DIR/report.html at the end of a run.
+
+Examples:
+  marft report runs/my-run
+  marft report runs/appo runs/grpo --out appo-vs-grpo.html
+"""
+
+EXPORT_HELP = """\
+Export one agent of a trained team: its PEFT adapter folder alone (PeftModel.from_pretrained loads
+it on the base model), or with --merge the base model with that adapter merged in, saved with its
+tokenizer as a standalone folder for AutoModelForCausalLM.from_pretrained (or vLLM, or the hub).
+
+Examples:
+  marft export runs/my-run --agent actor --out exported/actor
+  marft export runs/my-run --agent actor --out exported/actor-merged --merge
+"""
+
+
+def _train(args) -> int:
+    from marft.trainer import train
+    from marft.trainer.trainer import TrainingStopped
+
+    if args.resume is not None:
+        if args.config != "demo" or args.out is not None:
+            raise ConfigError(
+                "--resume", "takes the run's own config.yaml and folder; give only --set overrides"
+            )
+        source = args.resume / "config.yaml"
+        if not source.exists():
+            from marft.trainer.checkpoint import CheckpointError
+
+            raise CheckpointError(
+                f"{args.resume} is not a marft run directory (no config.yaml); give the --out folder of a marft train run"
+            )
+        cfg = load_config(str(source), args.overrides)
+        run_dir = args.resume
+    else:
+        cfg = load_config(args.config, args.overrides)
+        run_dir = args.out
+    try:
+        result = train(cfg, run_dir, resume=args.resume is not None)
+    except TrainingStopped as e:
+        print(f"marft: {e}", file=sys.stderr)
+        return e.exit_code
+    last = [r["episode_return"] for r in result.rows[-5:] if r["episode_return"] is not None]
+    mean = sum(last) / len(last) if last else float("nan")
+    print(f"run directory: {result.run_dir}")
+    print(f"mean episode_return over the last {len(last)} iterations: {mean:.3f}")
+    print(f"checkpoint: {result.checkpoint}")
+    if result.report is not None:
+        print(f"report: {result.report}")
+    return 0
+
+
+def _report(args) -> int:
+    from marft.reporting.report import write_report
+
+    missing = [str(p) for p in args.runs if not (p / "metrics.jsonl").exists()]
+    if missing:
+        raise ConfigError(
+            "RUN_DIR", f"{', '.join(missing)}: no metrics.jsonl; give --out folders of marft train runs"
+        )
+    out = write_report(args.runs, args.out)
+    print(f"report: {out}")
+    return 0
+
+
+def _export(args) -> int:
+    from marft.trainer.export import export_agent
+
+    out = export_agent(args.run_dir, args.agent, args.out, merge=args.merge)
+    kind = "merged model" if args.merge else "adapter"
+    print(f"exported {args.agent}'s {kind} to {out}")
+    return 0
 
 
 def _eval(args) -> int:
@@ -150,25 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     # PEFT calls a transformers property deprecated in v5; the warning is not the user's to act on.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     from marft.models.team_model import ModelLoadError
+    from marft.trainer.checkpoint import CheckpointError
 
+    commands = {"train": _train, "eval": _eval, "export": _export, "report": _report}
     try:
-        if args.command == "train":
-            cfg = load_config(args.config, args.overrides)
-            from marft.trainer import train
-
-            result = train(cfg, args.out)
-            last = [r["episode_return"] for r in result.rows[-5:] if r["episode_return"] is not None]
-            mean = sum(last) / len(last) if last else float("nan")
-            print(f"run directory: {result.run_dir}")
-            print(f"mean episode_return over the last {len(last)} iterations: {mean:.3f}")
-            print(f"checkpoint: {result.checkpoint}")
-        elif args.command == "eval":
-            return _eval(args)
+        return commands[args.command](args)
     except ConfigError as e:
         return _fail(f"config: {e}")
-    except ModelLoadError as e:
+    except (ModelLoadError, CheckpointError) as e:
         return _fail(str(e))
-    return 0
 
 
 if __name__ == "__main__":
