@@ -67,13 +67,22 @@ def test_marft_eval_end_to_end_on_20_problems(tmp_path):
     assert [a["role"] for a in first["agents"]] == ["reasoner", "actor"]
     assert "reference" in first["info"]
     assert "trained team" in proc.stdout and "actor -> base" in proc.stdout
+    # a checkpoint folder works as well as its run directory (the config is found two levels up)
+    ckpt = tmp_path / "run" / "checkpoints" / "iter-000001"
+    proc = run_cli(
+        "eval", "--checkpoint", str(ckpt), "--limit", "2", "--no-ablation", "--out", str(tmp_path / "e2")
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "e2" / "summary.json").read_text())["checkpoint"] == str(ckpt)
 
 
 def test_eval_errors_are_clear(tmp_path):
     proc = run_cli("eval", "--checkpoint", str(tmp_path / "nothing"))
     assert proc.returncode == 2 and "give a CONFIG" in proc.stderr
     proc = run_cli("eval", str(math_config(tmp_path)), "--checkpoint", str(tmp_path), "--limit", "2")
-    assert proc.returncode == 2 and "not a marft run directory" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 2 and "not a marft run directory" in proc.stderr and "Traceback" not in proc.stderr
+    )
     proc = run_cli("eval", "demo")
     assert proc.returncode == 2 and "no problem set" in proc.stderr
 
@@ -121,3 +130,24 @@ def test_base_rows_run_on_the_bare_base():
     torch.testing.assert_close(mixed[0], ref[0])
     assert not torch.allclose(mixed[1], ref[1])
     assert base.response_ids.shape[0] == 2
+
+
+def test_greedy_eval_gives_every_sample_the_same_answer(tmp_path):
+    proc = run_cli(
+        "eval",
+        str(math_config(tmp_path)),
+        "--limit",
+        "4",
+        "--samples",
+        "3",
+        "--greedy",
+        "--out",
+        str(tmp_path / "e"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    answers: dict[int, set] = {}
+    for line in (tmp_path / "e" / "transcripts.jsonl").read_text().splitlines():
+        t = json.loads(line)
+        if t["turns"]:
+            answers.setdefault(t["problem_index"], set()).add(t["turns"][0]["agents"][-1]["response"])
+    assert len(answers) == 4 and all(len(a) == 1 for a in answers.values())

@@ -126,6 +126,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch", type=int, default=32, help="env copies run together (default 32)")
     e.add_argument("--no-ablation", action="store_true", help="skip the per-agent swap-to-base ablation")
     e.add_argument(
+        "--greedy",
+        action="store_true",
+        help="decode greedily (sampling.top_k=1) instead of sampling with the run's temperature",
+    )
+    e.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -233,7 +238,10 @@ def _eval(args) -> int:
     from marft.trainer.evaluate import evaluate, format_table
 
     source = args.config
-    run_config = args.checkpoint / "config.yaml" if args.checkpoint else None
+    run_dir = args.checkpoint
+    if run_dir is not None and (run_dir / "manifest.json").exists():
+        run_dir = run_dir.parent.parent  # a checkpoints/iter-N folder: the run is two levels up
+    run_config = run_dir / "config.yaml" if run_dir else None
     if source is None:
         if run_config is None or not run_config.exists():
             raise ConfigError("", "give a CONFIG, or a --checkpoint run directory that holds config.yaml")
@@ -244,16 +252,14 @@ def _eval(args) -> int:
             overrides.append(f"env.kwargs.data={args.split}")
         else:
             overrides.append(f"env.kwargs.split={args.split}")
+    if args.greedy:
+        overrides.append("sampling.top_k=1")
     if args.samples < 1:
         raise ConfigError("--samples", "must be >= 1")
     cfg = load_config(source, overrides)
     out = args.out
     if out is None:
-        base = (
-            args.checkpoint
-            if args.checkpoint and (args.checkpoint / "config.yaml").exists()
-            else Path("runs")
-        )
+        base = run_dir if run_config is not None and run_config.exists() else Path("runs")
         out = base / f"eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     summary = evaluate(
         cfg, out, args.checkpoint, args.samples, args.limit, not args.no_ablation, args.batch, progress=True

@@ -111,7 +111,7 @@ def test_horizon_cuts_bootstrap_from_the_next_observation(tmp_path):
         v_next = head(rollout.truncated_features[:, 1])
         v_last = head(rollout.agents[1].features.reshape(3, 2, -1)[:, 1])
     algo = trainer.algorithm
-    algo._update_critic = lambda *a, **k: 0.0  # keep the critic fixed for this check
+    algo._update_critic = lambda *a, **k: (0.0, False)  # keep the critic fixed for this check
     targets = algo.targets(rollout, rollout.rewards, UpdateResult())
     adv_last = targets["listener"].advantages.reshape(3, 2)[:, 1]
     torch.testing.assert_close(adv_last, rollout.rewards[:, 1, 1] + v_next - v_last)

@@ -191,7 +191,8 @@ def test_resume_after_a_crash_has_no_gap_or_duplicate(tmp_path):
     assert [r["iteration"] for r in resumed.rows] == [0, 1, 2, 3]
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_clearly(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_a_checkpoint_and_exits_clearly(tmp_path, sig):
     out = tmp_path / "run"
     args = ["train", "--set", "run.iterations=500", "--set", "env.n_envs=4", "--set", "run.progress=false"]
     args += ["--set", "run.tensorboard=false", "--set", "run.checkpoint_every=0", "--out", str(out)]
@@ -200,10 +201,10 @@ def test_sigterm_saves_a_checkpoint_and_exits_clearly(tmp_path):
     while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 2):
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "stopped by SIGTERM" in err and "marft train --resume" in err and "Traceback" not in err
+    assert proc.returncode == 128 + sig, err
+    assert f"stopped by {sig.name}" in err and "marft train --resume" in err and "Traceback" not in err
     manifest = verify_checkpoint(resolve_checkpoint(out))
     assert manifest["iteration"] == len(read_metrics(out))
     resumed = cli("train", "--resume", str(out), "--set", f"run.iterations={manifest['iteration'] + 1}")

@@ -225,7 +225,8 @@ def format_table(summary: dict[str, Any]) -> str:
     team = summary["team"]
     keys = list(team)
     lines = [f"{'team':<28}" + "".join(f"{k:>12}" for k in keys + ["drop"])]
-    lines.append(f"{'trained team':<28}" + "".join(f"{team[k]:>12.3f}" for k in keys) + f"{'':>12}")
+    name = "trained team" if summary.get("checkpoint") else "base team"
+    lines.append(f"{name:<28}" + "".join(f"{team[k]:>12.3f}" for k in keys) + f"{'':>12}")
     for role, m in summary["ablation"].items():
         lines.append(
             f"{role + ' -> base':<28}"

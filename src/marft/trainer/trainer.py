@@ -174,7 +174,10 @@ class Trainer:
             transcripts_per_iter=cfg.run.transcripts_per_iter,
         )
         if ckpt is not None:
-            self._restore(ckpt)
+            try:
+                self._restore(ckpt)
+            except (ValueError, KeyError, RuntimeError) as e:  # a checkpoint that does not fit this config
+                raise CheckpointError(f"cannot resume from {ckpt}: {e}") from None
         self.sink = MetricsSink(
             self.run_dir, tensorboard=cfg.run.tensorboard, start_iteration=self.start_iteration
         )
