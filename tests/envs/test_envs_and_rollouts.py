@@ -81,7 +81,9 @@ def test_cli_train_end_to_end(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "mean episode_return" in proc.stdout
-    assert (out / "config.yaml").exists() and (out / "checkpoints" / "iter-000002" / "adapters" / "listener").is_dir()
+    assert (out / "config.yaml").exists() and (
+        out / "checkpoints" / "iter-000002" / "adapters" / "listener"
+    ).is_dir()
     resolved = load_config(str(out / "config.yaml"))  # the resolved config is itself a valid config
     assert resolved.run.iterations == 2 and resolved.env.n_envs == 4
 
