@@ -37,17 +37,18 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _command(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="marft", description="Multi-agent reinforcement fine-tuning of LLM teams."
     )
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser(
-        "train",
-        help="train a team",
-        description=TRAIN_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    t = _command(sub, "train", "train a team", TRAIN_HELP)
     t.add_argument(
         "config",
         nargs="?",
@@ -65,11 +66,11 @@ def _parser() -> argparse.ArgumentParser:
         "raise run.iterations to train longer)",
     )
 
-    r = sub.add_parser(
+    r = _command(
+        sub,
         "report",
-        help="write a run (or several, overlaid) as one HTML page of plots and transcripts",
-        description=REPORT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "write a run (or several, overlaid) as one HTML page of plots and transcripts",
+        REPORT_HELP,
     )
     r.add_argument(
         "runs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories; several are overlaid"
@@ -82,12 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         help="output file (default: RUN_DIR/report.html for one run, report-A-vs-B.html here for several)",
     )
 
-    x = sub.add_parser(
-        "export",
-        help="export one agent's adapter, or the base with it merged in",
-        description=EXPORT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    x = _command(sub, "export", "export one agent's adapter, or the base with it merged in", EXPORT_HELP)
     x.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory or one of its checkpoints")
     x.add_argument("--agent", required=True, metavar="ROLE", help="the agent (role) to export")
     x.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created)")
@@ -98,12 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         "(AutoModelForCausalLM.from_pretrained loads it)",
     )
 
-    e = sub.add_parser(
-        "eval",
-        help="evaluate a team on a problem set",
-        description=EVAL_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    e = _command(sub, "eval", "evaluate a team on a problem set", EVAL_HELP)
     e.add_argument(
         "config",
         nargs="?",
@@ -238,9 +229,9 @@ def _eval(args) -> int:
     from marft.trainer.evaluate import evaluate, format_table
 
     source = args.config
-    run_dir = args.checkpoint
-    if run_dir is not None and (run_dir / "manifest.json").exists():
-        run_dir = run_dir.parent.parent  # a checkpoints/iter-N folder: the run is two levels up
+    from marft.trainer.checkpoint import run_dir_of
+
+    run_dir = run_dir_of(args.checkpoint) if args.checkpoint is not None else None
     run_config = run_dir / "config.yaml" if run_dir else None
     if source is None:
         if run_config is None or not run_config.exists():

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from marft.reporting.metrics import read_metrics
 
 PHASES = {
@@ -160,13 +162,10 @@ def plots(runs: list[RunData]) -> dict[str, tuple[str, str]]:
 def _summary(run: RunData) -> dict[str, str]:
     returns = [r["episode_return"] for r in run.rows if isinstance(r.get("episode_return"), (int, float))]
     last = returns[-5:]
-    cfg = {}
     try:
-        import yaml
-
         cfg = yaml.safe_load(run.config_text) or {}
-    except Exception:
-        pass
+    except yaml.YAMLError:
+        cfg = {}
     return {
         "run": run.name,
         "algorithm": str(cfg.get("algorithm", {}).get("name", "?")),

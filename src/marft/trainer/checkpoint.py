@@ -179,6 +179,12 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory of a checkpoint folder (two levels up), or ``path`` itself otherwise."""
+    path = Path(path)
+    return path.parent.parent if (path / MANIFEST).exists() else path
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder from a run directory (its newest complete checkpoint), its
     ``checkpoints/`` folder, or a checkpoint folder itself.

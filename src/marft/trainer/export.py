@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from marft.config import load_config
-from marft.trainer.checkpoint import CheckpointError, resolve_checkpoint
+from marft.trainer.checkpoint import CheckpointError, resolve_checkpoint, run_dir_of
 
 
 def export_agent(run_dir: str | Path, role: str, out: str | Path, merge: bool = False) -> Path:
@@ -27,7 +27,7 @@ def export_agent(run_dir: str | Path, role: str, out: str | Path, merge: bool = 
         CheckpointError: no usable checkpoint, an unknown role, or a non-empty ``out``.
     """
     ckpt = resolve_checkpoint(run_dir)
-    run = ckpt.parent.parent
+    run = run_dir_of(ckpt)
     roles = sorted(p.name for p in (ckpt / "adapters").iterdir() if p.is_dir())
     if role not in roles:
         raise CheckpointError(f"no agent {role!r} in {ckpt}; agents: {', '.join(roles)}")
