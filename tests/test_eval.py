@@ -67,6 +67,10 @@ def test_marft_eval_end_to_end_on_20_problems(tmp_path):
     assert [a["role"] for a in first["agents"]] == ["reasoner", "actor"]
     assert "reference" in first["info"]
     assert "trained team" in proc.stdout and "actor -> base" in proc.stdout
+    # grader time-outs and failures are counted, not silent: in the summary, the table and metrics.jsonl
+    assert summary["grader"]["calls"] > 0 and "grader:" in proc.stdout
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["grader_calls"] > 0 and {"grader_timeouts", "grader_failures"} <= set(row)
     # a checkpoint folder works as well as its run directory (the config is found two levels up)
     ckpt = tmp_path / "run" / "checkpoints" / "iter-000001"
     proc = run_cli(

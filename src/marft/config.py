@@ -335,7 +335,8 @@ class RunConfig:
     progress: bool = True
     """Show a progress bar with the live return."""
     torch_threads: int = 0
-    """CPU threads for torch (0: torch's default)."""
+    """CPU threads for torch (0: as many as this process may use: its CPU affinity, capped by a
+    cgroup CPU quota)."""
     report: bool = True
     """Write ``report.html`` (plots and transcripts, see ``marft report``) at the end of the run."""
     checkpoint_every: int = 10

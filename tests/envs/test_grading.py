@@ -110,3 +110,85 @@ def test_bad_types_never_raise():
 def test_worker_recovers_after_a_timeout():
     assert grade("\\boxed{10^{10^{10^{10}}}}", "7", timeout=0.5) is False
     assert grade("\\boxed{\\frac{2}{4}}", "0.5") is True
+
+
+# ----------------------------------------------------------------------------- the worker process
+
+UNGUARDED = """
+import sys
+sys.path.insert(0, {src!r})
+with open({log!r}, "a") as f:
+    f.write("top-level code ran\\n")
+from marft.envs.math.grading import grade, grader_counts
+pairs = [("\\\\boxed{{5.0}}", "5"), ("\\\\boxed{{\\\\frac{{7}}{{2}}}}", "3.5"), ("\\\\boxed{{0.5}}", "\\\\frac{{1}}{{2}}"),
+         ("\\\\boxed{{x = 5}}", "5"), ("\\\\boxed{{4.67}}", "\\\\frac{{14}}{{3}}"), ("\\\\boxed{{3}}", "4")]
+print(*[grade(r, a) for r, a in pairs])
+c = grader_counts()
+print(c.calls, c.timeouts, c.failures)
+"""
+
+
+def test_an_unguarded_script_runs_once_and_gets_correct_verdicts(tmp_path):
+    """The worker never imports the caller's __main__: a script without a main guard is not run a
+    second time inside it, and symbolic comparisons get real verdicts."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import marft
+
+    log = tmp_path / "ran.txt"
+    script = tmp_path / "unguarded.py"
+    src = str(Path(marft.__file__).resolve().parents[1])
+    script.write_text(UNGUARDED.format(src=src, log=str(log)))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    verdicts, counts = proc.stdout.strip().splitlines()
+    assert verdicts.split() == ["True", "True", "True", "True", "False", "False"]
+    assert counts.split() == ["6", "0", "0"]
+    assert log.read_text().splitlines() == ["top-level code ran"]
+
+
+def test_timeouts_and_worker_failures_are_counted_not_silent(monkeypatch):
+    from marft.envs.math import grading
+    from marft.envs.math.grading import Verdict, grader_counts, judge
+
+    before = grader_counts()
+    assert judge("\\boxed{10^{10^{10^{10}}}}", "7", timeout=0.3) is Verdict.TIMEOUT
+    assert judge("\\boxed{\\frac{2}{4}}", "0.5") is Verdict.CORRECT  # a fresh worker took over
+    assert judge("\\boxed{3}", "4") is Verdict.WRONG
+    delta = grader_counts() - before
+    assert (delta.calls, delta.timeouts, delta.failures) == (3, 1, 0)
+
+    # A worker that cannot start (here: an interpreter that exits at once) is a failure, not "wrong".
+    monkeypatch.setattr(grading, "_WORKER", grading._Worker())
+    monkeypatch.setattr(grading.sys, "executable", "/bin/false")
+    before = grader_counts()
+    assert judge("\\boxed{7/2}", "3.6") is Verdict.FAILURE
+    assert grade("\\boxed{7/2}", "3.6") is False
+    delta = grader_counts() - before
+    assert (delta.calls, delta.timeouts, delta.failures) == (2, 0, 2)
+    with pytest.warns(RuntimeWarning, match="no verdict on"):
+        monkeypatch.setattr(grading, "_warned", False)
+        grading.warn_if_unreliable(0.0, min_calls=1)
+
+
+def test_math_env_reports_grader_counters(tmp_path, monkeypatch):
+    from marft.config import AgentConfig, TeamConfig
+    from marft.envs import make_env
+    from marft.envs.math import grading
+    from marft.team import TeamGraph
+
+    data = tmp_path / "p.jsonl"
+    data.write_text('{"problem": "7/2?", "answer": "3.5"}\n')
+    graph = TeamGraph.from_config(TeamConfig(agents=[AgentConfig(role="solver", graded=True)]))
+    env = make_env("math", {"data": str(data)}, graph)
+    env.reset_to(0)
+    assert env.step({"solver": "\\boxed{\\frac{7}{2}}"}).rewards == 1.0
+    assert env.pop_metrics() == {"grader_calls": 1.0, "grader_timeouts": 0.0, "grader_failures": 0.0}
+    assert env.pop_metrics()["grader_calls"] == 0.0  # counters since the last call
+    monkeypatch.setattr(grading, "_WORKER", grading._Worker())
+    monkeypatch.setattr(grading.sys, "executable", "/bin/false")
+    env.reset_to(0)
+    assert env.step({"solver": "\\boxed{7/2}"}).rewards == 0.0
+    assert env.pop_metrics()["grader_failures"] == 1.0

@@ -77,7 +77,7 @@ def test_bad_data_and_team_are_config_errors(tmp_path, jsonl):
         load_config("math_dual", [f"env.kwargs.data={jsonl}", "team.agents.1.graded=false"])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "x", "answer": "1"}\n')
-    with pytest.raises(ValueError, match="lacks 'problem'"):
+    with pytest.raises(ConfigError, match="line 1 has no field 'problem'"):
         make_env("math", {"data": str(bad)})
 
 

@@ -6,7 +6,9 @@ An environment is any object with
 * ``step(actions) -> StepResult`` where ``actions`` maps each role to its decoded text,
 
 and optionally ``state_dict() -> dict`` / ``load_state_dict(state)`` for exact resume (without
-them, checkpoints pickle the env's attributes), found by registered name (``env.name: signal``) or by ``package.module:Class``. An env class may
+them, checkpoints pickle the env's attributes) and ``pop_metrics() -> dict[str, float]``: counters
+since the last call (summed over env copies into each iteration's metrics row, e.g. the math env's
+``grader_timeouts``). Envs are found by registered name (``env.name: signal``) or by ``package.module:Class``. An env class may
 carry a ``Config`` dataclass: its ``env.kwargs`` are then validated against it before any model
 loads, and the instance is built as ``Class(config)``; otherwise as ``Class(**kwargs)``.
 
@@ -22,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -77,6 +79,15 @@ def env_state(env: Any) -> Any:
     if hasattr(env, "state_dict"):
         return env.state_dict()
     return dict(vars(env))
+
+
+def pop_env_metrics(envs: Iterable[Any]) -> dict[str, float]:
+    """The sum over env copies of their ``pop_metrics()`` counters (envs without it add nothing)."""
+    total: dict[str, float] = {}
+    for env in envs:
+        for key, value in (env.pop_metrics() if hasattr(env, "pop_metrics") else {}).items():
+            total[key] = total.get(key, 0.0) + float(value)
+    return total
 
 
 def load_env_state(env: Any, state: Any) -> None:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from marft.config import EnvConfig, SamplingConfig
-from marft.envs.base import Env, Observation, env_state, load_env_state
+from marft.envs.base import Env, Observation, env_state, load_env_state, pop_env_metrics
 from marft.models.team_model import SequenceBatch, TeamModel
 from marft.rollout.backends import HFBackend
 from marft.team.graph import TeamGraph
@@ -77,6 +77,7 @@ class Rollout:
         episode_lengths: their lengths in steps.
         transcripts: full conversations of some finished episodes.
         timings: seconds per phase (``generate``, ``score``, ``env``).
+        env_metrics: the envs' own counters for this rollout, summed over copies (``pop_metrics``).
     """
 
     rewards: Tensor
@@ -93,6 +94,7 @@ class Rollout:
     episode_lengths: list[int] = field(default_factory=list)
     transcripts: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    env_metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def env_steps(self) -> int:
@@ -496,4 +498,5 @@ class Collector:
             episode_lengths=ep_lengths,
             transcripts=transcripts,
             timings=dict(timings),
+            env_metrics=pop_env_metrics(self.envs),
         )

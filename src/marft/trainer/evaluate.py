@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 
 from marft.config import Config, ConfigError
 from marft.envs.base import make_env
-from marft.envs.math.grading import extract_answer, grade, normalize
+from marft.envs.math.grading import extract_answer, grade, grader_counts, normalize
 from marft.models.team_model import TeamModel, load_base, resolve_device, resolve_dtype
 from marft.rollout.backends import BASE, ROLLOUT_BACKENDS
 from marft.rollout.collector import Collector
+from marft.runtime import configure_threads
 from marft.team.graph import TeamGraph
 from marft.trainer.checkpoint import load_adapter_weights, resolve_checkpoint
 from marft.trainer.trainer import tiny_corpus
@@ -107,6 +108,7 @@ class Evaluator:
         self.per_chunk = max(1, batch // samples)
         n_envs = self.per_chunk * samples
         self.envs = [make_env(cfg.env.name, cfg.env.kwargs, self.graph) for _ in range(n_envs)]
+        self.threads = configure_threads(cfg.run.torch_threads)
         device = resolve_device(cfg.model.device)
         dtype = resolve_dtype(cfg.model.dtype, device)
         base, tokenizer = load_base(cfg.model, corpus=tiny_corpus(cfg, probe), dtype=dtype)
@@ -194,6 +196,7 @@ def evaluate(
         swapped back to the base model and the accuracy drop.
     """
     ev = Evaluator(cfg, checkpoint, samples, limit, batch, progress)
+    grader_before = grader_counts()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results, transcripts = ev.run()
@@ -213,6 +216,9 @@ def evaluate(
             metrics["accuracy_drop"] = summary["team"]["accuracy"] - metrics["accuracy"]
             summary["ablation"][role] = metrics
             transcripts += tr
+    # Time-outs and failures are scored as wrong answers: say how many there were.
+    graded = grader_counts() - grader_before
+    summary["grader"] = {"calls": graded.calls, "timeouts": graded.timeouts, "failures": graded.failures}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     with (out / "transcripts.jsonl").open("w") as f:
         for t in transcripts:
@@ -232,5 +238,11 @@ def format_table(summary: dict[str, Any]) -> str:
             f"{role + ' -> base':<28}"
             + "".join(f"{m[k]:>12.3f}" for k in keys)
             + f"{m['accuracy_drop']:>12.3f}"
+        )
+    g = summary.get("grader")
+    if g:
+        lines.append(
+            f"grader: {g['calls']} calls, {g['timeouts']} time-outs, {g['failures']} failures"
+            + (" (scored as wrong)" if g["timeouts"] or g["failures"] else "")
         )
     return "\n".join(lines)

@@ -29,6 +29,7 @@ from marft.models.team_model import TeamModel, load_base, resolve_device, resolv
 from marft.reporting.metrics import MetricsSink
 from marft.rollout.backends import ROLLOUT_BACKENDS
 from marft.rollout.collector import Collector
+from marft.runtime import configure_threads
 from marft.team.graph import TeamGraph
 from marft.trainer.algorithms import ALGORITHMS
 from marft.trainer.checkpoint import (
@@ -135,13 +136,13 @@ class Trainer:
                 f"{self.run_dir} already holds a run; continue it with marft train --resume {self.run_dir}, "
                 "or give another --out"
             )
-        if cfg.run.torch_threads:
-            torch.set_num_threads(cfg.run.torch_threads)
+        self.threads = configure_threads(cfg.run.torch_threads)
         seed_everything(cfg.run.seed)
+        self.graph = TeamGraph.from_config(cfg.team)
+        # Envs first: a data problem is reported before anything is written or loaded.
+        envs = [make_env(cfg.env.name, cfg.env.kwargs, self.graph) for _ in range(cfg.env.n_envs)]
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        self.graph = TeamGraph.from_config(cfg.team)
-        envs = [make_env(cfg.env.name, cfg.env.kwargs, self.graph) for _ in range(cfg.env.n_envs)]
         device = resolve_device(cfg.model.device)
         dtype = resolve_dtype(cfg.model.dtype, device)
         base, tokenizer = load_base(cfg.model, corpus=tiny_corpus(cfg, envs[0]), dtype=dtype)
@@ -243,7 +244,8 @@ class Trainer:
         if cfg.run.progress:
             verb = f"resuming at iteration {self.start_iteration}" if self.resume else "training"
             bar.write(
-                f"marft: {verb} {', '.join(self.graph.roles)} on {self.model.device}; run directory {self.run_dir}"
+                f"marft: {verb} {', '.join(self.graph.roles)} on {self.model.device} with {self.threads} CPU "
+                f"threads; run directory {self.run_dir}"
             )
         for it in bar:
             t0 = time.perf_counter()
@@ -264,6 +266,7 @@ class Trainer:
                 "time_rollout_s": t1 - t0,
                 "time_update_s": t2 - t1,
                 **{f"time_{k}_s": v for k, v in rollout.timings.items()},
+                **rollout.env_metrics,
                 **update.metrics,
             }
             self.rows.append(row)

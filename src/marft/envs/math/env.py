@@ -19,8 +19,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from marft.config import ConfigError
 from marft.envs.base import ENVS, Observation, StepResult
-from marft.envs.math.grading import extract_answer, grade
+from marft.envs.math.grading import Verdict, extract_answer, judge, warn_if_unreliable
 
 
 @dataclass
@@ -57,10 +58,11 @@ class MathConfig:
     reward: Literal["final", "each"] = "final"
     """``final``: the team reward is 1 when the last graded agent is right; ``each``: every graded
     agent is rewarded for its own answer (use with ``env.reward_assignment: per_agent``)."""
+    grader_warn_share: float = 0.02
+    """Warn once when more than this share of grading calls gave no verdict (time-outs, worker
+    failures), since those answers are scored as wrong."""
 
     def __post_init__(self) -> None:
-        from marft.config import ConfigError
-
         if self.data != "arithmetic" and not self.data.startswith("hf:") and not Path(self.data).is_file():
             raise ConfigError(
                 "data",
@@ -68,6 +70,8 @@ class MathConfig:
             )
         if self.max_attempts < 1:
             raise ConfigError("max_attempts", "must be a positive integer")
+        if not 0.0 <= self.grader_warn_share <= 1.0:
+            raise ConfigError("grader_warn_share", "must be in [0, 1]")
         if self.limit is not None and self.limit < 1:
             raise ConfigError("limit", "must be a positive integer or null")
         try:
@@ -126,6 +130,61 @@ def arithmetic_problems(count: int, seed: int, max_value: int) -> tuple[tuple[st
     return tuple(out)
 
 
+def _offline_hint(name: str) -> str:
+    """A local alternative to Hugging Face dataset ``name``, for the error message."""
+    short = name.rsplit("/", 1)[-1].lower()
+    local = Path("../shared/data") / short / "train.jsonl"
+    example = str(local) if local.is_file() else "path/to/train.jsonl"
+    return (
+        f"offline, give a local JSONL file instead (one JSON object per line with the problem and its "
+        f"answer): --set env.kwargs.data={example} --set env.kwargs.problem_key=problem "
+        "--set env.kwargs.answer_key=answer --set env.kwargs.answer_after=null"
+    )
+
+
+def _load_hf_rows(data: str, split: str, data_files: tuple[str, ...]):
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(
+            "env.kwargs.data", f"{data!r} needs the datasets package: pip install datasets"
+        ) from None
+    name, _, config = data[3:].partition(":")
+    kw = {"data_files": list(data_files)} if data_files else {}
+    try:
+        return datasets.load_dataset(name, config or None, split=split, **kw)
+    except Exception as e:  # noqa: BLE001 (network, hub, missing config or split: one message)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        reason = f"{type(e).__name__}: {first}"[:300]
+        raise ConfigError(
+            "env.kwargs.data", f"cannot load Hugging Face dataset {data!r} ({reason}); {_offline_hint(name)}"
+        ) from None
+
+
+def _read_jsonl(data: str) -> list[tuple[int, dict]]:
+    """``(line number, object)`` of every non-blank line."""
+    rows = []
+    try:
+        with open(data) as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ConfigError(
+                        "env.kwargs.data", f"{data} line {n} is not valid JSON ({e}); fix or remove that line"
+                    ) from None
+                if not isinstance(row, dict):
+                    raise ConfigError(
+                        "env.kwargs.data", f"{data} line {n} is not a JSON object (got {type(row).__name__})"
+                    )
+                rows.append((n, row))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("env.kwargs.data", f"cannot read {data} ({e})") from None
+    return rows
+
+
 @lru_cache(maxsize=16)
 def load_problems(
     data: str,
@@ -135,36 +194,31 @@ def load_problems(
     answer_key: str,
     answer_after: str | None,
 ) -> tuple[tuple[str, str], ...]:
-    """``(problem, reference)`` pairs of a dataset, loaded once per process."""
-    if data.startswith("hf:"):
-        try:
-            import datasets
-        except ImportError:
-            raise ImportError(f"{data!r} needs the datasets package: pip install datasets") from None
-        name, _, config = data[3:].partition(":")
-        kw = {"data_files": list(data_files)} if data_files else {}
-        rows = datasets.load_dataset(name, config or None, split=split, **kw)
-    else:
-        rows = []
-        with open(data) as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{data}:{n} is not valid JSON ({e})") from None
+    """``(problem, reference)`` pairs of a dataset, loaded once per process.
+
+    Raises:
+        ConfigError: (key ``env.kwargs.data``) a missing or unreadable file, a line that is not a
+            JSON object (with its number), a row without the configured fields, no rows, or a
+            Hugging Face dataset that cannot be loaded (with the offline alternative).
+    """
+    hub = data.startswith("hf:")
+    rows = list(enumerate(_load_hf_rows(data, split, data_files), 1)) if hub else _read_jsonl(data)
+    where = "row" if hub else "line"
     out = []
-    for n, row in enumerate(rows, 1):
+    for n, row in rows:
         if problem_key not in row or answer_key not in row:
-            raise ValueError(
-                f"{data} row {n} lacks {problem_key!r} or {answer_key!r}; set problem_key/answer_key"
+            missing = [k for k in (problem_key, answer_key) if k not in row]
+            raise ConfigError(
+                "env.kwargs.data",
+                f"{data} {where} {n} has no field {', '.join(map(repr, missing))} (its fields: "
+                f"{', '.join(map(repr, row))}); set env.kwargs.problem_key / env.kwargs.answer_key",
             )
         answer = str(row[answer_key])
         if answer_after is not None:
             answer = answer.split(answer_after)[-1].strip().replace(",", "")
         out.append((str(row[problem_key]), answer))
     if not out:
-        raise ValueError(f"{data} holds no problems")
+        raise ConfigError("env.kwargs.data", f"{data} holds no problems")
     return tuple(out)
 
 
@@ -193,6 +247,20 @@ class MathEnv:
         self.index = 0
         self.attempt = 0
         self.history: list[str] = []
+        self._grader = {"grader_calls": 0, "grader_timeouts": 0, "grader_failures": 0}
+
+    def pop_metrics(self) -> dict[str, float]:
+        """Grading calls of this copy since the last call, and those without a verdict."""
+        out = {k: float(v) for k, v in self._grader.items()}
+        self._grader = dict.fromkeys(self._grader, 0)
+        return out
+
+    def _grade(self, response: str) -> bool:
+        verdict = judge(response, self.reference)
+        self._grader["grader_calls"] += 1
+        self._grader["grader_timeouts"] += verdict is Verdict.TIMEOUT
+        self._grader["grader_failures"] += verdict is Verdict.FAILURE
+        return verdict is Verdict.CORRECT
 
     def state_dict(self) -> dict:
         """The sampling RNG and the current episode (not the problems: they reload from ``data``)."""
@@ -244,7 +312,8 @@ class MathEnv:
             raise RuntimeError(
                 "MathEnv.bind_team was not called: the env does not know which agents are graded"
             )
-        correct = {role: grade(actions[role], self.reference) for role in self.graded_roles}
+        correct = {role: self._grade(actions[role]) for role in self.graded_roles}
+        warn_if_unreliable(self.cfg.grader_warn_share)
         final = self.graded_roles[-1]
         solved = correct[final]
         self.attempt += 1

@@ -13,13 +13,25 @@ Example:
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import atexit
+import contextlib
+import json
+import os
 import re
+import select
+import subprocess
 import sys
 import threading
+import time
+import warnings
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
 
 MAX_TIMEOUT_S = 2.0
 MAX_ANSWER_CHARS = 400
+STARTUP_TIMEOUT_S = 120.0
+"""How long a new worker may take to start and import math-verify before it counts as failed."""
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_IS = re.compile(
@@ -125,103 +137,188 @@ def normalize(answer: str) -> str:
 # ------------------------------------------------------------------------------ the worker process
 
 
-def _verify_in_worker(pred: str, ref: str) -> bool:
-    from math_verify import parse, verify
+class Verdict(str, Enum):
+    """The outcome of one grading call. ``TIMEOUT`` and ``FAILURE`` are not verdicts on the answer:
+    :func:`grade` reports them as False, and they are counted (see :func:`grader_counts`)."""
 
-    gold = parse("\\boxed{" + ref + "}", parsing_timeout=None, raise_on_error=False)
-    target = parse("\\boxed{" + pred + "}", parsing_timeout=None, raise_on_error=False)
-    if not gold or not target:
-        return False
-    return bool(verify(gold, target, timeout_seconds=None, raise_on_error=False))
+    CORRECT = "correct"
+    WRONG = "wrong"
+    TIMEOUT = "timeout"
+    """The symbolic check overran its time limit (the worker was killed and is replaced)."""
+    FAILURE = "failure"
+    """The worker could not start, died, or math-verify raised."""
 
 
-def _worker_main(conn) -> None:
-    import logging
-    import warnings
+@dataclass(frozen=True)
+class GraderCounts:
+    """Grading calls in this process so far, and those that gave no verdict."""
 
-    warnings.filterwarnings("ignore")
-    logging.disable(logging.CRITICAL)
-    sys.setrecursionlimit(3000)
-    while True:
-        try:
-            pred, ref = conn.recv()
-        except EOFError:
-            return
-        try:
-            ok = _verify_in_worker(pred, ref)
-        except BaseException:  # noqa: BLE001 (RecursionError, sympy internals: never crash)
-            ok = False
-        conn.send(ok)
+    calls: int = 0
+    timeouts: int = 0
+    failures: int = 0
+
+    def __sub__(self, other: GraderCounts) -> GraderCounts:
+        return GraderCounts(
+            self.calls - other.calls, self.timeouts - other.timeouts, self.failures - other.failures
+        )
+
+    @property
+    def no_verdict_share(self) -> float:
+        """Share of calls that timed out or failed (0 when there were no calls)."""
+        return (self.timeouts + self.failures) / self.calls if self.calls else 0.0
 
 
 class _Worker:
-    """One long-lived grading process; replaced when a call overruns its time limit."""
+    """One long-lived grading process (:mod:`marft.envs.math.grader_worker`), replaced when a call
+    overruns its time limit or the process dies.
+
+    Started with ``python -m`` rather than multiprocessing's spawn, so that it never imports the
+    caller's ``__main__``; in a session of its own, so that Ctrl-C in a terminal (which the trainer
+    turns into a checkpoint at the end of the iteration) does not kill it mid-iteration.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._proc = None
-        self._conn = None
+        self._proc: subprocess.Popen | None = None
+        self._buffer = b""
+        atexit.register(self._kill)
 
     def _start(self) -> bool:
-        # spawn, not fork: the trainer holds torch/OpenMP, tokenizer and logging threads whose locks a
-        # forked child could inherit mid-use; spawn also gives the child no copy of our pipe end,
-        # so it sees EOF and exits if this process dies.
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_worker_main, args=(child,), daemon=True)
-        self._proc.start()
-        child.close()
-        self._conn = parent
-        # Import math-verify now, so that the first call's limit measures grading, not imports.
+        package_root = str(Path(__file__).resolve().parents[3])  # so the worker imports this marft
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         try:
-            self._conn.send(("1", "1"))
-            if self._conn.poll(120):
-                self._conn.recv()
-                return True
-        except (OSError, EOFError):
-            pass
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "marft.envs.math.grader_worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError:
+            self._proc = None
+            return False
+        self._buffer = b""
+        # Import math-verify now, so that the first call's limit measures grading, not imports.
+        if self._ask("1", "1", STARTUP_TIMEOUT_S) == "1":
+            return True
         self._kill()
         return False
 
     def _kill(self) -> None:
         if self._proc is not None:
             self._proc.kill()
-            self._proc.join(timeout=5)
-        self._proc = self._conn = None
+            self._proc.wait(timeout=5)
+            for pipe in (self._proc.stdin, self._proc.stdout):
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        self._proc = None
 
-    def __call__(self, pred: str, ref: str, timeout: float) -> bool | None:
-        """True/False, or None when no verdict came in time (the worker is then replaced)."""
-        with self._lock:
-            if (self._proc is None or not self._proc.is_alive()) and not self._start():
-                return None
-            try:
-                self._conn.send((pred, ref))
-                if self._conn.poll(timeout):
-                    return bool(self._conn.recv())
-            except (OSError, EOFError):
-                pass
-            self._kill()  # overran or died: the next call gets a fresh worker
+    def _ask(self, pred: str, ref: str, timeout: float) -> str | None:
+        """Send one request and read one answer line, or None if none came within ``timeout``."""
+        assert self._proc is not None
+        try:
+            self._proc.stdin.write((json.dumps([pred, ref]) + "\n").encode())
+            self._proc.stdin.flush()
+        except (OSError, ValueError):
             return None
+        fd = self._proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:  # the worker died
+                return None
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode()
+
+    def __call__(self, pred: str, ref: str, timeout: float) -> Verdict:
+        with self._lock:
+            if (self._proc is None or self._proc.poll() is not None) and not self._start():
+                return Verdict.FAILURE
+            answer = self._ask(pred, ref, timeout)
+            if answer in ("1", "0", "E"):
+                return {"1": Verdict.CORRECT, "0": Verdict.WRONG, "E": Verdict.FAILURE}[answer]
+            died = self._proc.poll() is not None
+            self._kill()  # overran or died: the next call gets a fresh worker
+            return Verdict.FAILURE if died else Verdict.TIMEOUT
 
 
 _WORKER = _Worker()
-
+_COUNTS = {"calls": 0, "timeouts": 0, "failures": 0}
+_COUNTS_LOCK = threading.Lock()
+_warned = False
 
 _CACHE: dict[tuple[str, str], bool] = {}
 _CACHE_SIZE = 65536
 
 
-def _equivalent(pred: str, ref: str, timeout: float) -> bool:
-    """Cached verdicts; a timeout is not a verdict and is not cached (a busy machine may be slow)."""
+def grader_counts() -> GraderCounts:
+    """Grading calls made in this process so far, with their time-outs and failures."""
+    with _COUNTS_LOCK:
+        return GraderCounts(**_COUNTS)
+
+
+def warn_if_unreliable(max_share: float, min_calls: int = 20) -> None:
+    """Warn once per process when more than ``max_share`` of the grading calls so far gave no
+    verdict (time-outs, failures): those answers were scored as wrong."""
+    global _warned
+    counts = grader_counts()
+    if _warned or counts.calls < min_calls or counts.no_verdict_share <= max_share:
+        return
+    _warned = True
+    warnings.warn(
+        f"the math grader gave no verdict on {counts.timeouts + counts.failures} of {counts.calls} "
+        f"calls ({counts.timeouts} time-outs, {counts.failures} failures); those answers were scored "
+        "as wrong. A busy machine makes time-outs likelier: lower run.torch_threads or the load.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def _equivalent(pred: str, ref: str, timeout: float) -> Verdict:
+    """Cached verdicts; a timeout or failure is not a verdict and is not cached (a busy machine
+    may be slow)."""
     key = (pred, ref)
     if key in _CACHE:
-        return _CACHE[key]
+        return Verdict.CORRECT if _CACHE[key] else Verdict.WRONG
     verdict = _WORKER(pred, ref, timeout)
-    if verdict is None:
-        return False
-    if len(_CACHE) >= _CACHE_SIZE:
-        _CACHE.clear()
-    _CACHE[key] = verdict
+    if verdict in (Verdict.CORRECT, Verdict.WRONG):
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.clear()
+        _CACHE[key] = verdict is Verdict.CORRECT
+    return verdict
+
+
+def _judge_uncounted(response: str, reference: str, timeout: float) -> Verdict:
+    if not isinstance(reference, str) or not reference.strip():
+        return Verdict.WRONG
+    pred = extract_answer(response)
+    if pred is None or len(pred) > MAX_ANSWER_CHARS:
+        return Verdict.WRONG
+    pred, ref = normalize(pred), normalize(reference)
+    if pred == ref:
+        return Verdict.CORRECT
+    return _equivalent(pred, ref, min(float(timeout), MAX_TIMEOUT_S))
+
+
+def judge(response: str, reference: str, timeout: float = MAX_TIMEOUT_S) -> Verdict:
+    """Like :func:`grade`, but says when no verdict could be reached (time-out, worker failure).
+
+    Every call is counted (:func:`grader_counts`). Never raises.
+    """
+    try:
+        verdict = _judge_uncounted(response, reference, timeout)
+    except Exception:  # noqa: BLE001 (the contract is: never raise)
+        verdict = Verdict.FAILURE
+    with _COUNTS_LOCK:
+        _COUNTS["calls"] += 1
+        _COUNTS["timeouts"] += verdict is Verdict.TIMEOUT
+        _COUNTS["failures"] += verdict is Verdict.FAILURE
     return verdict
 
 
@@ -240,15 +337,4 @@ def grade(response: str, reference: str, timeout: float = MAX_TIMEOUT_S) -> bool
         True if equivalent; False if not, or if the answer cannot be extracted, parsed or judged in
         time. Never raises.
     """
-    try:
-        if not isinstance(reference, str) or not reference.strip():
-            return False
-        pred = extract_answer(response)
-        if pred is None or len(pred) > MAX_ANSWER_CHARS:
-            return False
-        pred, ref = normalize(pred), normalize(reference)
-        if pred == ref:
-            return True
-        return _equivalent(pred, ref, min(float(timeout), MAX_TIMEOUT_S))
-    except Exception:  # noqa: BLE001 (the contract is: never raise)
-        return False
+    return judge(response, reference, timeout) is Verdict.CORRECT
