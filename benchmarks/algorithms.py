@@ -25,7 +25,7 @@ WINDOW = 3
 def run_one(algo: str, seed: int, iterations: int, out: str) -> dict:
     import time
 
-    from marft.config import load_config
+    from marft.compose import load_config
     from marft.trainer import train
 
     cfg = load_config(

@@ -3,8 +3,10 @@
 Each (model, team size) runs in a fresh subprocess so that peak memory is its own. Phases:
 
 * ``generate``: sampling the agents' actions (KV-cached, one adapter per row);
-* ``score``: critic features (one base forward per observation, adapters disabled);
-* ``update``: PPO epochs (``fwd_bwd``: forwards and backwards inside it; ``opt``: the rest);
+* ``score``: the scoring phase (critic features: one base forward per generation turn, adapters
+  disabled);
+* ``update``: advantages, the critic's fit and the PPO epochs (``fwd_bwd``: the policy's forwards
+  and backwards inside it);
 * ``other``: env steps, prompt building, tokenisation and bookkeeping.
 
 Peak memory is the process's peak resident set on CPU, and ``torch.cuda.max_memory_allocated`` on
@@ -44,7 +46,7 @@ def team_overrides(n_agents: int) -> list[str]:
 def run_one(model: str, n_agents: int, iters: int, n_envs: int, max_new_tokens: int, mb_tokens: int) -> dict:
     import torch
 
-    from marft.config import load_config
+    from marft.compose import load_config
     from marft.trainer import Trainer
 
     ov = [
@@ -72,19 +74,18 @@ def run_one(model: str, n_agents: int, iters: int, n_envs: int, max_new_tokens: 
     }
     for it in range(iters + 1):  # the first iteration warms up and is not counted
         t0 = time.perf_counter()
-        rollout = trainer.collector.collect(1)
-        t1 = time.perf_counter()
-        result = trainer.algorithm.update(rollout, it)
+        step = trainer.run_iteration(it)
         if cuda:
             torch.cuda.synchronize()
         t2 = time.perf_counter()
         if it == 0:
             continue
         phases["iter"].append(t2 - t0)
-        for k in ("generate", "score", "env"):
-            phases[k].append(rollout.timings.get(k, 0.0))
-        phases["update"].append(t2 - t1)
-        phases["fwd_bwd"].append(result.metrics.get("time_fwd_bwd_s", 0.0))
+        for k in ("generate", "env"):
+            phases[k].append(step.trajectory.timings.get(k, 0.0))
+        phases["score"].append(step.timings["score"])
+        phases["update"].append(sum(step.timings[k] for k in ("advantages", "critic", "policy")))
+        phases["fwd_bwd"].append(step.update.metrics.get("time_fwd_bwd_s", 0.0))
     mean = {k: statistics.mean(v) for k, v in phases.items()}
     core = mean["generate"] + mean["score"] + mean["fwd_bwd"]
     return {

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from marft.config import LoraSettings, ModelConfig, TinyModelConfig, load_config
+from marft.compose import load_config
+from marft.config import LoraSettings, ModelConfig, TinyModelConfig
 from marft.models import TeamModel, load_base
 
 CORPUS = ["name the secret colour", "red green blue yellow", "speaker listener : say one word"]
@@ -40,3 +41,9 @@ def small_config(*overrides: str):
         "algorithm.ppo_epochs=1",
     ]
     return load_config("demo", base + list(overrides))
+
+
+def collect_scored(trainer, steps: int | None = None):
+    """One collection and its scoring phase: ``(trajectory, scores)``."""
+    traj = trainer.collector.collect(steps or trainer.steps_per_rollout)
+    return traj, trainer.scorer.score(traj)

@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from marft.config import ConfigError, load_config
+from marft.compose import load_config
+from marft.config import ConfigError
 
 
 def error_of(*overrides, source="demo"):

@@ -3,7 +3,7 @@
 import json
 import statistics
 
-from marft.config import load_config
+from marft.compose import load_config
 from marft.trainer import train
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from marft.trainer.evaluate import Evaluator, ProblemResult, pass_at_k
+from marft.trainer.evaluate import Evaluator, ProblemResult, majority, pass_at_k
 
 ROOT = Path(__file__).resolve().parents[1]
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
@@ -68,7 +68,8 @@ def test_marft_eval_end_to_end_on_20_problems(tmp_path):
     assert "reference" in first["info"]
     assert "trained team" in proc.stdout and "actor -> base" in proc.stdout
     # grader time-outs and failures are counted, not silent: in the summary, the table and metrics.jsonl
-    assert summary["grader"]["calls"] > 0 and "grader:" in proc.stdout
+    assert summary["env_metrics"]["grader_calls"] > 0 and "grader_timeouts" in summary["env_metrics"]
+    assert "env counters: grader_calls" in proc.stdout
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert row["grader_calls"] > 0 and {"grader_timeouts", "grader_failures"} <= set(row)
     # a checkpoint folder works as well as its run directory (the config is found two levels up)
@@ -96,25 +97,27 @@ def test_pass_at_k_and_majority_by_hand(tmp_path):
     assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
     assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
     assert pass_at_k(4, 1, 4) == 1.0 and pass_at_k(4, 0, 4) == 0.0
+    from marft.envs import make_env
+
     ev = Evaluator.__new__(Evaluator)
     ev.samples = 3
+    ev.same_answer = make_env("math", {"data": "arithmetic", "arith_count": 1}).same_answer
     results = [
-        ProblemResult(0, "12", [True, False, False], ["12", "1,2", "7"]),  # majority is none... 3 distinct
-        ProblemResult(
-            1, "5", [False, True, True], ["4", "5", "5.0"]
-        ),  # majority 5 (5 and 5.0 differ as text)
-        ProblemResult(2, "1000", [True, True, False], ["1,000", "1000", "3"]),  # 1,000 -> 1000: majority
+        ProblemResult(0, [True, False, False], ["12", "1,2", "7"]),  # 3 distinct answers: the first wins
+        ProblemResult(1, [False, True, True], ["4", "5", "5.0"]),  # 5 and 5.0 are one answer
+        ProblemResult(2, [True, True, False], ["1,000", "1000", "3"]),  # 1,000 -> 1000: majority
+        ProblemResult(3, [False, False, True], [None, "8", "9"]),  # no answer is no vote; tie -> "8"
     ]
     s = ev.summarize(results)
-    assert s["accuracy"] == pytest.approx(5 / 9)
+    assert s["accuracy"] == pytest.approx(6 / 12)
     assert s["pass@3"] == pytest.approx(1.0)
-    # problem 0: every answer once -> the first counted ("12") wins; problem 1: "5"; problem 2: "1000"
-    assert s["maj@3"] == pytest.approx(1.0)
+    assert s["maj@3"] == pytest.approx(3 / 4)
+    assert majority(["4", "5", "5.0"], ev.same_answer) == 1 and majority([None, None], str.__eq__) is None
 
 
 def test_base_rows_run_on_the_bare_base():
     from marft.config import SamplingConfig
-    from marft.rollout import HFBackend
+    from marft.rollout import HFBackend, Prompts
     from tests.conftest import make_team_model
 
     model = make_team_model()
@@ -124,7 +127,9 @@ def test_base_rows_run_on_the_bare_base():
     enc = model.tokenizer(["name the secret colour red", "red blue"], return_tensors="pt", padding=True)
     backend = HFBackend(model, SamplingConfig(max_new_tokens=4))
     base = backend.generate(
-        enc["input_ids"], enc["attention_mask"], ["__base__"] * 2, torch.Generator().manual_seed(0)
+        Prompts(enc["input_ids"], enc["attention_mask"]),
+        ["__base__"] * 2,
+        rng=torch.Generator().manual_seed(0),
     )
     with model.adapter(None):
         ref = model.forward_logits(enc["input_ids"], enc["attention_mask"], keep=1).logits

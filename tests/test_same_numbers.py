@@ -32,7 +32,7 @@ def close(a, b, rel=1e-6, abs_=1e-9) -> bool:
 
 @pytest.mark.parametrize("case", sorted(FIXTURE["cases"]))
 def test_fixed_seeds_give_the_recorded_numbers(case, tmp_path):
-    from marft.config import load_config
+    from marft.compose import load_config
     from marft.trainer import Trainer
 
     expected = FIXTURE["cases"][case]

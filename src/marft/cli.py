@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from marft.config import ConfigError, load_config, preset_names
+from marft.config import ConfigError, preset_names
 from marft.runtime import passive_openmp_by_default
 
 TRAIN_HELP = """\
@@ -167,6 +167,7 @@ Examples:
 
 
 def _train(args) -> int:
+    from marft.compose import load_config
     from marft.trainer import train
     from marft.trainer.trainer import TrainingStopped
 
@@ -227,6 +228,7 @@ def _export(args) -> int:
 def _eval(args) -> int:
     from datetime import datetime
 
+    from marft.compose import load_config
     from marft.trainer.evaluate import evaluate, format_table
 
     source = args.config

@@ -45,10 +45,14 @@ def test_per_agent_returns_are_grouped_per_column():
         grpo_advantages(torch.zeros(5), 3)
 
 
-def test_registry_lists_every_estimator():
-    assert ADVANTAGE_ESTIMATORS.names() == ["dr_grpo", "grpo", "reinforce_pp", "rloo"]
-    with pytest.raises(KeyError, match="choose one of: dr_grpo, grpo, reinforce_pp, rloo"):
+def test_registry_lists_every_estimator_with_what_it_needs():
+    names = ["dr_grpo", "gae", "grpo", "reinforce_pp", "rloo", "token_gae"]
+    assert ADVANTAGE_ESTIMATORS.names() == names
+    with pytest.raises(KeyError, match="choose one of: " + ", ".join(names)):
         ADVANTAGE_ESTIMATORS.get("ppo")
+    needs = {n: (ADVANTAGE_ESTIMATORS.get(n).values, ADVANTAGE_ESTIMATORS.get(n).grouped) for n in names}
+    assert needs["gae"] == ("action", False) and needs["token_gae"] == ("token", False)
+    assert all(needs[n] == ("none", True) for n in ("grpo", "dr_grpo", "rloo", "reinforce_pp"))
 
 
 def test_kl_estimators_hand_values():

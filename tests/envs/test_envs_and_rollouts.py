@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from marft.config import load_config
+from marft.compose import load_config
 from marft.envs import Env, make_env
 from marft.rollout import team_reward_vector
 from marft.trainer import Trainer, train
@@ -51,15 +51,16 @@ def test_multi_turn_rollout_with_auto_reset_and_horizon(tmp_path):
     assert rollout.rewards.shape == (3, 5, 2)
     assert rollout.dones.tolist() == [[0.0, 1.0, 0.0, 1.0, 0.0]] * 3
     assert rollout.episode_lengths == [2] * 6
-    assert rollout.agents[0].sequences.prompt_ids.shape[0] == 15
+    assert rollout.agents[0].prompt_ids.shape[0] == 15
     # reward only on the last agent ("last" assignment), team returns add up
     assert torch.all(rollout.rewards[:, :, 0] == 0)
     ep_total = sum(rollout.episode_returns)
     assert ep_total == pytest.approx(float(rollout.rewards[:, :4].sum()))
     # the unfinished episode carries over to the next rollout
+    scores = trainer.scorer.score(rollout)
     nxt = trainer.collector.collect(1)
     assert nxt.dones.tolist() == [[1.0]] * 3
-    result = trainer.algorithm.update(rollout, 0)
+    result = trainer.learner.update(rollout, scores, 0)
     assert result.trained == ["speaker", "listener"]
 
 
@@ -101,25 +102,22 @@ def test_horizon_cuts_bootstrap_from_the_next_observation(tmp_path):
     trainer.setup()
     rollout = trainer.collector.collect(2)
     assert rollout.truncated.tolist() == [[0.0, 1.0]] * 3 == rollout.dones.tolist()
-    assert rollout.truncated_features.shape == (3, 2, 64)
-    assert torch.all(rollout.truncated_features[:, 0] == 0) and torch.all(
-        rollout.truncated_features[:, 1] != 0
-    )
+    assert rollout.cut_index.tolist() == [[0, 1], [1, 1], [2, 1]] and len(rollout.cut_prompts) == 3
+    scores = trainer.scorer.score(rollout)
+    assert scores.cut_features.shape == (3, 2, 64)
+    assert torch.all(scores.cut_features[:, 0] == 0) and torch.all(scores.cut_features[:, 1] != 0)
     # the last agent's advantage at the cut: r + gamma * V(next obs) - V(its obs)  (gamma = lam = 1)
-    from marft.trainer.algorithms import UpdateResult
-
     head = trainer.model.value_head
     with torch.no_grad():
-        v_next = head(rollout.truncated_features[:, 1])
-        v_last = head(rollout.agents[1].features.reshape(3, 2, -1)[:, 1])
-    algo = trainer.algorithm
-    algo._update_critic = lambda *a, **k: (0.0, False)  # keep the critic fixed for this check
-    targets = algo.targets(rollout, rollout.rewards, UpdateResult())
-    adv_last = targets["listener"].advantages.reshape(3, 2)[:, 1]
+        v_next = head(scores.cut_features[:, 1])
+        v_last = head(scores.features[1].reshape(3, 2, -1)[:, 1])
+    targets = trainer.learner.targets(rollout, scores)  # no side effects: the critic is not fitted here
+    adv_last = targets.agents[1].advantages.reshape(3, 2)[:, 1]
     torch.testing.assert_close(adv_last, rollout.rewards[:, 1, 1] + v_next - v_last)
     # an env that ends by itself is not a truncation
     done_cfg = small_config("env.kwargs.rounds=1", "env.horizon=3", "env.n_envs=3")
     t2 = Trainer(done_cfg, tmp_path / "run2")
     t2.setup()
     r2 = t2.collector.collect(1)
-    assert r2.truncated.sum() == 0 and r2.truncated_features is None
+    assert r2.truncated.sum() == 0 and r2.cut_prompts is None
+    assert t2.scorer.score(r2).cut_features is None

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from marft.config import AgentConfig, ConfigError, TeamConfig, load_config
+from marft.compose import load_config
+from marft.config import AgentConfig, ConfigError, TeamConfig
 from marft.envs import make_env
 from marft.envs.math.env import arithmetic_problems
 from marft.team import TeamGraph

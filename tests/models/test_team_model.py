@@ -5,7 +5,7 @@ import torch
 
 from marft.config import SamplingConfig
 from marft.models import SequenceBatch, warp_logits
-from marft.rollout import HFBackend
+from marft.rollout import HFBackend, Prompts
 from tests.conftest import make_team_model
 
 
@@ -89,7 +89,9 @@ def test_sampled_logprobs_equal_training_logprobs(team_model, sampling):
     perturb(team_model, "listener", seed=4)
     ids, mask = prompts(team_model)
     roles = ["speaker", "listener", "speaker", "listener"]
-    gen = HFBackend(team_model, sampling).generate(ids, mask, roles, torch.Generator().manual_seed(0))
+    gen = HFBackend(team_model, sampling).generate(
+        Prompts(ids, mask), roles, rng=torch.Generator().manual_seed(0)
+    )
     assert gen.response_ids.shape == gen.logprobs.shape == gen.response_mask.shape
     batch = SequenceBatch(ids, mask, gen.response_ids, gen.response_mask)
     for row, role in enumerate(roles):
@@ -162,7 +164,7 @@ def test_per_row_token_limits(team_model):
     ids, mask = prompts(team_model)
     limits = torch.tensor([1, 3, 2, 5])
     gen = HFBackend(team_model, SamplingConfig(max_new_tokens=8)).generate(
-        ids, mask, ["speaker"] * 4, torch.Generator().manual_seed(0), limits
+        Prompts(ids, mask), ["speaker"] * 4, limits, torch.Generator().manual_seed(0)
     )
     assert (gen.response_mask.sum(-1) <= limits).all()
     assert gen.response_ids.shape[1] <= 5

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from marft.trainer import ALGORITHMS, Trainer
-from tests.conftest import small_config
+from marft.learner import ALGORITHMS
+from marft.trainer import Trainer
+from tests.conftest import collect_scored, small_config
 
 
 def make(tmp_path, *overrides):
@@ -21,12 +22,12 @@ def test_registry_has_every_algorithm():
 def test_group_relative_runs_build_no_critic(tmp_path, name):
     trainer = make(tmp_path, f"algorithm.name={name}")
     assert trainer.model.value_head is None
-    assert trainer.algorithm.critic_optimizer is None
+    assert trainer.learner.critic is None
     assert not [n for n, _ in trainer.model.named_parameters() if "value_head" in n]
-    rollout = trainer.collector.collect(trainer.steps_per_rollout)
-    assert all(a.features is None for a in rollout.agents)
+    rollout, scores = collect_scored(trainer)
+    assert scores.features is None and scores.next_features is None
     before = [p.detach().clone() for p in trainer.model.adapter_parameters("listener")]
-    result = trainer.algorithm.update(rollout, 0)
+    result = trainer.learner.update(rollout, scores, 0)
     assert "value_loss" not in result.metrics
     assert result.trained == ["speaker", "listener"]
     after = trainer.model.adapter_parameters("listener")
@@ -36,7 +37,7 @@ def test_group_relative_runs_build_no_critic(tmp_path, name):
 def test_groups_share_their_task_instance(tmp_path):
     trainer = make(tmp_path, "algorithm.name=grpo")
     rollout = trainer.collector.collect(trainer.steps_per_rollout)
-    prompts = rollout.agents[0].sequences.prompt_ids  # the speaker's prompt holds the secret
+    prompts = rollout.agents[0].prompt_ids  # the speaker's prompt holds the secret
     for g in range(3):
         group = prompts[4 * g : 4 * g + 4]
         assert all(torch.equal(group[0], row) for row in group)
@@ -53,27 +54,26 @@ def test_episodic_collection_stops_finished_episodes(tmp_path):
 
 def test_group_returns_drive_the_advantages(tmp_path):
     trainer = make(tmp_path, "algorithm.name=dr_grpo")
-    rollout = trainer.collector.collect(1)
+    rollout, scores = collect_scored(trainer, 1)
     # hand-set rewards: group 0 gets returns (1, 0, 0, 0), the others all 1
     rollout.team_rewards[:] = 1.0
     rollout.team_rewards[1:4] = 0.0
-    from marft.trainer.algorithms import UpdateResult
-
-    targets = trainer.algorithm.targets(rollout, rollout.rewards, UpdateResult())
-    adv = targets["speaker"].advantages
+    targets = trainer.learner.targets(rollout, scores)
+    adv = targets.agents[0].advantages
     torch.testing.assert_close(adv[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]))
     torch.testing.assert_close(adv[4:], torch.zeros(8))
-    torch.testing.assert_close(targets["listener"].advantages, adv)  # joint credit
+    torch.testing.assert_close(targets.agents[1].advantages, adv)  # joint credit
+    assert targets.critic is None
 
 
 def test_tppo_values_every_token(tmp_path):
     trainer = make(tmp_path, "algorithm.name=tppo", "sampling.max_new_tokens=3")
-    rollout = trainer.collector.collect(1)
-    for a in rollout.agents:
-        S, L = a.sequences.response_ids.shape
-        assert a.features.shape == (S, L, 64)
-    assert rollout.last_features.shape == (12, 1, 64)
-    result = trainer.algorithm.update(rollout, 0)
+    rollout, scores = collect_scored(trainer, 1)
+    for a, feats in zip(rollout.agents, scores.features, strict=True):
+        S, L = a.response_ids.shape
+        assert feats.shape == (S, L, 64)
+    assert scores.next_features.shape == (12, 64)
+    result = trainer.learner.update(rollout, scores, 0)
     assert result.metrics["value_loss"] > 0 and result.trained == ["speaker", "listener"]
 
 
@@ -82,13 +82,13 @@ def test_kl_anchor_is_logged_per_agent_and_pulls_towards_the_base(tmp_path, mode
     trainer = make(
         tmp_path, "algorithm.kl_coef=0.5", f"algorithm.kl_mode={mode}", "algorithm.kl_estimator=k3"
     )
-    rollout = trainer.collector.collect(1)
-    assert all(a.ref_logprobs is not None for a in rollout.agents)
+    rollout, scores = collect_scored(trainer, 1)
+    assert scores.ref_logprobs is not None and len(scores.ref_logprobs) == 2
     # before any update the adapters are the base (LoRA B = 0, saved heads copied): KL is 0
-    result = trainer.algorithm.update(rollout, 0)
+    result = trainer.learner.update(rollout, scores, 0)
     assert result.metrics["kl_ref/speaker"] == pytest.approx(0.0, abs=1e-5)
     for _ in range(3):
-        result = trainer.algorithm.update(trainer.collector.collect(1), 1)
+        result = trainer.learner.update(*collect_scored(trainer, 1), 1)
     assert result.metrics["kl_ref/speaker"] > 0 and result.metrics["kl_ref/listener"] > 0
 
 
@@ -98,12 +98,14 @@ def test_reference_logprobs_are_the_bare_base(tmp_path):
         for role in ("speaker", "listener"):
             for p in trainer.model.adapter_parameters(role):
                 p.add_(0.3 * torch.randn_like(p))
-    rollout = trainer.collector.collect(1)
-    steps = rollout.agents[1]
+    rollout, scores = collect_scored(trainer, 1)
+    from marft.learner.batching import sequences
+
     with torch.no_grad(), trainer.model.adapter(None):
-        base_lp, _ = trainer.model.action_logprobs(steps.sequences)
-    torch.testing.assert_close(steps.ref_logprobs[:, : base_lp.shape[1]], base_lp, atol=1e-5, rtol=1e-4)
-    assert not torch.allclose(steps.old_logprobs, steps.ref_logprobs)
+        base_lp, _ = trainer.model.action_logprobs(sequences(rollout.agents[1]))
+    ref = scores.ref_logprobs[1]
+    torch.testing.assert_close(ref[:, : base_lp.shape[1]], base_lp, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(rollout.agents[1].logprobs, ref)
 
 
 def test_rows_of_finished_episodes_are_skipped_even_alone_in_a_micro_batch(tmp_path):
@@ -120,12 +122,13 @@ def test_rows_of_finished_episodes_are_skipped_even_alone_in_a_micro_batch(tmp_p
     T = rollout.rewards.shape[1]
     # pretend env 0 finished after step 0: its step-1 rows are padding, as _scatter writes them
     rollout.action_mask[0, 1:] = 0
+    rollout.turns[0, 1:] = -1
     rollout.dones[0, 0] = 1
     for steps in rollout.agents:
         row = 0 * T + 1
-        steps.sequences.prompt_mask[row] = 0
-        steps.sequences.response_mask[row] = 0
-        steps.old_logprobs[row] = 0
-    result = trainer.algorithm.update(rollout, 0)
+        steps.prompt_mask[row] = 0
+        steps.response_mask[row] = 0
+        steps.logprobs[row] = 0
+    result = trainer.learner.update(rollout, trainer.scorer.score(rollout), 0)
     assert result.trained == ["speaker", "listener"]
     assert all(torch.isfinite(torch.tensor(v)) for v in result.metrics.values())

@@ -5,10 +5,10 @@ import json
 import torch
 from peft import PeftModel
 
+from marft.compose import tiny_corpus
 from marft.models import load_base
 from marft.trainer import Trainer
-from marft.trainer.trainer import tiny_corpus
-from tests.conftest import small_config
+from tests.conftest import collect_scored, small_config
 
 
 def snapshot(trainer):
@@ -35,8 +35,7 @@ def make_trainer(tmp_path, *overrides):
 
 
 def one_iteration(trainer, it):
-    rollout = trainer.collector.collect(trainer.steps_per_rollout)
-    return trainer.algorithm.update(rollout, it)
+    return trainer.learner.update(*collect_scored(trainer), it)
 
 
 def test_every_trainable_adapter_and_the_critic_move_base_does_not(tmp_path):
@@ -55,7 +54,7 @@ def test_every_trainable_adapter_and_the_critic_move_base_does_not(tmp_path):
 
 def test_agent_by_agent_touches_only_the_active_adapter(tmp_path):
     trainer = make_trainer(tmp_path, "algorithm.agent_by_agent=2")
-    order = [trainer.algorithm.roles_to_train(i) for i in range(5)]
+    order = [trainer.learner.roles_to_train(i) for i in range(5)]
     assert order == [["speaker"], ["speaker"], ["listener"], ["listener"], ["speaker"]]
     for it, active in [(0, "speaker"), (2, "listener")]:
         before = snapshot(trainer)
@@ -95,8 +94,11 @@ def test_run_directory_contents_and_standalone_adapters(tmp_path):
         "env_steps",
         "episode_return",
         "time_s",
-        "time_rollout_s",
-        "time_update_s",
+        *(
+            f"time_{phase}_s"
+            for phase in ("collect", "generate", "score", "advantages", "critic", "policy", "log")
+        ),
+        "time_checkpoint_s",  # of the checkpoint saved after the previous iteration
         "value_loss",
     ]
     for role in ("speaker", "listener"):
@@ -125,7 +127,7 @@ def test_run_directory_contents_and_standalone_adapters(tmp_path):
 
 
 def test_action_logprob_normalisations():
-    from marft.trainer.algorithms import action_logprob
+    from marft.learner.batching import action_logprob
 
     tok = torch.tensor([[-1.0, -2.0, -3.0], [-4.0, 0.0, 0.0]])
     mask = torch.tensor([[1, 1, 1], [1, 0, 0]])

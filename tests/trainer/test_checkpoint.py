@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from marft.compose import tiny_corpus
 from marft.envs.base import Observation, StepResult
 from marft.reporting.metrics import read_metrics
 from marft.trainer import checkpoint as ckpt_mod
@@ -26,7 +27,7 @@ from marft.trainer.checkpoint import (
     resolve_checkpoint,
     verify_checkpoint,
 )
-from marft.trainer.trainer import Trainer, TrainingStopped, tiny_corpus
+from marft.trainer.trainer import Trainer, TrainingStopped
 from tests.conftest import small_config
 
 ROLES = ("speaker", "listener")
@@ -214,7 +215,7 @@ def test_a_signal_saves_a_checkpoint_and_exits_clearly(tmp_path, sig):
 
 def _poison(trainer, role):
     """Make ``role``'s policy loss NaN (the adapter in use is the one being updated)."""
-    algo = trainer.algorithm
+    algo = trainer.learner.policy
     loss_fn = algo.policy_loss
 
     def poisoned(*args, **kwargs):

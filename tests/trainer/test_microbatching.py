@@ -3,10 +3,11 @@
 import pytest
 import torch
 
+from marft.learner.batching import micro_batches
+from marft.learner.policy import AgentBatch, AgentTargets
 from marft.models import SequenceBatch
 from marft.trainer import Trainer
-from marft.trainer.algorithms import AgentTargets, micro_batches
-from tests.conftest import small_config
+from tests.conftest import collect_scored, small_config
 
 
 def test_micro_batches_respect_row_and_token_caps():
@@ -27,16 +28,16 @@ def test_micro_batches_respect_row_and_token_caps():
     assert groups == [[0], [1], [2, 3], [4]]
 
 
-def grads_with(trainer, steps, targets, **cfg_changes):
+def grads_with(trainer, batch, targets, **cfg_changes):
     for k, v in cfg_changes.items():
-        setattr(trainer.algorithm.cfg, k, v)
+        setattr(trainer.learner.policy.cfg, k, v)
     model = trainer.model
     params = model.adapter_parameters("listener")
     for p in params:
         p.grad = None
     with model.adapter("listener"):
-        loss, kl, _ = trainer.algorithm.minibatch_backward(
-            steps, targets, torch.arange(len(targets.sample_mask))
+        loss, kl, _ = trainer.learner.policy.minibatch_backward(
+            batch, targets, torch.arange(len(targets.sample_mask))
         )
     return loss, [p.grad.clone() for p in params]
 
@@ -53,8 +54,8 @@ def test_gradient_is_independent_of_micro_batching(tmp_path, algo):
     )
     trainer = Trainer(cfg, tmp_path / "run")
     trainer.setup()
-    rollout = trainer.collector.collect(1)
-    steps = rollout.agents[1]
+    rollout, scores = collect_scored(trainer, 1)
+    steps = AgentBatch(rollout.agents[1], scores.old_logprobs[1], scores.ref_logprobs[1])
     S, L = steps.old_logprobs.shape
     # advantages far from zero (per token for tppo) and a few padded (mask 0) samples
     adv = torch.linspace(-2, 2, S)
@@ -87,27 +88,29 @@ def test_bfloat16_base_keeps_float32_trainables_and_trains(tmp_path):
     assert {p.dtype for _, p in model.base_parameters()} == {torch.bfloat16}
     for role in model.roles:
         assert {p.dtype for p in model.adapter_parameters(role)} == {torch.float32}
-    assert trainer.algorithm.recompute_old_logprobs  # auto: on for a half-precision base
+    assert trainer.scorer.needs.old_logprobs  # auto: on for a half-precision base
     before = [p.detach().clone() for p in model.adapter_parameters("speaker")]
-    rollout = trainer.collector.collect(1)
-    result = trainer.algorithm.update(rollout, 0)
+    result = trainer.learner.update(*collect_scored(trainer, 1), 0)
     assert result.trained == ["speaker", "listener"]
     assert all(torch.isfinite(torch.tensor(v)) for v in result.metrics.values())
     after = model.adapter_parameters("speaker")
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
-def test_cached_first_features_equal_fresh_ones(tmp_path):
-    """Step 0 reuses the bootstrap features of the previous rollout instead of a second forward."""
+def test_remembered_bootstrap_features_equal_fresh_ones(tmp_path):
+    """Step 0 reuses the bootstrap features of the previous trajectory instead of a second forward."""
     trainer = Trainer(small_config("team.agents.1.observes=[]"), tmp_path / "run")  # both agents at depth 0
     trainer.setup()
-    collector = trainer.collector
-    first = collector.collect(1)
-    cached = collector._first_features.clone()
-    second = collector.collect(1)
-    torch.testing.assert_close(second.agents[0].features, cached)
+    first, first_scores = collect_scored(trainer, 1)
+    cached = first_scores.next_features.clone()
+    calls = []
+    forward = trainer.model.critic_features
+    trainer.model.critic_features = lambda *a: calls.append(a[0].shape[0]) or forward(*a)
+    second, second_scores = collect_scored(trainer, 1)
+    torch.testing.assert_close(second_scores.features[0], cached)
+    # the speaker's rows were not scored again: one forward for the listener's rows, one for the next bootstrap
+    assert calls == [8, 8]
     # and they are what a fresh forward gives for those observations
-    ids = second.agents[0].sequences.prompt_ids
-    mask = second.agents[0].sequences.prompt_mask
-    torch.testing.assert_close(trainer.model.critic_features(ids, mask), cached, atol=1e-5, rtol=1e-5)
-    assert first.agents[1].features.shape == second.agents[1].features.shape
+    ids, mask = second.agents[0].prompt_ids, second.agents[0].prompt_mask
+    torch.testing.assert_close(forward(ids, mask), cached, atol=1e-5, rtol=1e-5)
+    assert first_scores.features[1].shape == second_scores.features[1].shape

@@ -1,7 +1,6 @@
 """Pure algorithm math: advantage estimators, losses, KL. Imports nothing of models or envs."""
 
 from marft.algorithms.advantages import (
-    ADVANTAGE_ESTIMATORS,
     compute_agentwise_gae,
     compute_tokenwise_gae,
     dr_grpo_advantages,
@@ -11,12 +10,23 @@ from marft.algorithms.advantages import (
     reinforce_pp_advantages,
     rloo_advantages,
 )
+from marft.algorithms.estimators import (
+    ADVANTAGE_ESTIMATORS,
+    AdvantageInputs,
+    AdvantageOutput,
+    Estimator,
+    EstimatorParams,
+)
 from marft.algorithms.kl import kl_estimate
 from marft.algorithms.losses import POLICY_LOSSES, PolicyLoss, ppo_policy_loss, regression_loss, value_loss
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "POLICY_LOSSES",
+    "AdvantageInputs",
+    "AdvantageOutput",
+    "Estimator",
+    "EstimatorParams",
     "PolicyLoss",
     "compute_agentwise_gae",
     "compute_tokenwise_gae",

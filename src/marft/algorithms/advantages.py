@@ -1,4 +1,5 @@
-"""Advantage estimators: pure functions on tensors, no models, no envs.
+"""Advantage computations: pure functions on tensors, no models, no envs (registered behind one
+signature in :mod:`marft.algorithms.estimators`).
 
 Shapes: ``B`` batch (env copies), ``T`` steps, ``N`` agents in acting order.
 """
@@ -7,10 +8,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-from marft.registry import Registry
-
-ADVANTAGE_ESTIMATORS: Registry = Registry("advantage estimator")
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -176,7 +173,6 @@ def _grouped(returns: Tensor, group_size: int) -> Tensor:
     return returns.reshape(returns.shape[0] // group_size, group_size, *returns.shape[1:])
 
 
-@ADVANTAGE_ESTIMATORS.register("grpo")
 def grpo_advantages(returns: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
     """GRPO (Shao et al. 2024): ``(R - mean_group) / (std_group + eps)``, unbiased std.
 
@@ -192,14 +188,12 @@ def grpo_advantages(returns: Tensor, group_size: int, eps: float = 1e-6) -> Tens
     return ((g - g.mean(dim=1, keepdim=True)) / (std + eps)).reshape(returns.shape)
 
 
-@ADVANTAGE_ESTIMATORS.register("dr_grpo")
 def dr_grpo_advantages(returns: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
     """Dr. GRPO (Liu et al. 2025): ``R - mean_group``, no division by the std. Shapes as :func:`grpo_advantages`."""
     g = _grouped(returns, group_size)
     return (g - g.mean(dim=1, keepdim=True)).reshape(returns.shape)
 
 
-@ADVANTAGE_ESTIMATORS.register("rloo")
 def rloo_advantages(returns: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
     """RLOO (Ahmadian et al. 2024): ``R - mean of the other G-1 returns of the group``."""
     if group_size < 2:
@@ -209,7 +203,6 @@ def rloo_advantages(returns: Tensor, group_size: int, eps: float = 1e-6) -> Tens
     return (g - loo).reshape(returns.shape)
 
 
-@ADVANTAGE_ESTIMATORS.register("reinforce_pp")
 def reinforce_pp_advantages(returns: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
     """REINFORCE++ (Hu 2025): returns normalised over the whole batch, ``(R - mean) / (std + eps)``."""
     std = returns.std() if returns.numel() > 1 else torch.zeros((), dtype=returns.dtype)

@@ -53,12 +53,18 @@ class StepResult:
         rewards: the team reward, or a reward per role.
         done: whether the episode ended after this step.
         info: anything worth logging (kept in transcripts).
+        correct: whether the team's answer at this step is right, for envs with a notion of
+            correct (None otherwise). ``marft eval`` reads accuracy and pass@k from it.
+        answer: the team's final answer at this step, as the env understands it (``marft eval``'s
+            majority vote groups samples by it, with the env's ``same_answer`` when it has one).
     """
 
     observation: Observation
     rewards: float | Mapping[str, float]
     done: bool
     info: dict[str, Any] = field(default_factory=dict)
+    correct: bool | None = None
+    answer: str | None = None
 
 
 @runtime_checkable

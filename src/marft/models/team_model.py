@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -230,14 +231,24 @@ class TeamModel(nn.Module):
 
     # ------------------------------------------------------------------------------ parameters
 
-    def adapter_parameters(self, role: str) -> list[nn.Parameter]:
-        """The trainable tensors of one agent (its LoRA matrices and ``modules_to_save`` copies).
+    def named_adapter_parameters(self, role: str) -> list[tuple[str, nn.Parameter]]:
+        """The trainable tensors of one agent (its LoRA matrices and ``modules_to_save`` copies),
+        by parameter name.
 
         Matched exactly on PEFT's ``.<lora_*|modules_to_save>.<role>.`` segment, so a role named like
         a module (``model``, ``mlp``) cannot pick up another agent's tensors.
         """
         pattern = re.compile(rf"\.(lora_[A-Za-z_]+|modules_to_save)\.{re.escape(role)}(\.|$)")
-        return [p for n, p in self.policy.named_parameters() if pattern.search(n)]
+        return [(n, p) for n, p in self.policy.named_parameters() if pattern.search(n)]
+
+    def adapter_parameters(self, role: str) -> list[nn.Parameter]:
+        """The trainable tensors of one agent (see :meth:`named_adapter_parameters`)."""
+        return [p for _, p in self.named_adapter_parameters(role)]
+
+    def adapter_weights(self) -> dict[str, dict[str, Tensor]]:
+        """Every agent's trainable tensors by name (what a generation backend that keeps its own
+        copy of the adapters needs after an update)."""
+        return {role: {n: p.detach() for n, p in self.named_adapter_parameters(role)} for role in self.roles}
 
     def base_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Every parameter of the frozen base (no adapter, no saved-module copy)."""
@@ -296,11 +307,16 @@ class TeamModel(nn.Module):
             )
         return out.last_hidden_state[:, -1].float()
 
+    @property
+    def hidden_size(self) -> int:
+        """Width of the base's final hidden state (the critic's features)."""
+        return self.policy.get_base_model().config.get_text_config().hidden_size
+
     @torch.no_grad()
     def score_reference(
         self,
         batch: SequenceBatch,
-        features: str | None = "last",
+        features: Literal["none", "action", "token"] = "action",
         ref_logprobs: bool = False,
         temperature: float = 1.0,
         top_k: int = 0,
@@ -310,16 +326,16 @@ class TeamModel(nn.Module):
 
         Args:
             batch: prompts and sampled responses of ``S`` actions.
-            features: ``"last"``: the state before the first action token, ``[S, H]`` (APPO);
-                ``"tokens"``: the state before every action token, ``[S, L, H]`` (TPPO); None: none.
+            features: ``"action"``: the state before the first action token, ``[S, H]`` (APPO);
+                ``"token"``: the state before every action token, ``[S, L, H]`` (TPPO); ``"none"``.
             ref_logprobs: also return the reference policy's log-probs of the response tokens.
 
         Returns:
             ``(features, ref_logprobs)``; ``ref_logprobs`` is ``[S, L]``, 0 on padding.
         """
-        if features == "last" and not ref_logprobs:
+        if features == "action" and not ref_logprobs:
             return self.critic_features(batch.prompt_ids, batch.prompt_mask), None
-        if features is None and not ref_logprobs:
+        if features == "none" and not ref_logprobs:
             return None, None
         P, L = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
         ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
@@ -334,9 +350,9 @@ class TeamModel(nn.Module):
                 logits = warp_logits(base.get_output_embeddings()(hidden), temperature, top_k, top_p)
                 ref = token_logprobs(logits, batch.response_ids) * batch.response_mask
         feats = None
-        if features == "last":
+        if features == "action":
             feats = hidden[:, 0].float()
-        elif features == "tokens":
+        elif features == "token":
             feats = hidden.float()
         return feats, ref
 

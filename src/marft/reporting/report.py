@@ -26,9 +26,12 @@ from marft.reporting.metrics import read_metrics
 
 PHASES = {
     "time_generate_s": "generate",
-    "time_score_s": "score (critic, reference)",
     "time_env_s": "env and prompts",
-    "time_update_s": "update",
+    "time_score_s": "score (critic features, reference)",
+    "time_advantages_s": "advantages",
+    "time_critic_s": "critic",
+    "time_policy_s": "policy",
+    "time_checkpoint_s": "checkpoint",
 }
 PER_AGENT = {
     "policy_loss": "Policy loss per agent",

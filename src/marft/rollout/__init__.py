@@ -1,14 +1,18 @@
-"""Rollouts: generation backends and the collector (envs x team -> trajectories)."""
+"""Rollouts: generation backends (a protocol and the HF backend), the collector, the trajectory."""
 
-from marft.rollout.backends import ROLLOUT_BACKENDS, Generation, HFBackend
-from marft.rollout.collector import AgentSteps, Collector, Rollout, team_reward_vector
+from marft.rollout.backends import BASE, ROLLOUT_BACKENDS, Generation, GenerationBackend, HFBackend
+from marft.rollout.collector import Collector, team_reward_vector
+from marft.rollout.trajectory import AgentActions, Prompts, Trajectory
 
 __all__ = [
+    "BASE",
     "ROLLOUT_BACKENDS",
-    "AgentSteps",
+    "AgentActions",
     "Collector",
     "Generation",
+    "GenerationBackend",
     "HFBackend",
-    "Rollout",
+    "Prompts",
+    "Trajectory",
     "team_reward_vector",
 ]

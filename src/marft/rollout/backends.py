@@ -1,14 +1,21 @@
 """Generation backends: turn prompts into sampled actions with their log-probs.
 
-The ``hf`` backend samples token by token with a KV cache on the shared base, one adapter per row
-(PEFT mixed-adapter batches), and keeps only the log-prob of each sampled token under the
-distribution it was drawn from, never the per-step full-vocabulary logits.
+A backend is anything with the :class:`GenerationBackend` protocol: ``generate(prompts, adapter
+per row, limits, rng) -> Generation`` and ``update_weights(version, weights)``. The collector
+depends on this protocol only, so a backend may live in another engine or process.
+
+The ``hf`` backend samples token by token with a KV cache on the team's shared base, one adapter
+per row (PEFT mixed-adapter batches), and keeps only the log-prob of each sampled token under the
+distribution it was drawn from, never the per-step full-vocabulary logits. It shares its weights
+with the learner, so ``update_weights`` has nothing to do.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -18,10 +25,14 @@ from marft.config import SamplingConfig
 from marft.models.logprobs import warp_logits
 from marft.models.team_model import TeamModel, position_ids_from_mask
 from marft.registry import Registry
+from marft.rollout.trajectory import Prompts
 
 ROLLOUT_BACKENDS: Registry = Registry("rollout backend")
 BASE = "__base__"
 """Adapter name of a row that must run on the bare base model (PEFT's convention)."""
+
+AdapterWeights = Mapping[str, Mapping[str, Tensor]]
+"""Per adapter name, its trainable tensors by parameter name."""
 
 
 @dataclass
@@ -41,6 +52,30 @@ class Generation:
     entropy: Tensor
 
 
+@runtime_checkable
+class GenerationBackend(Protocol):
+    """What the collector needs from a generation engine."""
+
+    device: torch.device
+    """Where prompts, limits and the sampling RNG live."""
+
+    def generate(
+        self,
+        prompts: Prompts,
+        adapters: Sequence[str],
+        limits: Tensor | None = None,
+        rng: torch.Generator | None = None,
+    ) -> Generation:
+        """Sample one action per prompt, row ``s`` with adapter ``adapters[s]`` (``BASE``: none),
+        at most ``limits[s]`` tokens, drawing from ``rng``."""
+        ...
+
+    def update_weights(self, version: int, weights: Callable[[], AdapterWeights]) -> None:
+        """Use the adapters' new weights from now on; ``weights()`` gives them (called only by
+        backends that hold their own copy). ``version`` counts updates."""
+        ...
+
+
 @ROLLOUT_BACKENDS.register("hf")
 class HFBackend:
     """Token-by-token sampling with transformers' KV cache on the team's shared base model."""
@@ -48,42 +83,51 @@ class HFBackend:
     def __init__(self, model: TeamModel, sampling: SamplingConfig) -> None:
         self.model = model
         self.sampling = sampling
+        self.device = model.device
+        self.version = 0
+
+    def update_weights(self, version: int, weights: Callable[[], AdapterWeights]) -> None:
+        """Nothing to copy: this backend samples with the learner's own adapters."""
+        self.version = version
+
+    def _sample(self, logits: Tensor, rng: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+        """One token per row from ``[S, V]`` logits: ``(token, its log-prob, entropy)``, each ``[S]``,
+        under the warped distribution (temperature, top-k, top-p)."""
+        cfg = self.sampling
+        logp = warp_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p).log_softmax(-1)
+        p = logp.exp()
+        tok = torch.multinomial(p, 1, generator=rng).squeeze(-1)
+        entropy = -(p * logp.masked_fill(p == 0, 0.0)).sum(-1)
+        return tok, logp.gather(-1, tok[:, None]).squeeze(-1), entropy
 
     @torch.no_grad()
     def generate(
         self,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        roles: list[str],
-        generator: torch.Generator | None = None,
-        max_new_tokens: Tensor | None = None,
+        prompts: Prompts,
+        adapters: Sequence[str],
+        limits: Tensor | None = None,
+        rng: torch.Generator | None = None,
     ) -> Generation:
-        """Sample one action per row, row ``s`` with the adapter of ``roles[s]``.
+        """Sample one action per row, row ``s`` with the adapter ``adapters[s]``.
 
         Args:
-            input_ids: ``[S, P]`` left-padded prompts.
-            attention_mask: ``[S, P]``.
-            roles: ``S`` adapter names (``"__base__"``: the bare base model).
-            generator: RNG for sampling (on the model's device).
-            max_new_tokens: ``[S]`` longest action per row (default: ``sampling.max_new_tokens``).
+            prompts: ``[S, P]`` left-padded prompts.
+            adapters: ``S`` adapter names (``"__base__"``: the bare base model).
+            limits: ``[S]`` longest action per row (default: ``sampling.max_new_tokens``).
+            rng: RNG for sampling (on the model's device).
         """
-        cfg, model = self.sampling, self.model
-        S = input_ids.shape[0]
-        device = input_ids.device
+        model, roles = self.model, list(adapters)
+        S, device = prompts.ids.shape[0], prompts.ids.device
         mixed = len(set(roles)) > 1
         names = roles if mixed else None
         eos = torch.tensor(model.eos_ids, device=device)
-        pad = model.tokenizer.pad_token_id
         finished = torch.zeros(S, dtype=torch.bool, device=device)
-        limits = (
-            max_new_tokens
-            if max_new_tokens is not None
-            else torch.full((S,), cfg.max_new_tokens, device=device)
-        )
+        if limits is None:
+            limits = torch.full((S,), self.sampling.max_new_tokens, device=device)
         limits = limits.to(device)
         tokens, logps, ents, alive = [], [], [], []
         cache = DynamicCache()
-        ids, mask = input_ids, attention_mask
+        ids, mask = prompts.ids, prompts.mask
         pos = position_ids_from_mask(mask)
         single = None if roles[0] == BASE else roles[0]
         with nullcontext() if mixed else model.adapter(single):
@@ -98,14 +142,11 @@ class HFBackend:
                     use_cache=True,
                 )
                 cache = out.past_key_values
-                logp = warp_logits(out.logits[:, -1], cfg.temperature, cfg.top_k, cfg.top_p).log_softmax(-1)
-                p = logp.exp()
-                tok = torch.multinomial(p, 1, generator=generator).squeeze(-1)
-                live = ~finished
-                alive.append(live)
-                tokens.append(tok.masked_fill(finished, pad))
-                logps.append(logp.gather(-1, tok[:, None]).squeeze(-1).masked_fill(finished, 0.0))
-                ents.append((-(p * logp.masked_fill(p == 0, 0.0)).sum(-1)).masked_fill(finished, 0.0))
+                tok, logp, ent = self._sample(out.logits[:, -1], rng)
+                alive.append(~finished)
+                tokens.append(tok.masked_fill(finished, model.tokenizer.pad_token_id))
+                logps.append(logp.masked_fill(finished, 0.0))
+                ents.append(ent.masked_fill(finished, 0.0))
                 finished = finished | torch.isin(tok, eos) | (limits <= step + 1)
                 if bool(finished.all()):
                     break

@@ -21,7 +21,8 @@ def build_messages(
     Args:
         agent: the acting agent.
         observation: the env's observation at this step (shared text plus private per-role text).
-        outputs: this step's outputs of agents that already acted, by role.
+        outputs: this step's outputs of agents that already acted, by role (observed agents that
+            did not act are left out).
         message_format: how one observed output is quoted, e.g. ``"{role}: {content}"``.
 
     Returns:
@@ -31,7 +32,8 @@ def build_messages(
     private = observation.private.get(agent.role)
     if private:
         parts.append(private)
-    parts.extend(message_format.format(role=r, content=outputs[r]) for r in agent.observes)
+    # Observed agents that did not act this step (a schedule that routes may skip them) add nothing.
+    parts.extend(message_format.format(role=r, content=outputs[r]) for r in agent.observes if r in outputs)
     messages = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
     messages.append({"role": "user", "content": "\n".join(parts)})
     return messages

@@ -1,6 +1,5 @@
-"""The trainer composes models, team, envs, rollouts and algorithms into a run."""
+"""The trainer: the training loop as timed phases, checkpoints, evaluation and export."""
 
-from marft.trainer.algorithms import ALGORITHMS, APPO, UpdateResult
 from marft.trainer.trainer import Trainer, train
 
-__all__ = ["ALGORITHMS", "APPO", "Trainer", "UpdateResult", "train"]
+__all__ = ["Trainer", "train"]

@@ -9,23 +9,22 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from marft.compose import build_backend, build_envs, build_team_model, validate
 from marft.config import Config, ConfigError
-from marft.envs.base import make_env
-from marft.envs.math.grading import extract_answer, grade, grader_counts, normalize
-from marft.models.team_model import TeamModel, load_base, resolve_device, resolve_dtype
-from marft.rollout.backends import BASE, ROLLOUT_BACKENDS
+from marft.envs.base import pop_env_metrics
+from marft.rollout.backends import BASE
 from marft.rollout.collector import Collector
 from marft.runtime import configure_threads
 from marft.team.graph import TeamGraph
 from marft.trainer.checkpoint import load_adapter_weights, resolve_checkpoint
-from marft.trainer.trainer import tiny_corpus
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -35,26 +34,24 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def majority(answers: list[str | None]) -> str | None:
-    """The most common answer, counting mathematically equal answers (``5``, ``5.0``) as one vote.
-
-    Ties go to the answer seen first; None when no sample gave an answer.
-    """
-    clusters: list[list[str]] = []
-    for a in answers:
+def majority(answers: list[str | None], same: Callable[[str, str], bool]) -> int | None:
+    """Index of a sample holding the most common answer, counting answers that ``same`` calls
+    equal (``5``, ``5.0`` for math) as one vote. Ties go to the answer seen first; None when no
+    sample gave an answer."""
+    clusters: list[list[int]] = []
+    for i, a in enumerate(answers):
         if not a:
             continue
-        a = normalize(a)
         for c in clusters:
-            if a == c[0] or grade("\\boxed{" + a + "}", c[0]):
-                c.append(a)
+            if same(a, answers[c[0]]):
+                c.append(i)
                 break
         else:
-            clusters.append([a])
+            clusters.append([i])
     return max(clusters, key=len)[0] if clusters else None
 
 
-def load_adapters(model: TeamModel, checkpoint: str | Path) -> Path:
+def load_adapters(model, checkpoint: str | Path) -> Path:
     """Load every agent's adapter from a run directory (its newest complete checkpoint) or a
     checkpoint folder; returns the checkpoint folder.
 
@@ -68,19 +65,32 @@ def load_adapters(model: TeamModel, checkpoint: str | Path) -> Path:
 
 @dataclass
 class ProblemResult:
-    """One problem's samples: whether each solved it, and each final answer."""
+    """One problem's samples: whether each was right (the env's ``StepResult.correct`` at the
+    episode's last step), and each final answer (``StepResult.answer``)."""
 
     index: int
-    reference: str
     correct: list[bool]
     answers: list[str | None]
+
+
+@dataclass
+class EvalRun:
+    """One pass over the problems: per problem its samples, the transcripts, the envs' counters."""
+
+    results: list[ProblemResult]
+    transcripts: list[dict[str, Any]]
+    env_metrics: dict[str, float] = field(default_factory=dict)
 
 
 class Evaluator:
     """Runs a team (optionally from a checkpoint) over a problem set.
 
+    Works with any env that has a problem list (``problems``, ``reset_to``) and says whether the
+    team was right (``StepResult.correct``); its ``same_answer(a, b)``, when it has one, groups
+    equal answers for the majority vote.
+
     Args:
-        cfg: the team's config; its env must have a problem list (``problems``, ``reset_to``).
+        cfg: the team's config.
         checkpoint: run directory or checkpoint folder whose adapters to load (None: base model).
         samples: attempts per problem (K).
         limit: evaluate only the first N problems.
@@ -97,74 +107,77 @@ class Evaluator:
         batch: int = 32,
         progress: bool = True,
     ) -> None:
+        validate(cfg)
         self.cfg, self.samples, self.progress = cfg, samples, progress
         self.graph = TeamGraph.from_config(cfg.team)
-        probe = make_env(cfg.env.name, cfg.env.kwargs, self.graph)
+        (probe,) = build_envs(cfg, self.graph, 1)
         if not (hasattr(probe, "reset_to") and hasattr(probe, "problems")):
             raise ConfigError(
                 "env.name", f"env {cfg.env.name!r} has no problem set; marft eval needs one such as 'math'"
             )
         self.n_problems = min(limit or len(probe.problems), len(probe.problems))
         self.per_chunk = max(1, batch // samples)
-        n_envs = self.per_chunk * samples
-        self.envs = [make_env(cfg.env.name, cfg.env.kwargs, self.graph) for _ in range(n_envs)]
+        self.envs = build_envs(cfg, self.graph, self.per_chunk * samples)
+        same = getattr(self.envs[0], "same_answer", None)
+        self.same_answer: Callable[[str, str], bool] = same if same is not None else str.__eq__
         self.threads = configure_threads(cfg.run.torch_threads)
-        device = resolve_device(cfg.model.device)
-        dtype = resolve_dtype(cfg.model.dtype, device)
-        base, tokenizer = load_base(cfg.model, corpus=tiny_corpus(cfg, probe), dtype=dtype)
-        self.model = TeamModel(
-            base, tokenizer, self.graph.roles, cfg.lora, dtype=dtype, device=device, with_critic=False
-        )
+        self.model = build_team_model(cfg, self.graph, probe, with_critic=False)
         self.checkpoint = load_adapters(self.model, checkpoint) if checkpoint is not None else None
-        self.backend = ROLLOUT_BACKENDS.get(cfg.sampling.backend)(self.model, cfg.sampling)
-        graded = [a.role for a in self.graph.agents if a.graded]
-        self.final_role = graded[-1] if graded else self.graph.roles[-1]
+        self.backend = build_backend(cfg, self.model)
 
     @torch.no_grad()
-    def run(self, swap_to_base: str | None = None) -> tuple[list[ProblemResult], list[dict[str, Any]]]:
+    def run(self, swap_to_base: str | None = None) -> EvalRun:
         """Evaluate every problem; ``swap_to_base`` runs that agent on the bare base model."""
         K, n_envs = self.samples, len(self.envs)
         collector = Collector(
             self.envs,
             self.graph,
-            self.model,
+            self.model.tokenizer,
             self.backend,
             self.cfg.env,
             self.cfg.sampling,
             seed=self.cfg.run.seed,
-            features=None,
             episodic=True,
             group_size=K,
             transcripts_per_iter=n_envs,
             adapter_of={swap_to_base: BASE} if swap_to_base else None,
         )
-        results: list[ProblemResult] = []
-        transcripts: list[dict[str, Any]] = []
+        out = EvalRun([], [])
         desc = "marft eval" + (f" ({swap_to_base} -> base)" if swap_to_base else "")
         bar = tqdm(total=self.n_problems, desc=desc, disable=not self.progress, dynamic_ncols=True)
         for start in range(0, self.n_problems, self.per_chunk):
             idx = list(range(start, min(start + self.per_chunk, self.n_problems)))
             # the last chunk may be short: its spare env copies repeat a problem and are ignored
             problems = [idx[min(b // K, len(idx) - 1)] for b in range(n_envs)]
-            rollout = collector.collect(self.cfg.env.horizon, problems=problems)
-            by_env = {t["env"]: t for t in rollout.transcripts}
+            traj = collector.collect(self.cfg.env.horizon, problems=problems)
+            for key, value in traj.env_metrics.items():
+                out.env_metrics[key] = out.env_metrics.get(key, 0.0) + value
+            by_env = {t["env"]: t for t in traj.transcripts}
             for j, p in enumerate(idx):
-                correct, answers = [], []
-                for b in range(j * K, (j + 1) * K):
-                    last = by_env[b]["turns"][-1]
-                    response = next(a["response"] for a in last["agents"] if a["role"] == self.final_role)
-                    correct.append(bool(last["info"]["correct"][self.final_role]))
-                    answers.append(extract_answer(response))
-                    transcripts.append(
-                        {"problem_index": p, "sample": b - j * K, "swap_to_base": swap_to_base, **by_env[b]}
-                    )
-                results.append(ProblemResult(p, self.envs[0].problems[p][1], correct, answers))
+                samples = [by_env[b] for b in range(j * K, (j + 1) * K)]
+                out.results.append(self._result(p, samples))
+                out.transcripts += [
+                    {"problem_index": p, "sample": k, "swap_to_base": swap_to_base, **t}
+                    for k, t in enumerate(samples)
+                ]
             bar.update(len(idx))
         bar.close()
-        return results, transcripts
+        return out
+
+    def _result(self, problem: int, samples: list[dict[str, Any]]) -> ProblemResult:
+        last = [t["turns"][-1] for t in samples]
+        if any(turn["correct"] is None for turn in last):
+            raise ConfigError(
+                "env.name",
+                f"env {self.cfg.env.name!r} does not say whether an answer is correct (StepResult.correct)",
+            )
+        return ProblemResult(
+            problem, [bool(turn["correct"]) for turn in last], [turn["answer"] for turn in last]
+        )
 
     def summarize(self, results: list[ProblemResult]) -> dict[str, float]:
-        """accuracy (mean over all samples), pass@1, pass@K and maj@K."""
+        """accuracy (mean over all samples), pass@1, pass@K and maj@K (the majority answer's
+        sample was right)."""
         K = self.samples
         out = {
             "accuracy": sum(sum(r.correct) for r in results) / (K * len(results)),
@@ -172,9 +185,8 @@ class Evaluator:
         }
         if K > 1:
             out[f"pass@{K}"] = sum(pass_at_k(K, sum(r.correct), K) for r in results) / len(results)
-            out[f"maj@{K}"] = sum(
-                grade("\\boxed{" + top + "}", r.reference) for r in results if (top := majority(r.answers))
-            ) / len(results)
+            tops = [(r, majority(r.answers, self.same_answer)) for r in results]
+            out[f"maj@{K}"] = sum(r.correct[top] for r, top in tops if top is not None) / len(results)
         return out
 
 
@@ -196,29 +208,33 @@ def evaluate(
         swapped back to the base model and the accuracy drop.
     """
     ev = Evaluator(cfg, checkpoint, samples, limit, batch, progress)
-    grader_before = grader_counts()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results, transcripts = ev.run()
+    team = ev.run()
     summary: dict[str, Any] = {
         "n_problems": ev.n_problems,
         "samples": samples,
         "checkpoint": str(ev.checkpoint) if ev.checkpoint else None,
         "model": cfg.model.name,
         "data": cfg.env.kwargs.get("data"),
-        "team": ev.summarize(results),
+        "team": ev.summarize(team.results),
         "ablation": {},
     }
+    env_metrics, transcripts = dict(team.env_metrics), team.transcripts
     if ablation and ev.checkpoint is not None and len(ev.graph.roles) > 1:
         for role in ev.graph.roles:
-            res, tr = ev.run(swap_to_base=role)
-            metrics = ev.summarize(res)
+            swapped = ev.run(swap_to_base=role)
+            metrics = ev.summarize(swapped.results)
             metrics["accuracy_drop"] = summary["team"]["accuracy"] - metrics["accuracy"]
             summary["ablation"][role] = metrics
-            transcripts += tr
-    # Time-outs and failures are scored as wrong answers: say how many there were.
-    graded = grader_counts() - grader_before
-    summary["grader"] = {"calls": graded.calls, "timeouts": graded.timeouts, "failures": graded.failures}
+            transcripts += swapped.transcripts
+            for key, value in swapped.env_metrics.items():
+                env_metrics[key] = env_metrics.get(key, 0.0) + value
+    # The envs' own counters (the math grader's time-outs and failures, scored as wrong answers),
+    # including the majority vote's comparisons.
+    for key, value in pop_env_metrics(ev.envs).items():
+        env_metrics[key] = env_metrics.get(key, 0.0) + value
+    summary["env_metrics"] = env_metrics
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     with (out / "transcripts.jsonl").open("w") as f:
         for t in transcripts:
@@ -239,10 +255,7 @@ def format_table(summary: dict[str, Any]) -> str:
             + "".join(f"{m[k]:>12.3f}" for k in keys)
             + f"{m['accuracy_drop']:>12.3f}"
         )
-    g = summary.get("grader")
-    if g:
-        lines.append(
-            f"grader: {g['calls']} calls, {g['timeouts']} time-outs, {g['failures']} failures"
-            + (" (scored as wrong)" if g["timeouts"] or g["failures"] else "")
-        )
+    counters = summary.get("env_metrics")
+    if counters:
+        lines.append("env counters: " + ", ".join(f"{k} {v:g}" for k, v in counters.items()))
     return "\n".join(lines)

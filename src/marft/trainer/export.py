@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from marft.config import load_config
+from marft.compose import build_base, build_envs, load_config
 from marft.trainer.checkpoint import CheckpointError, resolve_checkpoint, run_dir_of
 
 
@@ -41,17 +41,12 @@ def export_agent(run_dir: str | Path, role: str, out: str | Path, merge: bool = 
     import torch
     from peft import PeftModel
 
-    from marft.envs.base import make_env
-    from marft.models.team_model import load_base, resolve_dtype
     from marft.team.graph import TeamGraph
-    from marft.trainer.trainer import tiny_corpus
 
     cfg = load_config(str(run / "config.yaml"))
-    graph = TeamGraph.from_config(cfg.team)
-    env = make_env(cfg.env.name, cfg.env.kwargs, graph)
+    (env,) = build_envs(cfg, TeamGraph.from_config(cfg.team), 1)
     # The built-in tiny base is rebuilt from its own seed, so it comes out identical to training's.
-    dtype = resolve_dtype(cfg.model.dtype, torch.device("cpu"))
-    base, tokenizer = load_base(cfg.model, corpus=tiny_corpus(cfg, env), dtype=dtype)
+    base, tokenizer, _ = build_base(cfg, env, torch.device("cpu"))
     model = PeftModel.from_pretrained(base, str(adapter), adapter_name=role)
     merged = model.merge_and_unload()
     out.mkdir(parents=True, exist_ok=True)

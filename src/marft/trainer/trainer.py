@@ -1,9 +1,10 @@
-"""The training loop as timed phases: rollout (generate, score, env) then update.
+"""The training loop as timed phases: collect, score, advantages, critic, policy, log, checkpoint.
 
-A run directory receives ``config.yaml`` (the resolved config), ``metrics.jsonl``, TensorBoard
-events, ``transcripts.jsonl`` and ``checkpoints/`` (see :mod:`marft.trainer.checkpoint`). A run
-resumes exactly from its newest complete checkpoint (``Trainer(cfg, run_dir, resume=True)``);
-SIGINT and SIGTERM save a checkpoint at the end of the current iteration and stop.
+A run directory receives ``config.yaml`` (the resolved config), ``metrics.jsonl`` (each phase's
+seconds among the metrics), TensorBoard events, ``transcripts.jsonl`` and ``checkpoints/`` (see
+:mod:`marft.trainer.checkpoint`). A run resumes exactly from its newest complete checkpoint
+(``Trainer(cfg, run_dir, resume=True)``); SIGINT and SIGTERM save a checkpoint at the end of the
+current iteration and stop.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import signal
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,15 +26,14 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from marft.compose import build_envs, build_training, validate
 from marft.config import Config, to_dict
-from marft.envs.base import make_env
-from marft.models.team_model import TeamModel, load_base, resolve_device, resolve_dtype
+from marft.learner.learner import UpdateResult
+from marft.learner.scoring import Scores
 from marft.reporting.metrics import MetricsSink
-from marft.rollout.backends import ROLLOUT_BACKENDS
-from marft.rollout.collector import Collector
+from marft.rollout.trajectory import Trajectory
 from marft.runtime import configure_threads
 from marft.team.graph import TeamGraph
-from marft.trainer.algorithms import ALGORITHMS
 from marft.trainer.checkpoint import (
     CHECKPOINTS,
     CheckpointError,
@@ -41,6 +43,9 @@ from marft.trainer.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+
+PHASES = ("collect", "score", "advantages", "critic", "policy")
+"""The timed phases of an iteration before logging; ``log`` and ``checkpoint`` follow."""
 
 
 class TrainingStopped(RuntimeError):
@@ -75,16 +80,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def tiny_corpus(cfg: Config, env) -> list[str]:
-    """Text the built-in tiny tokenizer must cover: prompts, roles, and the env's own words."""
-    corpus = [a.system_prompt for a in cfg.team.agents] + [a.role for a in cfg.team.agents]
-    corpus.append(cfg.team.message_format.replace("{role}", " ").replace("{content}", " "))
-    vocab = getattr(env, "vocabulary", None)
-    if vocab is not None:
-        corpus.extend(vocab())
-    return corpus
-
-
 def default_run_dir(root: str | Path = "runs") -> Path:
     """A new folder ``runs/YYYYmmdd-HHMMSS[-k]``."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -104,12 +99,30 @@ class TrainResult:
     report: Path | None = None
 
 
+@dataclass
+class Iteration:
+    """What one iteration produced before logging: the trajectory, its scores, the update, and
+    the seconds of each phase (:data:`PHASES`)."""
+
+    trajectory: Trajectory
+    scores: Scores
+    update: UpdateResult
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], phase: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - t0
+
+
 class Trainer:
     """One run: ``setup()`` builds everything (and restores a checkpoint when resuming),
     ``train()`` loops, ``save()`` checkpoints.
 
     Args:
-        cfg: a validated config (see :func:`marft.config.load_config`).
+        cfg: a config (see :func:`marft.compose.load_config`); validated again in ``setup``.
         run_dir: where the run writes; created if missing.
         resume: continue ``run_dir`` from its newest complete checkpoint.
     """
@@ -121,13 +134,18 @@ class Trainer:
         self.rows: list[dict[str, Any]] = []
         self.start_iteration = 0
         self.env_steps = 0
+        self.version = 0  # adapter updates so far (what a generation backend samples with)
         self._elapsed_before = 0.0  # training seconds of earlier sessions of this run
         self._nonfinite_in_row: dict[str, int] = {}
         self._signal: int | None = None
+        # Seconds of the previous iteration's log and checkpoint phases, reported in the next row
+        # (a row is written before its checkpoint, so that no iteration is ever logged twice).
+        self._carried = {"time_log_s": 0.0, "time_checkpoint_s": 0.0}
         self.checkpoint: Path | None = None
 
     def setup(self) -> None:
         cfg = self.cfg
+        validate(cfg)
         ckpt = resolve_checkpoint(self.run_dir) if self.resume else None  # fail before loading a model
         if not self.resume and (
             (self.run_dir / "metrics.jsonl").exists() or (self.run_dir / CHECKPOINTS).exists()
@@ -138,42 +156,14 @@ class Trainer:
             )
         self.threads = configure_threads(cfg.run.torch_threads)
         seed_everything(cfg.run.seed)
-        self.graph = TeamGraph.from_config(cfg.team)
+        self.graph: TeamGraph = TeamGraph.from_config(cfg.team)
         # Envs first: a data problem is reported before anything is written or loaded.
-        envs = [make_env(cfg.env.name, cfg.env.kwargs, self.graph) for _ in range(cfg.env.n_envs)]
+        envs = build_envs(cfg, self.graph, cfg.env.n_envs)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        device = resolve_device(cfg.model.device)
-        dtype = resolve_dtype(cfg.model.dtype, device)
-        base, tokenizer = load_base(cfg.model, corpus=tiny_corpus(cfg, envs[0]), dtype=dtype)
-        algo_cls = ALGORITHMS.get(cfg.algorithm.name)
-        with_critic = algo_cls.critic is not None
-        self.model = TeamModel(
-            base,
-            tokenizer,
-            self.graph.roles,
-            cfg.lora,
-            value_head_width=cfg.algorithm.value_head_hidden,
-            dtype=dtype,
-            device=device,
-            with_critic=with_critic,
-        )
-        backend = ROLLOUT_BACKENDS.get(cfg.sampling.backend)(self.model, cfg.sampling)
-        self.algorithm = algo_cls(cfg.algorithm, cfg.sampling, self.model, self.graph)
-        self.collector = Collector(
-            envs,
-            self.graph,
-            self.model,
-            backend,
-            cfg.env,
-            cfg.sampling,
-            seed=cfg.run.seed,
-            features=algo_cls.critic,
-            ref_logprobs=cfg.algorithm.kl_coef > 0,
-            episodic=algo_cls.episodic,
-            group_size=cfg.algorithm.group_size,
-            transcripts_per_iter=cfg.run.transcripts_per_iter,
-        )
+        parts = build_training(cfg, envs)
+        self.model, self.backend, self.collector = parts.model, parts.backend, parts.collector
+        self.scorer, self.learner, self.algorithm = parts.scorer, parts.learner, parts.algorithm
         if ckpt is not None:
             try:
                 self._restore(ckpt)
@@ -193,10 +183,11 @@ class Trainer:
                     f"{ckpt} has no value head but algorithm {self.cfg.algorithm.name} needs one"
                 )
             self.model.value_head.load_state_dict(value_head)
-        self.algorithm.load_state_dict(optim)
+        self.learner.load_state_dict(optim)
         self.collector.load_state_dict(state["collector"])
         set_rng_state(state["rng"])
         self.start_iteration = state["iteration"]
+        self.version = state["iteration"]
         self.env_steps = state["env_steps"]
         self._elapsed_before = state["elapsed_s"]
         self._nonfinite_in_row = dict(state["nonfinite_in_row"])
@@ -230,6 +221,44 @@ class Trainer:
                 signal.signal(sig, h)
             self.sink.close()
 
+    def run_iteration(self, iteration: int) -> Iteration:
+        """Collect, score, advantages, critic, policy: one iteration, each phase timed. The
+        generation backend then receives the new adapter version."""
+        timings: dict[str, float] = {}
+        learner = self.learner
+        with _timed(timings, "collect"):
+            trajectory = self.collector.collect(self.steps_per_rollout)
+        with _timed(timings, "score"):
+            scores = self.scorer.score(trajectory, learner.roles_to_train(iteration))
+        with _timed(timings, "advantages"):
+            targets = learner.targets(trajectory, scores)
+        with _timed(timings, "critic"):
+            critic_metrics = learner.fit_critic(targets)
+        with _timed(timings, "policy"):
+            update = learner.update_policy(trajectory, scores, targets, iteration)
+            self.version += 1
+            self.backend.update_weights(self.version, self.model.adapter_weights)
+        update.metrics.update(critic_metrics)
+        return Iteration(trajectory, scores, update, timings)
+
+    def _row(self, it: int, step: Iteration, elapsed: float) -> dict[str, Any]:
+        traj, timings = step.trajectory, step.timings
+        returns = traj.episode_returns
+        return {
+            "iteration": it,
+            "env_steps": self.env_steps,
+            "episode_return": float(np.mean(returns)) if returns else float("nan"),
+            "episodes": len(returns),
+            "episodes_failed": traj.failed_episodes,
+            "time_s": elapsed,
+            "time_iter_s": sum(timings.values()),
+            **{f"time_{k}_s": v for k, v in timings.items()},
+            **{f"time_{k}_s": v for k, v in traj.timings.items()},
+            **self._carried,
+            **traj.env_metrics,
+            **step.update.metrics,
+        }
+
     def _loop(self) -> TrainResult:
         cfg = self.cfg
         start = time.perf_counter() - self._elapsed_before
@@ -248,59 +277,47 @@ class Trainer:
                 f"threads; run directory {self.run_dir}"
             )
         for it in bar:
+            step = self.run_iteration(it)
+            self.env_steps += step.trajectory.env_steps
+            self._elapsed_before = time.perf_counter() - start
+            row = self._row(it, step, self._elapsed_before)
             t0 = time.perf_counter()
-            rollout = self.collector.collect(self.steps_per_rollout)
-            t1 = time.perf_counter()
-            update = self.algorithm.update(rollout, it)
-            t2 = time.perf_counter()
-            self.env_steps += rollout.env_steps
-            ret = float(np.mean(rollout.episode_returns)) if rollout.episode_returns else float("nan")
-            row = {
-                "iteration": it,
-                "env_steps": self.env_steps,
-                "episode_return": ret,
-                "episodes": len(rollout.episode_returns),
-                "episodes_failed": rollout.failed_episodes,
-                "time_s": t2 - start,
-                "time_iter_s": t2 - t0,
-                "time_rollout_s": t1 - t0,
-                "time_update_s": t2 - t1,
-                **{f"time_{k}_s": v for k, v in rollout.timings.items()},
-                **rollout.env_metrics,
-                **update.metrics,
-            }
             self.rows.append(row)
             self.sink.log(row)
-            self.sink.transcripts(it, rollout.transcripts)
-            bar.set_postfix(ret=f"{ret:.3f}", trained=",".join(update.trained) or "-")
-            done = it + 1
-            self._elapsed_before = t2 - start
-            fault = self._check_faults(row, rollout)
-            every = cfg.run.checkpoint_every
-            if (
-                fault
-                or self._signal is not None
-                or done == cfg.run.iterations
-                or (every and done % every == 0)
-            ):
-                self.save(done)
-            if fault:
-                bar.close()
-                raise TrainingStopped(f"{fault}; last checkpoint: {self.checkpoint}", self.checkpoint, 1)
-            if self._signal is not None:
-                bar.close()
-                name = signal.Signals(self._signal).name
-                raise TrainingStopped(
-                    f"stopped by {name} after iteration {done}; checkpoint saved at {self.checkpoint}; "
-                    f"continue with: marft train --resume {self.run_dir}",
-                    self.checkpoint,
-                    128 + self._signal,
-                )
+            self.sink.transcripts(it, step.trajectory.transcripts)
+            self._carried = {"time_log_s": time.perf_counter() - t0, "time_checkpoint_s": 0.0}
+            bar.set_postfix(ret=f"{row['episode_return']:.3f}", trained=",".join(step.update.trained) or "-")
+            self._after_iteration(it + 1, row, step.trajectory, bar)
         bar.close()
+        return self._finish()
+
+    def _after_iteration(self, done: int, row: dict[str, Any], traj: Trajectory, bar) -> None:
+        """Checkpoint when due (timed into the next row), and stop on a fault or a signal."""
+        cfg = self.cfg
+        fault = self._check_faults(row, traj)
+        every = cfg.run.checkpoint_every
+        if fault or self._signal is not None or done == cfg.run.iterations or (every and done % every == 0):
+            t0 = time.perf_counter()
+            self.save(done)
+            self._carried["time_checkpoint_s"] = time.perf_counter() - t0
+        if fault:
+            bar.close()
+            raise TrainingStopped(f"{fault}; last checkpoint: {self.checkpoint}", self.checkpoint, 1)
+        if self._signal is not None:
+            bar.close()
+            name = signal.Signals(self._signal).name
+            raise TrainingStopped(
+                f"stopped by {name} after iteration {done}; checkpoint saved at {self.checkpoint}; "
+                f"continue with: marft train --resume {self.run_dir}",
+                self.checkpoint,
+                128 + self._signal,
+            )
+
+    def _finish(self) -> TrainResult:
         if self.checkpoint is None:  # resumed a run that had already finished
             self.checkpoint = latest_checkpoint(self.run_dir)
         report = None
-        if cfg.run.report:
+        if self.cfg.run.report:
             from marft.reporting.report import write_report
 
             try:
@@ -311,7 +328,7 @@ class Trainer:
                 )
         return TrainResult(run_dir=self.run_dir, rows=self.rows, checkpoint=self.checkpoint, report=report)
 
-    def _check_faults(self, row: dict[str, Any], rollout) -> str | None:
+    def _check_faults(self, row: dict[str, Any], traj: Trajectory) -> str | None:
         """Count non-finite skips in a row per agent and failed episodes; a message when the
         run must stop."""
         cfg = self.cfg
@@ -325,10 +342,10 @@ class Trainer:
                         f"in a row (run.max_nonfinite_in_row); lower algorithm.policy_lr or raise "
                         f"algorithm.max_grad_norm's strictness, and resume"
                     )
-        total = len(rollout.episode_returns) + rollout.failed_episodes
-        if rollout.failed_episodes and rollout.failed_episodes > cfg.env.max_failure_rate * total:
+        total = len(traj.episode_returns) + traj.failed_episodes
+        if traj.failed_episodes and traj.failed_episodes > cfg.env.max_failure_rate * total:
             return (
-                f"{rollout.failed_episodes} of {total} episodes failed in iteration {row['iteration']} "
+                f"{traj.failed_episodes} of {total} episodes failed in iteration {row['iteration']} "
                 f"(env.max_failure_rate {cfg.env.max_failure_rate}); the log above shows the env's errors"
             )
         return None
@@ -347,7 +364,7 @@ class Trainer:
         self.checkpoint = save_checkpoint(
             self.run_dir,
             self.model,
-            self.algorithm.state_dict(),
+            self.learner.state_dict(),
             state,
             iteration=iteration,
             env_steps=self.env_steps,

@@ -21,7 +21,7 @@ from typing import Literal
 
 from marft.config import ConfigError
 from marft.envs.base import ENVS, Observation, StepResult
-from marft.envs.math.grading import Verdict, extract_answer, judge, warn_if_unreliable
+from marft.envs.math.grading import Verdict, extract_answer, judge, normalize, warn_if_unreliable
 
 
 @dataclass
@@ -255,8 +255,8 @@ class MathEnv:
         self._grader = dict.fromkeys(self._grader, 0)
         return out
 
-    def _grade(self, response: str) -> bool:
-        verdict = judge(response, self.reference)
+    def _grade(self, response: str, reference: str) -> bool:
+        verdict = judge(response, reference)
         self._grader["grader_calls"] += 1
         self._grader["grader_timeouts"] += verdict is Verdict.TIMEOUT
         self._grader["grader_failures"] += verdict is Verdict.FAILURE
@@ -312,7 +312,7 @@ class MathEnv:
             raise RuntimeError(
                 "MathEnv.bind_team was not called: the env does not know which agents are graded"
             )
-        correct = {role: self._grade(actions[role]) for role in self.graded_roles}
+        correct = {role: self._grade(actions[role], self.reference) for role in self.graded_roles}
         warn_if_unreliable(self.cfg.grader_warn_share)
         final = self.graded_roles[-1]
         solved = correct[final]
@@ -325,11 +325,20 @@ class MathEnv:
             "attempt": self.attempt,
         }
         if not done:
-            answer = extract_answer(actions[final]) or "(none)"
-            self.history.append(self.cfg.feedback.format(answer=answer))
+            shown = extract_answer(actions[final]) or "(none)"
+            self.history.append(self.cfg.feedback.format(answer=shown))
         rewards: float | dict[str, float]
         if self.cfg.reward == "each":
             rewards = {role: float(ok) for role, ok in correct.items()}
         else:
             rewards = float(solved)
-        return StepResult(observation=self._observe(), rewards=rewards, done=done, info=info)
+        answer = extract_answer(actions[final])
+        return StepResult(
+            observation=self._observe(), rewards=rewards, done=done, info=info, correct=solved, answer=answer
+        )
+
+    def same_answer(self, a: str, b: str) -> bool:
+        """Whether two extracted answers are mathematically equal (``5`` and ``5.0``): majority
+        votes count them as one."""
+        a, b = normalize(a), normalize(b)
+        return a == b or self._grade("\\boxed{" + a + "}", b)

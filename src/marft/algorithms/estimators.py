@@ -1,0 +1,195 @@
+"""Advantage estimators behind one signature, chosen by name.
+
+Every estimator takes an :class:`AdvantageInputs` (what one iteration's trajectories and the
+critic give) and :class:`EstimatorParams`, and returns :class:`AdvantageOutput`. Each is registered
+with what it needs: the critic's values per action (agent-wise GAE), per token (token-wise GAE), or
+none (group-relative estimators, which need ``group_size`` rollouts per task instance).
+
+Shapes: ``B`` env copies, ``T`` steps, ``N`` agents in acting order, ``L`` tokens of an action.
+
+Example:
+    >>> est = ADVANTAGE_ESTIMATORS.get("grpo")
+    >>> est.values, est.grouped
+    ('none', True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from torch import Tensor
+
+from marft.algorithms.advantages import (
+    compute_agentwise_gae,
+    compute_tokenwise_gae,
+    dr_grpo_advantages,
+    grpo_advantages,
+    reinforce_pp_advantages,
+    rloo_advantages,
+)
+from marft.registry import Registry
+
+CriticValues = Literal["none", "action", "token"]
+
+
+@dataclass
+class AdvantageInputs:
+    """What an estimator may use.
+
+    Attributes:
+        rewards: ``[B, T, N]`` reward of each action (the env's, after reward assignment).
+        team_rewards: ``[B, T]`` the team's reward at each step.
+        dones: ``[B, T]`` 1 where the episode ended after step t.
+        action_mask: ``[B, T, N]`` 1 where the agent really acted.
+        penalty: ``[B, T, N]`` a KL penalty per action, subtracted from the rewards (None: none).
+        per_agent_rewards: the env rewarded each agent on its own (group estimators then use each
+            agent's own return instead of the team's).
+        values: the critic's ``[B, T, N]`` (per action) or ``[B, T, N, L]`` (per token) values.
+        last_values: ``[B]`` value of the observation after the last step.
+        truncated: ``[B, T]`` 1 where ``env.horizon`` cut an episode (``dones`` is 1 there too).
+        cut_values: ``[B, T]`` value of the next observation at those cuts (0 elsewhere): a time
+            limit is not a terminal state, so GAE bootstraps from it.
+        token_mask: ``[B, T, N, L]`` 1 on real tokens (token-level values only).
+    """
+
+    rewards: Tensor
+    team_rewards: Tensor
+    dones: Tensor
+    action_mask: Tensor
+    penalty: Tensor | None = None
+    per_agent_rewards: bool = False
+    values: Tensor | None = None
+    last_values: Tensor | None = None
+    truncated: Tensor | None = None
+    cut_values: Tensor | None = None
+    token_mask: Tensor | None = None
+
+    def penalised_rewards(self, gamma: float) -> Tensor:
+        """``[B, T, N]`` rewards minus the KL penalty, plus ``gamma * V(next observation)`` on the
+        last agent's reward where the horizon cut an episode."""
+        rewards = self.rewards if self.penalty is None else self.rewards - self.penalty
+        if self.cut_values is not None:
+            rewards = rewards.clone()
+            rewards[:, :, -1] += gamma * self.truncated * self.cut_values
+        return rewards
+
+
+@dataclass(frozen=True)
+class EstimatorParams:
+    """Discounts and group size (``algorithm.*`` in the config)."""
+
+    gamma: float = 1.0
+    lam: float = 0.95
+    token_gamma: float = 1.0
+    token_lam: float = 1.0
+    group_size: int = 1
+
+
+@dataclass
+class AdvantageOutput:
+    """Advantages (``[B, T, N]`` per action or ``[B, T, N, L]`` per token), the critic's regression
+    targets when there is a critic, and scalar metrics."""
+
+    advantages: Tensor
+    returns: Tensor | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """A registered estimator and what it needs.
+
+    Attributes:
+        fn: ``(inputs, params) -> AdvantageOutput``.
+        values: the critic values it needs: ``none``, per ``action``, or per ``token``.
+        grouped: it needs ``group_size`` rollouts per task instance (whole episodes, in groups).
+    """
+
+    fn: Callable[[AdvantageInputs, EstimatorParams], AdvantageOutput]
+    values: CriticValues
+    grouped: bool
+
+    def __call__(self, inputs: AdvantageInputs, params: EstimatorParams) -> AdvantageOutput:
+        return self.fn(inputs, params)
+
+
+ADVANTAGE_ESTIMATORS: Registry[Estimator] = Registry("advantage estimator")
+
+
+def _register(name: str, values: CriticValues, grouped: bool):
+    def deco(fn):
+        ADVANTAGE_ESTIMATORS.register(name)(Estimator(fn, values, grouped))
+        return fn
+
+    return deco
+
+
+@_register("gae", values="action", grouped=False)
+def gae_estimator(inputs: AdvantageInputs, params: EstimatorParams) -> AdvantageOutput:
+    """Agent-wise GAE (MARFT's APPO) on ``[B, T, N]`` values: :func:`compute_agentwise_gae`."""
+    adv, ret = compute_agentwise_gae(
+        inputs.penalised_rewards(params.gamma),
+        inputs.values,
+        inputs.dones,
+        inputs.last_values,
+        params.gamma,
+        params.lam,
+    )
+    return AdvantageOutput(adv, ret)
+
+
+@_register("token_gae", values="token", grouped=False)
+def token_gae_estimator(inputs: AdvantageInputs, params: EstimatorParams) -> AdvantageOutput:
+    """Token-wise GAE (MARFT's TPPO) on ``[B, T, N, L]`` values: :func:`compute_tokenwise_gae`."""
+    adv, ret = compute_tokenwise_gae(
+        inputs.penalised_rewards(params.gamma),
+        inputs.values,
+        inputs.token_mask,
+        inputs.dones,
+        inputs.last_values,
+        params.gamma,
+        params.lam,
+        params.token_gamma,
+        params.token_lam,
+    )
+    return AdvantageOutput(adv, ret)
+
+
+def rollout_returns(inputs: AdvantageInputs) -> Tensor:
+    """Return of each rollout: ``[B]`` team returns, or ``[B, N]`` per agent with per-agent rewards;
+    the KL penalty of every agent's actions is subtracted."""
+    mask = inputs.action_mask
+    if inputs.per_agent_rewards:
+        return (inputs.penalised_rewards(1.0) * mask).sum(1)
+    returns = (inputs.team_rewards * mask[:, :, 0]).sum(1)
+    if inputs.penalty is not None:
+        returns = returns - (inputs.penalty * mask).sum((1, 2))
+    return returns
+
+
+def _group(fn: Callable[[Tensor, int], Tensor]):
+    """An estimator from a ``(returns [B] or [B, N], group_size) -> same shape`` function: every
+    action of a rollout gets its rollout's advantage (joint credit)."""
+
+    def estimator(inputs: AdvantageInputs, params: EstimatorParams) -> AdvantageOutput:
+        B, T, N = inputs.rewards.shape
+        returns = rollout_returns(inputs)
+        adv = fn(returns, params.group_size)
+        if adv.dim() == 1:
+            adv = adv[:, None].expand(B, N)
+        std = returns.reshape(-1, params.group_size, *returns.shape[1:]).std(1).mean()
+        return AdvantageOutput(adv[:, None, :].expand(B, T, N), None, {"group_return_std": float(std)})
+
+    estimator.__doc__ = fn.__doc__
+    return estimator
+
+
+for _name, _fn in (
+    ("grpo", grpo_advantages),
+    ("dr_grpo", dr_grpo_advantages),
+    ("rloo", rloo_advantages),
+    ("reinforce_pp", reinforce_pp_advantages),
+):
+    ADVANTAGE_ESTIMATORS.register(_name)(Estimator(_group(_fn), values="none", grouped=True))

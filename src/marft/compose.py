@@ -1,0 +1,191 @@
+"""Composition in one place: check a config against the registries, then build what a run needs.
+
+``marft train``, ``marft eval`` and ``marft export`` (and the Python API) all go through here: the
+team graph, the env copies, the one base model with an adapter per agent (and a value head when
+the algorithm's estimator needs a critic), the generation backend, the collector, the scorer and
+the learner. This is the only module below the trainer that knows every layer.
+
+Example:
+    >>> cfg = load_config("demo", ["env.n_envs=8"])
+    >>> parts = build_training(cfg)          # doctest: +SKIP
+    >>> trajectory = parts.collector.collect(1)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from marft.config import Config, ConfigError, from_dict, parse_config
+from marft.envs.base import Env, env_config_class, make_env
+from marft.learner.learner import Learner
+from marft.learner.scoring import Scorer
+from marft.learner.spec import ALGORITHMS, ResolvedAlgorithm, resolve_algorithm
+from marft.models.team_model import TeamModel, load_base, resolve_device, resolve_dtype
+from marft.rollout.backends import ROLLOUT_BACKENDS, GenerationBackend
+from marft.rollout.collector import Collector
+from marft.team.graph import TeamGraph
+
+
+def _choice(registry, name: str, key: str, what: str) -> None:
+    if name not in registry:
+        raise ConfigError(key, f"unknown {what} {name!r}; choose one of: {', '.join(registry.names())}")
+
+
+def validate(cfg: Config) -> None:
+    """Checks that span sections or need the registries: the team graph, the algorithm, its
+    estimator and policy loss, the backend, the env and its arguments.
+
+    Raises:
+        ConfigError: naming the key and what is allowed.
+    """
+    from marft.algorithms import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
+
+    TeamGraph.from_config(cfg.team)
+    alg = cfg.algorithm
+    _choice(ALGORITHMS, alg.name, "algorithm.name", "algorithm")
+    _choice(POLICY_LOSSES, alg.policy_loss, "algorithm.policy_loss", "policy loss")
+    default = ADVANTAGE_ESTIMATORS.get(ALGORITHMS.get(alg.name).estimator)
+    if alg.advantage_estimator is not None:
+        if not default.grouped:
+            raise ConfigError(
+                "algorithm.advantage_estimator",
+                f"only group-relative algorithms take one; {alg.name} uses GAE (set it to null)",
+            )
+        group = [n for n in ADVANTAGE_ESTIMATORS.names() if ADVANTAGE_ESTIMATORS.get(n).grouped]
+        if alg.advantage_estimator not in group:
+            raise ConfigError(
+                "algorithm.advantage_estimator",
+                f"unknown group estimator {alg.advantage_estimator!r}; choose one of: {', '.join(group)}",
+            )
+    if default.grouped:
+        G = alg.group_size
+        if cfg.env.n_envs % G:
+            raise ConfigError(
+                "env.n_envs",
+                f"must be a multiple of algorithm.group_size={G} (each task instance is rolled out G times); got {cfg.env.n_envs}",
+            )
+        if G < 2:
+            raise ConfigError(
+                "algorithm.group_size", "group-relative algorithms need at least 2 rollouts per task instance"
+            )
+    _choice(ROLLOUT_BACKENDS, cfg.sampling.backend, "sampling.backend", "backend")
+    _validate_env(cfg)
+    if not any(a.trainable for a in cfg.team.agents):
+        roles = [a.role for a in cfg.team.agents]
+        raise ConfigError("team.agents", f"no agent is trainable among {roles}; set trainable: true on one")
+
+
+def _validate_env(cfg: Config) -> None:
+    try:
+        env_cfg_cls = env_config_class(cfg.env.name)
+    except (KeyError, ImportError, AttributeError) as e:
+        raise ConfigError("env.name", str(e).strip("'\"")) from None
+    if env_cfg_cls is None:
+        return
+    env_kwargs = from_dict(env_cfg_cls, cfg.env.kwargs, "env.kwargs")
+    check_team = getattr(env_cfg_cls, "check_team", None)
+    problem = check_team(env_kwargs, cfg.team) if check_team is not None else None
+    if problem:
+        raise ConfigError(problem[0], problem[1])
+
+
+def load_config(source: str | Path | None = "demo", overrides: list[str] | None = None) -> Config:
+    """Read a YAML file or preset, apply ``key=value`` overrides, and validate everything
+    (:func:`marft.config.parse_config`, then :func:`validate`), before anything heavy loads.
+
+    Raises:
+        ConfigError: on the first problem, naming the key.
+    """
+    cfg = parse_config(source, overrides)
+    validate(cfg)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------- builders
+
+
+def tiny_corpus(cfg: Config, env) -> list[str]:
+    """Text the built-in tiny tokenizer must cover: prompts, roles, and the env's own words."""
+    corpus = [a.system_prompt for a in cfg.team.agents] + [a.role for a in cfg.team.agents]
+    corpus.append(cfg.team.message_format.replace("{role}", " ").replace("{content}", " "))
+    vocab = getattr(env, "vocabulary", None)
+    if vocab is not None:
+        corpus.extend(vocab())
+    return corpus
+
+
+def build_envs(cfg: Config, graph: TeamGraph, n: int) -> list[Env]:
+    """``n`` env copies (data problems surface here, before any model loads)."""
+    return [make_env(cfg.env.name, cfg.env.kwargs, graph) for _ in range(n)]
+
+
+def build_base(cfg: Config, env, device: torch.device | None = None):
+    """``(base model, tokenizer, dtype)``: the base of ``model.name`` in the configured dtype (the
+    tiny model is built from ``env``'s words)."""
+    dtype = resolve_dtype(cfg.model.dtype, device or resolve_device(cfg.model.device))
+    base, tokenizer = load_base(cfg.model, corpus=tiny_corpus(cfg, env), dtype=dtype)
+    return base, tokenizer, dtype
+
+
+def build_team_model(cfg: Config, graph: TeamGraph, env, with_critic: bool) -> TeamModel:
+    """One frozen base with an adapter per agent (and a value head when ``with_critic``)."""
+    device = resolve_device(cfg.model.device)
+    base, tokenizer, dtype = build_base(cfg, env, device)
+    return TeamModel(
+        base,
+        tokenizer,
+        graph.roles,
+        cfg.lora,
+        value_head_width=cfg.algorithm.value_head_hidden,
+        dtype=dtype,
+        device=device,
+        with_critic=with_critic,
+    )
+
+
+def build_backend(cfg: Config, model: TeamModel) -> GenerationBackend:
+    """The generation backend of ``sampling.backend``."""
+    return ROLLOUT_BACKENDS.get(cfg.sampling.backend)(model, cfg.sampling)
+
+
+@dataclass
+class TrainingParts:
+    """Everything a training run is built from."""
+
+    graph: TeamGraph
+    envs: list[Env]
+    algorithm: ResolvedAlgorithm
+    model: TeamModel
+    backend: GenerationBackend
+    collector: Collector
+    scorer: Scorer
+    learner: Learner
+
+
+def build_training(cfg: Config, envs: list[Env] | None = None) -> TrainingParts:
+    """Validate ``cfg`` and build a training run's parts (``envs`` if already built)."""
+    validate(cfg)
+    graph = TeamGraph.from_config(cfg.team)
+    envs = envs if envs is not None else build_envs(cfg, graph, cfg.env.n_envs)
+    algorithm = resolve_algorithm(cfg.algorithm)
+    model = build_team_model(cfg, graph, envs[0], with_critic=algorithm.critic)
+    backend = build_backend(cfg, model)
+    collector = Collector(
+        envs,
+        graph,
+        model.tokenizer,
+        backend,
+        cfg.env,
+        cfg.sampling,
+        seed=cfg.run.seed,
+        episodic=algorithm.episodic,
+        group_size=cfg.algorithm.group_size,
+        transcripts_per_iter=cfg.run.transcripts_per_iter,
+    )
+    half = next(p.dtype for _, p in model.base_parameters()) != torch.float32
+    scorer = Scorer(model, algorithm.scoring_needs(cfg.algorithm, half), cfg.sampling, cfg.algorithm)
+    learner = Learner(cfg.algorithm, cfg.sampling, algorithm, model, graph)
+    return TrainingParts(graph, envs, algorithm, model, backend, collector, scorer, learner)

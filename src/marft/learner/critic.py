@@ -1,0 +1,79 @@
+"""Fitting the critic: the value head's regression on the advantage phase's returns, its own step
+of an iteration (computing the targets never changes the critic)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from marft.algorithms import masked_mean, value_loss
+from marft.config import AlgorithmConfig
+from marft.models.team_model import ValueHead
+
+
+@dataclass
+class CriticBatch:
+    """What the critic regresses on, with the shapes of the advantages.
+
+    Attributes:
+        features: ``[..., H]`` base features (``[B, T, N, H]``, or ``[B, T, N, L, H]`` per token).
+        old_values: ``[...]`` the critic's values before this iteration's fit.
+        returns: ``[...]`` regression targets.
+        mask: ``[...]`` 1 on real entries.
+    """
+
+    features: Tensor
+    old_values: Tensor
+    returns: Tensor
+    mask: Tensor
+
+
+class CriticFitter:
+    """The value head's optimizer and its epochs (``ppo_epochs`` x ``num_minibatches``)."""
+
+    def __init__(self, head: ValueHead, cfg: AlgorithmConfig) -> None:
+        self.head, self.cfg = head, cfg
+        self.optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
+
+    def fit(self, batch: CriticBatch) -> dict[str, float]:
+        """Train on the real entries; returns ``value_loss``, ``nonfinite_skip/critic``,
+        ``value_mean`` and ``return_target_mean``."""
+        real = batch.mask.bool()
+        loss, skipped = self._epochs(batch.features[real], batch.old_values[real], batch.returns[real])
+        return {
+            "value_loss": loss,
+            "nonfinite_skip/critic": float(skipped),
+            "value_mean": float(masked_mean(batch.old_values, batch.mask)),
+            "return_target_mean": float(masked_mean(batch.returns, batch.mask)),
+        }
+
+    def _epochs(self, feats: Tensor, old_values: Tensor, returns: Tensor) -> tuple[float, bool]:
+        """``feats [M, H]``, ``old_values``/``returns [M]``: ``(mean loss, stopped at a non-finite
+        loss or gradient)``."""
+        cfg = self.cfg
+        ones = torch.ones_like(old_values)
+        losses = []
+        for _ in range(cfg.ppo_epochs):
+            perm = torch.randperm(feats.shape[0], device=feats.device)
+            for idx in perm.chunk(cfg.num_minibatches):
+                v = self.head(feats[idx])
+                loss = value_loss(
+                    v,
+                    old_values[idx],
+                    returns[idx],
+                    ones[idx],
+                    cfg.value_clip_eps,
+                    cfg.value_loss,
+                    cfg.huber_delta,
+                )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                norm = torch.nn.utils.clip_grad_norm_(self.head.parameters(), cfg.max_grad_norm)
+                if not (torch.isfinite(loss) and torch.isfinite(norm)):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return (float(torch.stack(losses).mean()) if losses else float("nan")), True
+                self.optimizer.step()
+                losses.append(loss.detach())
+        return float(torch.stack(losses).mean()), False

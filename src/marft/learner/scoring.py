@@ -1,0 +1,232 @@
+"""The scoring phase: what the learner needs from a trajectory that only a model can compute.
+
+From the trajectory's token ids, and as the algorithm declared in :class:`ScoringNeeds`:
+
+* critic features: the bare base's final hidden state (adapters disabled) before each action
+  (``[B*T, H]`` per agent) or before each of its tokens (``[B*T, L, H]``), and for the
+  observations a critic bootstraps from (after the last step, and at horizon cuts);
+* reference log-probs of the sampled tokens (the bare base, for a KL anchor);
+* old log-probs recomputed with the learner's own forward (half-precision bases).
+
+Features and reference log-probs come from one base forward per generation turn, over exactly
+the rows that were generated together (the trajectory's ``turns``), so they equal what a forward
+during sampling would have given. The bare base is frozen, so the features of the observations
+after the last step are remembered and reused when the next trajectory starts from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from marft.config import AlgorithmConfig, SamplingConfig
+from marft.learner.batching import micro_batches, rows_of, sequences
+from marft.learner.spec import ScoringNeeds
+from marft.models.team_model import SequenceBatch, TeamModel
+from marft.rollout.trajectory import Prompts, Trajectory
+
+
+@dataclass
+class Scores:
+    """The scoring phase's output for one trajectory (per agent lists in acting order).
+
+    Attributes:
+        old_logprobs: ``[B*T, L]`` per agent: the log-probs PPO's ratio starts from (the sampled
+            ones, or the learner's recomputation when ``ScoringNeeds.old_logprobs``).
+        features: ``[B*T, H]`` (per action) or ``[B*T, L, H]`` (per token) per agent, or None.
+        ref_logprobs: ``[B*T, L]`` per agent under the reference policy (0 on padding), or None.
+        next_features: ``[B, H]`` features of the observation after the last step, or None.
+        cut_features: ``[B, T, H]`` features of the next observation at horizon cuts (0
+            elsewhere), or None when there were none.
+    """
+
+    old_logprobs: list[Tensor]
+    features: list[Tensor] | None = None
+    ref_logprobs: list[Tensor] | None = None
+    next_features: Tensor | None = None
+    cut_features: Tensor | None = None
+
+
+@dataclass
+class _Turn:
+    """Rows of one generation turn: per agent (acting order), its row indices ``b * T + t``."""
+
+    step: int
+    members: list[tuple[int, Tensor]]
+
+
+class Scorer:
+    """Computes :class:`Scores` with the team model.
+
+    Args:
+        model: the team model.
+        needs: what to compute (declared by the algorithm and the config).
+        sampling: the sampling distribution (reference and recomputed log-probs use it too).
+        algorithm: micro-batch limits for recomputed old log-probs.
+    """
+
+    def __init__(
+        self, model: TeamModel, needs: ScoringNeeds, sampling: SamplingConfig, algorithm: AlgorithmConfig
+    ) -> None:
+        self.model, self.needs, self.sampling, self.algorithm = model, needs, sampling, algorithm
+        self._next: tuple[Prompts, Tensor] | None = None  # last bootstrap prompts and their features
+
+    @torch.no_grad()
+    def score(self, traj: Trajectory, recompute_roles: list[str] | None = None) -> Scores:
+        """Score a trajectory; ``recompute_roles``: agents whose old log-probs to recompute (default:
+        all, when the needs ask for it)."""
+        needs = self.needs
+        features, ref = (
+            self._score_turns(traj) if needs.critic_features != "none" or needs.ref_logprobs else (None, None)
+        )
+        scores = Scores(old_logprobs=[a.logprobs for a in traj.agents], features=features, ref_logprobs=ref)
+        if needs.critic_features != "none":
+            scores.next_features = self._next_features(traj)
+            scores.cut_features = self._cut_features(traj)
+        if needs.old_logprobs:
+            roles = self.model.roles if recompute_roles is None else recompute_roles
+            for n, role in enumerate(self.model.roles):
+                if role in roles:
+                    scores.old_logprobs[n] = self._recompute(role, traj, n)
+        return scores
+
+    # ------------------------------------------------------------------------------ base forwards
+
+    def _turns(self, traj: Trajectory) -> list[_Turn]:
+        B, T, N = traj.shape
+        out = []
+        for t in range(T):
+            turns = traj.turns[:, t]  # [B, N]
+            for k in range(int(turns.max()) + 1):
+                members = []
+                for n in range(N):
+                    envs = (turns[:, n] == k).nonzero().squeeze(-1)
+                    if envs.numel():
+                        members.append((n, envs * T + t))
+                out.append(_Turn(t, members))
+        return out
+
+    def _batch(self, traj: Trajectory, members: list[tuple[int, Tensor]]) -> SequenceBatch:
+        """The rows of one turn as they were generated: agents in acting order, padded together."""
+        pad = self.model.tokenizer.pad_token_id
+        parts = [rows_of(sequences(traj.agents[n]), rows) for n, rows in members]
+        P = max(p.prompt_ids.shape[1] for p in parts)
+        L = max(p.response_ids.shape[1] for p in parts)
+
+        def cat(name: str, width: int, value: int, left: bool) -> Tensor:
+            xs = [getattr(p, name) for p in parts]
+            return torch.cat(
+                [
+                    F.pad(x, (width - x.shape[1], 0) if left else (0, width - x.shape[1]), value=value)
+                    for x in xs
+                ]
+            )
+
+        return SequenceBatch(
+            cat("prompt_ids", P, pad, True),
+            cat("prompt_mask", P, 0, True),
+            cat("response_ids", L, pad, False),
+            cat("response_mask", L, 0, False),
+        ).trimmed()
+
+    def _score_turns(self, traj: Trajectory) -> tuple[list[Tensor] | None, list[Tensor] | None]:
+        """Features and reference log-probs of every action, one base forward per turn."""
+        needs, sp = self.needs, self.sampling
+        B, T, N = traj.shape
+        H = self.model.hidden_size
+        device = traj.rewards.device
+        feats: list[Tensor] | None = None
+        if needs.critic_features == "action":
+            feats = [torch.zeros(B * T, H, device=device) for _ in range(N)]
+        elif needs.critic_features == "token":
+            feats = [torch.zeros(B * T, a.response_ids.shape[1], H, device=device) for a in traj.agents]
+        ref = [torch.zeros_like(a.logprobs) for a in traj.agents] if needs.ref_logprobs else None
+        for turn in self._turns(traj):
+            batch = self._batch(traj, turn.members)
+            f, r = self._reuse_or_score(batch, turn, sp)
+            start = 0
+            for n, rows in turn.members:
+                sl = slice(start, start + len(rows))
+                start += len(rows)
+                if feats is not None:
+                    feats[n][rows, : f.shape[1]] = f[sl]  # per token: padding tokens stay 0
+                if ref is not None:
+                    ref[n][rows, : r.shape[1]] = r[sl]
+        return feats, ref
+
+    def _reuse_or_score(self, batch: SequenceBatch, turn: _Turn, sp: SamplingConfig):
+        """One base forward over a turn; the first agent's rows of a trajectory's first turn reuse
+        the remembered bootstrap features when they are the same prompts."""
+        needs, kind = self.needs, self.needs.critic_features
+        cached = self._next
+        first, rows = turn.members[0]
+        if (
+            cached is not None
+            and turn.step == 0
+            and first == 0
+            and kind == "action"
+            and not needs.ref_logprobs
+        ):
+            n = len(rows)
+            own = SequenceBatch(
+                batch.prompt_ids[:n], batch.prompt_mask[:n], batch.response_ids[:n], batch.response_mask[:n]
+            )
+            own = own.trimmed()
+            prompts, features = cached
+            if torch.equal(own.prompt_ids, prompts.ids) and torch.equal(own.prompt_mask, prompts.mask):
+                if n == batch.prompt_ids.shape[0]:
+                    return features, None
+                rest = SequenceBatch(
+                    *(
+                        x[n:]
+                        for x in (
+                            batch.prompt_ids,
+                            batch.prompt_mask,
+                            batch.response_ids,
+                            batch.response_mask,
+                        )
+                    )
+                )
+                f, _ = self.model.score_reference(rest, "action")
+                return torch.cat([features, f], dim=0), None
+        return self.model.score_reference(batch, kind, needs.ref_logprobs, sp.temperature, sp.top_k, sp.top_p)
+
+    def _next_features(self, traj: Trajectory) -> Tensor | None:
+        if traj.next_prompts is None:
+            return None
+        prompts = traj.next_prompts
+        features = self.model.critic_features(prompts.ids, prompts.mask)
+        self._next = (prompts, features)
+        return features
+
+    def _cut_features(self, traj: Trajectory) -> Tensor | None:
+        if traj.cut_prompts is None:
+            return None
+        B, T, _ = traj.shape
+        feats = self.model.critic_features(traj.cut_prompts.ids, traj.cut_prompts.mask)
+        out = torch.zeros(B, T, feats.shape[-1], device=feats.device)
+        out[traj.cut_index[:, 0], traj.cut_index[:, 1]] = feats
+        return out
+
+    # ------------------------------------------------------------------------------ old log-probs
+
+    def _recompute(self, role: str, traj: Trajectory, n: int) -> Tensor:
+        """Old log-probs from the learner's own forward (the agent's adapter, no grad, eval mode).
+
+        In half precision the sampler's KV-cached, mixed-adapter forward and the learner's full
+        forward round differently, so the PPO ratio would not start at 1; this costs one forward.
+        """
+        cfg, sp = self.algorithm, self.sampling
+        actions = traj.agents[n]
+        seq = sequences(actions)
+        out = torch.zeros_like(actions.logprobs)
+        with self.model.adapter(role):
+            self.model.policy.eval()
+            idx_all = torch.nonzero(seq.response_mask.sum(-1) > 0).squeeze(-1)  # finished envs: no tokens
+            for idx in micro_batches(idx_all, seq, cfg.micro_batch_size, cfg.micro_batch_tokens):
+                lp, _ = self.model.action_logprobs(rows_of(seq, idx), sp.temperature, sp.top_k, sp.top_p)
+                out[idx, : lp.shape[1]] = lp
+        return out

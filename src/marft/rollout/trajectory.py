@@ -1,0 +1,221 @@
+"""The trajectory: the only thing that crosses from rollout to training.
+
+It holds what generation knows (token ids and masks, the sampled tokens' log-probs and entropies,
+rewards, dones, who acted in which turn, the prompts of the observations a critic bootstraps
+from, transcripts) and nothing that needs a model to compute (no critic features, no reference
+log-probs: those come from the scoring phase). Every field is a plain tensor or plain data, so a
+trajectory can be sent between processes as it is.
+
+Shapes: ``B`` env copies, ``T`` steps, ``N`` agents in acting order; per agent, row ``b * T + t``
+holds env copy b's action at step t; ``P`` prompt and ``L`` response tokens.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from marft.envs.base import Observation
+
+
+@dataclass
+class Prompts:
+    """Tokenised prompts: ``ids`` and ``mask``, both ``[S, P]``, left-padded."""
+
+    ids: Tensor
+    mask: Tensor
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+
+@dataclass
+class AgentActions:
+    """One agent's ``B * T`` actions (row ``b * T + t``; padding where it did not act).
+
+    Attributes:
+        prompt_ids: ``[B*T, P]`` left-padded prompts.
+        prompt_mask: ``[B*T, P]`` 1 on real prompt tokens.
+        response_ids: ``[B*T, L]`` right-padded sampled tokens.
+        response_mask: ``[B*T, L]`` 1 on real tokens (the end-of-turn token included).
+        logprobs: ``[B*T, L]`` log-prob of each sampled token under the distribution it was drawn
+            from (temperature, top-k, top-p applied); 0 on padding.
+        entropy: ``[B*T, L]`` entropy of that distribution at each token; 0 on padding.
+        word_counts: ``[B*T]`` words in each decoded action (at least 1).
+    """
+
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    response_ids: Tensor
+    response_mask: Tensor
+    logprobs: Tensor
+    entropy: Tensor
+    word_counts: Tensor
+
+
+@dataclass
+class Trajectory:
+    """One iteration's trajectories of ``B`` env copies over ``T`` steps.
+
+    Attributes:
+        agents: per agent (acting order), its actions.
+        rewards: ``[B, T, N]`` reward of each action (after ``env.reward_assignment``).
+        team_rewards: ``[B, T]`` the team's reward at each step.
+        dones: ``[B, T]`` 1 where the episode ended after step t (or was dropped).
+        action_mask: ``[B, T, N]`` 1 where the agent acted and the env stepped on its action.
+        turns: ``[B, T, N]`` in which generation call of step t the agent acted (0, 1, ...; -1: it
+            did not act). Rows of one step and turn were generated in one batch, agents in acting
+            order and env copies ascending; scoring rebuilds exactly those batches.
+        truncated: ``[B, T]`` 1 where ``env.horizon`` cut an episode that the env had not ended.
+        cut_index: ``[C, 2]`` (env copy, step) of each such cut.
+        cut_prompts: the first agent's prompts of the next observation at each cut (what a critic
+            bootstraps from), or None when there were no cuts.
+        next_prompts: the first agent's prompts of the observation after the last step, ``[B, P]``
+            (continuing collection; None for whole episodes).
+        per_agent_rewards: the env rewarded each agent separately.
+        failed_episodes: episodes dropped because the env raised.
+        episode_returns: team return of each episode that ended here; ``episode_lengths`` their steps.
+        transcripts: full conversations of some finished episodes.
+        timings: seconds inside collection (``generate``, ``env``).
+        env_metrics: the envs' own counters (``pop_metrics``), summed over copies.
+    """
+
+    agents: list[AgentActions]
+    rewards: Tensor
+    team_rewards: Tensor
+    dones: Tensor
+    action_mask: Tensor
+    turns: Tensor
+    truncated: Tensor
+    cut_index: Tensor
+    cut_prompts: Prompts | None = None
+    next_prompts: Prompts | None = None
+    per_agent_rewards: bool = False
+    failed_episodes: int = 0
+    episode_returns: list[float] = field(default_factory=list)
+    episode_lengths: list[int] = field(default_factory=list)
+    transcripts: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    env_metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(B, T, N)``."""
+        B, T, N = self.rewards.shape
+        return B, T, N
+
+    @property
+    def env_steps(self) -> int:
+        """Team steps actually taken (idle steps of finished episodes do not count)."""
+        return int(self.action_mask[:, :, 0].sum())
+
+
+def pad_last(x: Tensor, width: int, value: float, left: bool) -> Tensor:
+    """Pad the last dim of ``x`` to ``width`` with ``value``, on the left or the right."""
+    extra = width - x.shape[-1]
+    return F.pad(x, (extra, 0) if left else (0, extra), value=value) if extra else x
+
+
+def pad_stack(tensors: Sequence[Tensor], value: float, left: bool) -> Tensor:
+    """Stack ``[B, *]`` tensors of varying width along a new dim 1, padding the last dim."""
+    width = max(t.shape[-1] for t in tensors)
+    return torch.stack([pad_last(t, width, value, left) for t in tensors], dim=1)
+
+
+_FIELDS = ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "logprobs", "entropy", "words")
+
+
+def _scatter(full: int, rows: Tensor, values: Tensor, fill: float) -> Tensor:
+    """Place ``values`` (one per acting env copy) at ``rows`` of a ``[full, ...]`` tensor."""
+    if values.shape[0] == full:
+        return values
+    out = torch.full((full, *values.shape[1:]), fill, dtype=values.dtype, device=values.device)
+    out[rows] = values
+    return out
+
+
+@dataclass
+class TrajectoryBuilder:
+    """What one collection gathers, step by step, before it becomes a :class:`Trajectory`.
+
+    Per agent and step it keeps ``[B, ...]`` tensors (rows of env copies that did not act are
+    padding), and ``[B, steps, ...]`` rewards, dones, who acted and in which turn.
+    """
+
+    B: int
+    steps: int
+    N: int
+    fills: dict[str, float]
+    device: torch.device
+    per_agent: list[dict[str, list[Tensor]]] = field(init=False)
+    # Per env copy, step (and agent): plain lists, written once per env step and turned into
+    # tensors at the end (element writes into tensors cost far more than into lists).
+    rewards: list[list[list[float]]] = field(init=False)
+    team_rewards: list[list[float]] = field(init=False)
+    dones: list[list[float]] = field(init=False)
+    acted: list[list[list[float]]] = field(init=False)
+    turns: Tensor = field(init=False)
+    cuts: list[tuple[int, int, Observation]] = field(default_factory=list)
+    episode_returns: list[float] = field(default_factory=list)
+    episode_lengths: list[int] = field(default_factory=list)
+    transcripts: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    failed: int = 0
+    taken: int = 0
+
+    def __post_init__(self) -> None:
+        B, T, N = self.B, self.steps, self.N
+        self.per_agent = [defaultdict(list) for _ in range(N)]
+        self.rewards = [[[0.0] * N for _ in range(T)] for _ in range(B)]
+        self.acted = [[[0.0] * N for _ in range(T)] for _ in range(B)]
+        self.team_rewards, self.dones = [[0.0] * T for _ in range(B)], [[0.0] * T for _ in range(B)]
+        self.turns = torch.full((B, T, N), -1, dtype=torch.long)
+
+    def record(self, agent: int, t: int, envs: list[int], values: dict[str, Tensor]) -> None:
+        """One agent's actions in some env copies at step t. An agent may act in different turns
+        in different env copies (a schedule that routes): its rows of one step are merged."""
+        rows = torch.tensor(envs, device=self.device)
+        store = self.per_agent[agent]
+        for name, value in values.items():
+            full = _scatter(self.B, rows, value, self.fills[name])
+            if len(store[name]) == t:
+                store[name].append(full)
+                continue
+            merged = store[name][t].clone()
+            if full.dim() > 1:
+                width, left = max(full.shape[-1], merged.shape[-1]), name in ("prompt_ids", "prompt_mask")
+                merged, full = (pad_last(x, width, self.fills[name], left) for x in (merged, full))
+            merged[rows] = full[rows]
+            store[name][t] = merged
+
+    def close_step(self, t: int) -> None:
+        """Give agents that did not act at step t an all-padding entry, so steps stay aligned."""
+        for store in self.per_agent:
+            if len(store["words"]) == t:
+                for name in _FIELDS:
+                    shape = (self.B,) if name == "words" else (self.B, 1)
+                    dtype = torch.float32 if name in ("logprobs", "entropy", "words") else torch.long
+                    store[name].append(torch.full(shape, self.fills[name], dtype=dtype, device=self.device))
+
+    def agent_actions(self, agent: int) -> AgentActions:
+        store, fills = self.per_agent[agent], self.fills
+
+        def stacked(name: str, left: bool = False) -> Tensor:
+            return pad_stack(store[name], fills[name], left=left).flatten(0, 1)
+
+        return AgentActions(
+            prompt_ids=stacked("prompt_ids", left=True),
+            prompt_mask=stacked("prompt_mask", left=True),
+            response_ids=stacked("response_ids"),
+            response_mask=stacked("response_mask"),
+            logprobs=stacked("logprobs"),
+            entropy=stacked("entropy"),
+            word_counts=torch.stack(store["words"], 1).flatten(0, 1),
+        )
