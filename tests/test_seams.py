@@ -46,7 +46,9 @@ class EchoBackend:
 
     tokens: dict[str, int]
     device: torch.device = torch.device("cpu")
+    shares_weights: bool = False
     version: int = 0
+    released: int = 0
 
     def generate(self, prompts, adapters, limits=None, rng=None):
         S = len(prompts)
@@ -55,8 +57,11 @@ class EchoBackend:
             ids, torch.ones(S, 1, dtype=torch.long), torch.full((S, 1), -0.5), torch.zeros(S, 1)
         )
 
-    def update_weights(self, version, weights):
+    def update_weights(self, version, weights, changed=None):
         self.version = version
+
+    def release(self):
+        self.released += 1
 
 
 def test_the_collector_needs_only_the_backend_protocol(tmp_path):
@@ -74,6 +79,7 @@ def test_the_collector_needs_only_the_backend_protocol(tmp_path):
     secrets = [t["turns"][0]["info"].get("secret") for t in traj.transcripts]
     assert all(s in ("red", "green", "blue") for s in secrets)
     assert traj.turns[:, 0].tolist() == [[0, 1]] * 8  # the speaker's turn, then the listener's
+    assert backend.released == 1  # told once that the rollout is over
 
 
 class OddEnvsSkipTheSpeaker:

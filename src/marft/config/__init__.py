@@ -26,6 +26,7 @@ from marft.config.sections import (
     SamplingConfig,
     TeamConfig,
     TinyModelConfig,
+    VLLMConfig,
 )
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "SamplingConfig",
     "TeamConfig",
     "TinyModelConfig",
+    "VLLMConfig",
     "apply_override",
     "from_dict",
     "parse_config",

@@ -199,13 +199,40 @@ class SamplingConfig:
     max_new_tokens: int = 8
     """Longest action, in tokens."""
     backend: str = "hf"
-    """Generation backend (see ``marft.rollout.ROLLOUT_BACKENDS``)."""
+    """Generation backend: ``hf`` (transformers, in-process, shares the learner's weights) or
+    ``vllm`` (vLLM's engine; see ``vllm:`` and docs/backends.md)."""
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, "temperature", "must be > 0")
         _check(self.top_k >= 0, "top_k", "must be >= 0 (0 turns it off)")
         _check(0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]")
         _check(self.max_new_tokens > 0, "max_new_tokens", "must be a positive integer")
+
+
+@dataclass
+class VLLMConfig:
+    """The vLLM generation backend (``sampling.backend: vllm``): vLLM's offline engine in the
+    training process, every agent's adapter served in one batch."""
+
+    gpu_memory_utilization: float = 0.4
+    """CUDA: the share of GPU memory vLLM may take (weights and KV cache); the learner uses the rest."""
+    kv_cache_gb: float = 1.0
+    """CPU: the KV cache size in GiB."""
+    sleep: bool = True
+    """CUDA: put the engine to sleep (level 1: weights offloaded, KV cache freed) between rollout
+    and update, so the learner has the memory; it wakes at the next rollout."""
+    max_model_len: int | None = None
+    """Longest prompt plus action, in tokens (None: the model's own limit; lower it to save KV cache)."""
+    enforce_eager: bool = True
+    """No CUDA graphs or compilation: faster start, slower sampling; set false for long GPU runs."""
+    adapter_dir: str | None = None
+    """Where new adapter versions are written for the engine (default: a new folder in /dev/shm,
+    which is RAM-backed)."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.gpu_memory_utilization < 1.0, "gpu_memory_utilization", "must be in (0, 1)")
+        _check(self.kv_cache_gb > 0, "kv_cache_gb", "must be > 0")
+        _check(self.max_model_len is None or self.max_model_len > 0, "max_model_len", "must be > 0 or null")
 
 
 @dataclass
@@ -276,6 +303,12 @@ class AlgorithmConfig:
     """Per-token KL estimator (k1 = log ratio, k3 = exp(-log ratio) - 1 + log ratio)."""
     value_head_hidden: int = 128
     """Width of the value head's hidden layer (0: a linear head)."""
+    rollout_correction: Literal["none", "tis"] = "none"
+    """Correct for the gap between the sampler's and the learner's log-probs (a separate engine
+    such as vLLM): ``tis`` weights each token's (or action's) advantage by the truncated importance
+    ratio ``min(pi_learner / pi_sampler, tis_cap)`` (Yao et al. 2025)."""
+    tis_cap: float = 2.0
+    """Upper bound of the truncated importance ratio."""
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.gamma <= 1.0, "gamma", "must be in [0, 1]")
@@ -300,6 +333,7 @@ class AlgorithmConfig:
         _check(0.0 <= self.token_lam <= 1.0, "token_lam", "must be in [0, 1]")
         _check(self.kl_coef >= 0, "kl_coef", "must be >= 0 (0 turns the KL anchor off)")
         _check(self.value_head_hidden >= 0, "value_head_hidden", "must be >= 0")
+        _check(self.tis_cap >= 1.0, "tis_cap", "must be >= 1")
 
 
 @dataclass
@@ -351,4 +385,5 @@ class Config:
     lora: LoraSettings = field(default_factory=LoraSettings)
     env: EnvConfig = field(default_factory=EnvConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)

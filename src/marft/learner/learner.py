@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from marft.algorithms import AdvantageInputs, EstimatorParams, kl_estimate, masked_mean, masked_normalize
+from marft.algorithms import (
+    AdvantageInputs,
+    EstimatorParams,
+    kl_estimate,
+    masked_mean,
+    masked_normalize,
+    truncated_importance_weights,
+)
 from marft.config import AlgorithmConfig, SamplingConfig
 from marft.learner.batching import stack_agents
 from marft.learner.critic import CriticBatch, CriticFitter
@@ -126,8 +133,27 @@ class Learner:
         for a in self.graph.agents:
             adv = advantages[:, :, a.index]
             adv = adv.reshape(B * T, -1) if adv.dim() == 3 else adv.reshape(-1)
+            if self.cfg.rollout_correction == "tis":
+                adv = self._tis(a.role, traj.agents[a.index], scores.old_logprobs[a.index], adv, metrics)
             per_agent.append(AgentTargets(adv, traj.action_mask[:, :, a.index].reshape(-1)))
         return Targets(per_agent, critic, metrics)
+
+    def _tis(self, role: str, actions, learner_logprobs: Tensor, adv: Tensor, metrics: dict) -> Tensor:
+        """Advantages weighted by the truncated importance ratio learner / sampler (per token, or
+        per action for action-level losses)."""
+        per_token = self.algorithm.spec.loss_level == "token"
+        mask = actions.response_mask.to(learner_logprobs.dtype)
+        w = truncated_importance_weights(
+            learner_logprobs, actions.logprobs, mask, self.cfg.tis_cap, per_token
+        )
+        real = mask.bool() if per_token else mask.sum(-1) > 0
+        metrics[f"tis_weight_mean/{role}"] = float(w[real].mean()) if real.any() else 1.0
+        metrics[f"tis_capped/{role}"] = (
+            float((w[real] >= self.cfg.tis_cap).float().mean()) if real.any() else 0.0
+        )
+        if not per_token:
+            return adv * w
+        return (adv[:, None] if adv.dim() == 1 else adv[:, : w.shape[1]]) * w
 
     def _kl_penalty(self, traj: Trajectory, scores: Scores, metrics: dict[str, float]) -> Tensor | None:
         """Log each agent's KL to the reference; the ``[B, T, N]`` penalty in ``penalty`` mode."""
@@ -189,7 +215,10 @@ class Learner:
         train = set(self.roles_to_train(iteration))
         for a in self.graph.agents:
             actions, agent_targets = traj.agents[a.index], targets.agents[a.index]
-            result.metrics[f"entropy/{a.role}"] = float(masked_mean(actions.entropy, actions.response_mask))
+            entropy = actions.entropy
+            if scores.entropy is not None and scores.entropy[a.index] is not None:
+                entropy = scores.entropy[a.index]  # the sampler may not report it (vLLM)
+            result.metrics[f"entropy/{a.role}"] = float(masked_mean(entropy, actions.response_mask))
             result.metrics[f"response_tokens/{a.role}"] = float(
                 masked_mean(actions.response_mask.sum(-1).float(), agent_targets.sample_mask)
             )

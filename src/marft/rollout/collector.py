@@ -197,6 +197,7 @@ class Collector:
             for b in active:
                 finished[b] = self._step_env(b, t, outputs[b], kept.get(b), buf)
             buf.timings["env"] += time.perf_counter() - t0
+        self.backend.release()
         return self._assemble(buf)
 
     def _act(self, t: int, active: list[int], buf: TrajectoryBuilder) -> tuple[dict, dict]:
@@ -244,7 +245,7 @@ class Collector:
                 response_ids=gen.response_ids[sl],
                 response_mask=gen.response_mask[sl],
                 logprobs=gen.logprobs[sl],
-                entropy=gen.entropy[sl],
+                entropy=gen.entropy[sl] if gen.entropy is not None else torch.zeros_like(gen.logprobs[sl]),
                 words=torch.tensor(words, dtype=torch.float32, device=self.device),
             )
             buf.record(agent.index, t, envs, values)

@@ -47,7 +47,8 @@ class AgentActions:
         response_mask: ``[B*T, L]`` 1 on real tokens (the end-of-turn token included).
         logprobs: ``[B*T, L]`` log-prob of each sampled token under the distribution it was drawn
             from (temperature, top-k, top-p applied); 0 on padding.
-        entropy: ``[B*T, L]`` entropy of that distribution at each token; 0 on padding.
+        entropy: ``[B*T, L]`` entropy of that distribution at each token; 0 on padding, and 0
+            everywhere when the backend does not report it (the scoring phase then computes it).
         word_counts: ``[B*T]`` words in each decoded action (at least 1).
     """
 

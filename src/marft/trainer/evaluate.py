@@ -123,7 +123,7 @@ class Evaluator:
         self.threads = configure_threads(cfg.run.torch_threads)
         self.model = build_team_model(cfg, self.graph, probe, with_critic=False)
         self.checkpoint = load_adapters(self.model, checkpoint) if checkpoint is not None else None
-        self.backend = build_backend(cfg, self.model)
+        self.backend = build_backend(cfg, self.model, probe)
 
     @torch.no_grad()
     def run(self, swap_to_base: str | None = None) -> EvalRun:

@@ -44,8 +44,9 @@ from marft.trainer.checkpoint import (
     save_checkpoint,
 )
 
-PHASES = ("collect", "score", "advantages", "critic", "policy")
-"""The timed phases of an iteration before logging; ``log`` and ``checkpoint`` follow."""
+PHASES = ("collect", "score", "advantages", "critic", "policy", "sync")
+"""The timed phases of an iteration before logging (``sync``: the generation backend receives the
+new adapters); ``log`` and ``checkpoint`` follow."""
 
 
 class TrainingStopped(RuntimeError):
@@ -188,6 +189,7 @@ class Trainer:
         set_rng_state(state["rng"])
         self.start_iteration = state["iteration"]
         self.version = state["iteration"]
+        self.backend.update_weights(self.version, self.model.adapter_weights)  # an engine with its own copy
         self.env_steps = state["env_steps"]
         self._elapsed_before = state["elapsed_s"]
         self._nonfinite_in_row = dict(state["nonfinite_in_row"])
@@ -236,9 +238,11 @@ class Trainer:
             critic_metrics = learner.fit_critic(targets)
         with _timed(timings, "policy"):
             update = learner.update_policy(trajectory, scores, targets, iteration)
+        with _timed(timings, "sync"):
             self.version += 1
-            self.backend.update_weights(self.version, self.model.adapter_weights)
+            self.backend.update_weights(self.version, self.model.adapter_weights, update.trained)
         update.metrics.update(critic_metrics)
+        update.metrics.update(scores.metrics)
         return Iteration(trajectory, scores, update, timings)
 
     def _row(self, it: int, step: Iteration, elapsed: float) -> dict[str, Any]:
