@@ -126,11 +126,7 @@ def test_base_rows_run_on_the_bare_base():
             p.add_(0.5 * torch.randn_like(p))
     enc = model.tokenizer(["name the secret colour red", "red blue"], return_tensors="pt", padding=True)
     backend = HFBackend(model, SamplingConfig(max_new_tokens=4))
-    base = backend.generate(
-        Prompts(enc["input_ids"], enc["attention_mask"]),
-        ["__base__"] * 2,
-        rng=torch.Generator().manual_seed(0),
-    )
+    base = backend.generate(Prompts(enc["input_ids"], enc["attention_mask"]), ["__base__"] * 2)
     with model.adapter(None):
         ref = model.forward_logits(enc["input_ids"], enc["attention_mask"], keep=1).logits
     mixed = model.forward_logits(

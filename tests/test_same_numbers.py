@@ -1,5 +1,7 @@
-"""Same seeds, same numbers: the demo's metrics rows and adapters match a fixture recorded from
-the code before the architecture change (``tests/fixtures/record_same_numbers.py``).
+"""Same seeds, same numbers: the demo's metrics rows and adapters match a fixture
+(``tests/fixtures/record_same_numbers.py``). It was recorded before the architecture change of
+issue 11 and recorded again, on purpose, when issue 13 gave every env copy its own random stream
+(what is sampled changed) and made the entropy and KL terms micro-batch independent.
 
 Rows must match to 1e-6 relative (timings aside). Adapter and value-head tensors must be
 bit-identical where the fixture's CPU kernels are available (same torch and CPU capability);

@@ -50,7 +50,7 @@ class EchoBackend:
     version: int = 0
     released: int = 0
 
-    def generate(self, prompts, adapters, limits=None, rng=None):
+    def generate(self, prompts, adapters, limits=None, keys=None):
         S = len(prompts)
         ids = torch.tensor([[self.tokens[a]] for a in adapters])
         return Generation(

@@ -13,14 +13,17 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from marft.config import Config, ConfigError, from_dict, parse_config
 from marft.envs.base import Env, env_config_class, make_env
 from marft.learner.learner import Learner
+from marft.learner.parallel import SINGLE, DataParallel
 from marft.learner.scoring import Scorer
 from marft.learner.spec import ALGORITHMS, ResolvedAlgorithm, resolve_algorithm
 from marft.models.loading import load_base, resolve_device, resolve_dtype
@@ -75,6 +78,8 @@ def validate(cfg: Config) -> None:
     _choice(ROLLOUT_BACKENDS, cfg.sampling.backend, "sampling.backend", "backend")
     if cfg.sampling.backend == "vllm":
         _validate_vllm(cfg)
+    if cfg.run.ray.enabled:
+        _validate_ray(cfg, group=alg.group_size if default.grouped else 1)
     _validate_env(cfg)
     if not any(a.trainable for a in cfg.team.agents):
         roles = [a.role for a in cfg.team.agents]
@@ -116,6 +121,25 @@ def _validate_vllm(cfg: Config) -> None:
             "model.tiny.num_heads",
             f"vLLM's attention serves head sizes {list(VLLM_HEAD_SIZES)}; hidden_size / num_heads is "
             f"{head} (e.g. model.tiny.hidden_size=128 model.tiny.num_heads=2), or use sampling.backend=hf",
+        )
+
+
+def _validate_ray(cfg: Config, group: int) -> None:
+    """Ray must be installed, and every rollout worker needs at least one env copy (one group)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError(
+            "run.ray.address",
+            "Ray is not installed: pip install 'marft[ray]', or set run.ray.address=null to run in one process",
+        )
+    K, groups = cfg.run.ray.rollout_workers, cfg.env.n_envs // group
+    if groups < K:
+        what = f"{groups} groups of {group}" if group > 1 else f"{groups} env copies"
+        raise ConfigError(
+            "run.ray.rollout_workers",
+            f"{K} workers for {what} (env.n_envs={cfg.env.n_envs}): each worker needs at least one; "
+            f"lower it to at most {groups} or raise env.n_envs",
         )
 
 
@@ -202,9 +226,29 @@ def build_backend(cfg: Config, model: TeamModel, env=None) -> GenerationBackend:
     return cls.from_config(model, cfg, model_folder=folder)
 
 
+def build_collector(
+    cfg: Config, graph: TeamGraph, envs: list[Env], tokenizer, backend, algorithm, env_offset: int = 0
+) -> Collector:
+    """The collector of a training run over ``envs`` (a rollout worker's slice starts at ``env_offset``)."""
+    return Collector(
+        envs,
+        graph,
+        tokenizer,
+        backend,
+        cfg.env,
+        cfg.sampling,
+        seed=cfg.run.seed,
+        episodic=algorithm.episodic,
+        group_size=cfg.algorithm.group_size,
+        transcripts_per_iter=cfg.run.transcripts_per_iter,
+        env_offset=env_offset,
+    )
+
+
 @dataclass
 class TrainingParts:
-    """Everything a training run is built from."""
+    """Everything a training run is built from. With a remote sampler (rollout workers),
+    ``collector`` and ``backend`` are that one object."""
 
     graph: TeamGraph
     envs: list[Env]
@@ -216,30 +260,33 @@ class TrainingParts:
     learner: Learner
 
 
-def build_training(cfg: Config, envs: list[Env] | None = None) -> TrainingParts:
-    """Validate ``cfg`` and build a training run's parts (``envs`` if already built)."""
+def build_training(
+    cfg: Config,
+    envs: list[Env] | None = None,
+    remote_sampler: Callable[[TeamModel, int], Any] | None = None,
+    dp: DataParallel = SINGLE,
+) -> TrainingParts:
+    """Validate ``cfg`` and build a training run's parts (``envs`` if already built).
+
+    Args:
+        remote_sampler: ``(model, group size) -> sampler`` that collects elsewhere (Ray rollout
+            workers): it replaces the local backend and collector.
+        dp: this process's place among data-parallel learners.
+    """
     validate(cfg)
     graph = TeamGraph.from_config(cfg.team)
     envs = envs if envs is not None else build_envs(cfg, graph, cfg.env.n_envs)
     algorithm = resolve_algorithm(cfg.algorithm)
     model = build_team_model(cfg, graph, envs[0], with_critic=algorithm.critic)
-    backend = build_backend(cfg, model, envs[0])
-    collector = Collector(
-        envs,
-        graph,
-        model.tokenizer,
-        backend,
-        cfg.env,
-        cfg.sampling,
-        seed=cfg.run.seed,
-        episodic=algorithm.episodic,
-        group_size=cfg.algorithm.group_size,
-        transcripts_per_iter=cfg.run.transcripts_per_iter,
-    )
+    if remote_sampler is not None:
+        backend = collector = remote_sampler(model, cfg.algorithm.group_size if algorithm.episodic else 1)
+    else:
+        backend = build_backend(cfg, model, envs[0])
+        collector = build_collector(cfg, graph, envs, model.tokenizer, backend, algorithm)
     # The learner recomputes old log-probs when the sampler's forward is not its own: a half-
-    # precision base rounds differently, and a separate engine (vLLM) has its own kernels.
+    # precision base rounds differently, and a separate engine (vLLM, a rollout worker) has its own.
     half = next(p.dtype for _, p in model.base_parameters()) != torch.float32
     needs = algorithm.scoring_needs(cfg.algorithm, half or not backend.shares_weights)
     scorer = Scorer(model, needs, cfg.sampling, cfg.algorithm, all_roles=not backend.shares_weights)
-    learner = Learner(cfg.algorithm, cfg.sampling, algorithm, model, graph)
+    learner = Learner(cfg.algorithm, cfg.sampling, algorithm, model, graph, dp)
     return TrainingParts(graph, envs, algorithm, model, backend, collector, scorer, learner)

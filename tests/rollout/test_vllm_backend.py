@@ -103,8 +103,8 @@ def test_greedy_vllm_equals_hf_for_the_base_and_an_adapter(smollm2):
     hf = HFBackend(model, cfg.sampling)
     for adapter in ("__base__", "solver"):
         rows = [adapter] * len(PROBLEMS)
-        want = hf.generate(prompts, rows, rng=torch.Generator().manual_seed(0))
-        got = backend.generate(prompts, rows, rng=torch.Generator().manual_seed(0))
+        want = hf.generate(prompts, rows)
+        got = backend.generate(prompts, rows)
         assert torch.equal(got.response_mask, want.response_mask), adapter
         assert torch.equal(got.response_ids * got.response_mask, want.response_ids * want.response_mask), (
             adapter
@@ -124,9 +124,7 @@ def test_vllm_logprobs_match_the_learner_at_temperature_one(smollm2):
     backend.sampling = replace(cfg.sampling, top_k=0, temperature=0.7)
     try:
         prompts = chat_prompts(model.tokenizer, PROBLEMS)
-        got = backend.generate(
-            prompts, ["solver", "__base__", "solver", "checker"], rng=torch.Generator().manual_seed(1)
-        )
+        got = backend.generate(prompts, ["solver", "__base__", "solver", "checker"])
     finally:
         backend.sampling = cfg.sampling
     batch = SequenceBatch(prompts.ids, prompts.mask, got.response_ids, got.response_mask)
@@ -148,13 +146,14 @@ def test_a_mixed_batch_gives_each_row_its_own_model(smollm2):
     P0, P1, P2 = PROBLEMS[:3]
     prompts = chat_prompts(model.tokenizer, [P0, P0, P2, P2, P1, P1])
     rows = ["solver", "__base__", "checker", "__base__", "solver", "checker"]
-    mixed = backend.generate(prompts, rows, rng=torch.Generator().manual_seed(0))
+    keys = torch.arange(len(rows)) * 7919 + 1
+    mixed = backend.generate(prompts, rows, keys=keys)
     for adapter in ("solver", "__base__", "checker"):
         idx = [i for i, a in enumerate(rows) if a == adapter]
         alone = backend.generate(
             Prompts(prompts.ids[idx], prompts.mask[idx]),
             [adapter] * len(idx),
-            rng=torch.Generator().manual_seed(0),
+            keys=keys[idx],
         )
         L = alone.response_ids.shape[1]
         assert torch.equal(
@@ -171,7 +170,7 @@ def test_after_an_update_the_new_version_is_used_and_the_old_one_is_gone(smollm2
     before_ids, names = backend.loaded_ids(), backend.served()
     old_id, old_path = backend.requests["checker"].lora_int_id, backend.requests["checker"].lora_path
     prompts = chat_prompts(model.tokenizer, PROBLEMS[:2])
-    base = backend.generate(prompts, ["__base__"] * 2, rng=torch.Generator().manual_seed(0))
+    base = backend.generate(prompts, ["__base__"] * 2)
     perturb(model, ["checker"], 0.05, seed=3)
     backend.update_weights(backend.version + 1, model.adapter_weights, ["checker"])
     after = backend.served()
@@ -180,10 +179,8 @@ def test_after_an_update_the_new_version_is_used_and_the_old_one_is_gone(smollm2
     assert new_id not in before_ids  # a new id and name, never a reused one
     assert backend.loaded_ids() == (before_ids - {old_id}) | {new_id}  # the old version is gone
     assert not os.path.exists(old_path)
-    new = backend.generate(prompts, ["checker"] * 2, rng=torch.Generator().manual_seed(0))
-    hf = HFBackend(model, cfg.sampling).generate(
-        prompts, ["checker"] * 2, rng=torch.Generator().manual_seed(0)
-    )
+    new = backend.generate(prompts, ["checker"] * 2)
+    hf = HFBackend(model, cfg.sampling).generate(prompts, ["checker"] * 2)
     assert torch.equal(new.response_ids * new.response_mask, hf.response_ids * hf.response_mask)
     assert not torch.equal(new.response_ids, base.response_ids)
     assert backend.last_swap_s > 0

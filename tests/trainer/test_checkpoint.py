@@ -155,7 +155,8 @@ KILL_SCRIPT = textwrap.dedent(
 def test_kill_9_during_saves_leaves_a_loadable_checkpoint(tmp_path):
     script = tmp_path / "saver.py"
     script.write_text(KILL_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join(p for p in (str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     for k, delay in enumerate((0.05, 0.37, 0.81)):
         out = tmp_path / f"run{k}"
         proc = subprocess.Popen(
@@ -327,7 +328,7 @@ def test_export_adapter_and_merged_model(tmp_path):
 
     ids = trainer.model.tokenizer(["name the secret colour red"], return_tensors="pt").input_ids
     with torch.no_grad(), trainer.model.adapter("listener"):
-        want = trainer.model.policy(input_ids=ids).logits
+        want = trainer.model.policy(input_ids=ids.to(trainer.model.device)).logits.cpu()
     base, _ = load_base(
         cfg.model, corpus=tiny_corpus(cfg, trainer.collector.envs[0])
     )  # rebuilt from its seed

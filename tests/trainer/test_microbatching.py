@@ -37,7 +37,7 @@ def grads_with(trainer, batch, targets, **cfg_changes):
         p.grad = None
     with model.adapter("listener"):
         loss, kl, _ = trainer.learner.policy.minibatch_backward(
-            batch, targets, torch.arange(len(targets.sample_mask))
+            batch, targets, torch.arange(len(targets.sample_mask), device=targets.sample_mask.device)
         )
     return loss, [p.grad.clone() for p in params]
 
@@ -63,7 +63,8 @@ def test_gradient_is_independent_of_micro_batching(tmp_path, algo):
         adv = adv[:, None] + torch.linspace(-1, 1, L)[None, :]
     mask = torch.ones(S)
     mask[[1, 7]] = 0.0
-    targets = AgentTargets(adv, mask)
+    device = steps.old_logprobs.device
+    targets = AgentTargets(adv.to(device), mask.to(device))
     # a non-trivial adapter, so that every LoRA matrix gets a gradient
     with torch.no_grad():
         for p in trainer.model.adapter_parameters("listener"):

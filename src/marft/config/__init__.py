@@ -14,6 +14,7 @@ Example:
 """
 
 from marft.config.loading import apply_override, from_dict, parse_config, preset_names, to_dict
+from marft.config.scale import RayConfig
 from marft.config.sections import (
     AgentConfig,
     AlgorithmConfig,
@@ -37,6 +38,7 @@ __all__ = [
     "EnvConfig",
     "LoraSettings",
     "ModelConfig",
+    "RayConfig",
     "RunConfig",
     "SamplingConfig",
     "TeamConfig",

@@ -8,24 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from marft.config.errors import ConfigError, _check
+from marft.config.scale import RayConfig
 
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or out of range.
-
-    Attributes:
-        key: dotted path of the offending key (``""`` for the whole file).
-        message: what is wrong and what is allowed.
-    """
-
-    def __init__(self, key: str, message: str) -> None:
-        self.key = key
-        self.message = message
-        super().__init__(f"{key}: {message}" if key else message)
-
-
-def _check(cond: bool, key: str, message: str) -> None:
-    if not cond:
-        raise ConfigError(key, message)
+__all__ = ["ConfigError", "RayConfig", "_check"]
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -364,6 +350,8 @@ class RunConfig:
     max_nonfinite_in_row: int = 3
     """Abort when an agent's update is skipped for a non-finite loss or gradient this many
     iterations in a row."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """Rollout workers on Ray (``run.ray.address``; null: one process). See ``docs/scaling.md``."""
 
     def __post_init__(self) -> None:
         _check(self.iterations > 0, "iterations", "must be a positive integer")

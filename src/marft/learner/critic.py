@@ -10,6 +10,7 @@ from torch import Tensor
 
 from marft.algorithms import masked_mean, value_loss
 from marft.config import AlgorithmConfig
+from marft.learner.parallel import SINGLE, DataParallel
 from marft.models.team_model import ValueHead
 
 
@@ -31,10 +32,11 @@ class CriticBatch:
 
 
 class CriticFitter:
-    """The value head's optimizer and its epochs (``ppo_epochs`` x ``num_minibatches``)."""
+    """The value head's optimizer and its epochs (``ppo_epochs`` x ``num_minibatches``); with
+    data-parallel learners each takes every G-th entry of a minibatch and the gradients are summed."""
 
-    def __init__(self, head: ValueHead, cfg: AlgorithmConfig) -> None:
-        self.head, self.cfg = head, cfg
+    def __init__(self, head: ValueHead, cfg: AlgorithmConfig, dp: DataParallel = SINGLE) -> None:
+        self.head, self.cfg, self.dp = head, cfg, dp
         self.optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
 
     def fit(self, batch: CriticBatch) -> dict[str, float]:
@@ -58,18 +60,23 @@ class CriticFitter:
         for _ in range(cfg.ppo_epochs):
             perm = torch.randperm(feats.shape[0], device=feats.device)
             for idx in perm.chunk(cfg.num_minibatches):
-                v = self.head(feats[idx])
-                loss = value_loss(
-                    v,
-                    old_values[idx],
-                    returns[idx],
-                    ones[idx],
-                    cfg.value_clip_eps,
-                    cfg.value_loss,
-                    cfg.huber_delta,
-                )
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                mine = self.dp.shard(idx)
+                loss = torch.zeros((), device=feats.device)
+                if len(mine):  # this learner's share of the minibatch mean
+                    v = self.head(feats[mine])
+                    loss = value_loss(
+                        v,
+                        old_values[mine],
+                        returns[mine],
+                        ones[mine],
+                        cfg.value_clip_eps,
+                        cfg.value_loss,
+                        cfg.huber_delta,
+                    ) * (len(mine) / len(idx))
+                    loss.backward()
+                self.dp.sum_gradients(self.head.parameters())
+                loss = self.dp.sum(loss.detach())
                 norm = torch.nn.utils.clip_grad_norm_(self.head.parameters(), cfg.max_grad_norm)
                 if not (torch.isfinite(loss) and torch.isfinite(norm)):
                     self.optimizer.zero_grad(set_to_none=True)

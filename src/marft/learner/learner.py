@@ -27,6 +27,7 @@ from marft.algorithms import (
 from marft.config import AlgorithmConfig, SamplingConfig
 from marft.learner.batching import stack_agents
 from marft.learner.critic import CriticBatch, CriticFitter
+from marft.learner.parallel import SINGLE, DataParallel
 from marft.learner.policy import AgentBatch, AgentTargets, PolicyUpdater
 from marft.learner.scoring import Scores
 from marft.learner.spec import ResolvedAlgorithm
@@ -67,6 +68,7 @@ class Learner:
         algorithm: the resolved algorithm (spec and estimator).
         model: the team model (a value head when the estimator needs a critic).
         graph: the team.
+        dp: this process's place among data-parallel learners (:mod:`marft.learner.parallel`).
     """
 
     def __init__(
@@ -76,16 +78,17 @@ class Learner:
         algorithm: ResolvedAlgorithm,
         model: TeamModel,
         graph: TeamGraph,
+        dp: DataParallel = SINGLE,
     ) -> None:
         self.cfg, self.algorithm, self.model, self.graph = cfg, algorithm, model, graph
         self.trainable = [a.role for a in graph.agents if a.trainable]
         token_level = algorithm.spec.loss_level == "token"
-        self.policy = PolicyUpdater(cfg, sampling, model, self.trainable, token_level)
+        self.policy = PolicyUpdater(cfg, sampling, model, self.trainable, token_level, dp)
         self.critic: CriticFitter | None = None
         if algorithm.critic:
             if model.value_head is None:
                 raise ValueError(f"algorithm {algorithm.name} needs the model's value head")
-            self.critic = CriticFitter(model.value_head, cfg)
+            self.critic = CriticFitter(model.value_head, cfg, dp)
         self.params = EstimatorParams(cfg.gamma, cfg.lam, cfg.token_gamma, cfg.token_lam, cfg.group_size)
 
     def roles_to_train(self, iteration: int) -> list[str]:

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from marft.algorithms import POLICY_LOSSES, kl_estimate, masked_mean
+from marft.algorithms import POLICY_LOSSES, kl_estimate
 from marft.config import AlgorithmConfig, SamplingConfig
 from marft.learner.batching import action_logprob, micro_batches, rows_of, sequences
+from marft.learner.parallel import SINGLE, DataParallel
 from marft.models.team_model import TeamModel
 from marft.rollout.trajectory import AgentActions
 
@@ -52,6 +53,7 @@ class PolicyUpdater:
         model: the team model.
         roles: the trainable agents.
         token_level: one ratio per token (masked token-mean) instead of one per action.
+        dp: this process's share of the minibatches among data-parallel learners.
     """
 
     def __init__(
@@ -61,8 +63,10 @@ class PolicyUpdater:
         model: TeamModel,
         roles: list[str],
         token_level: bool,
+        dp: DataParallel = SINGLE,
     ) -> None:
         self.cfg, self.sampling, self.model, self.token_level = cfg, sampling, model, token_level
+        self.dp = dp
         self.policy_loss = POLICY_LOSSES.get(cfg.policy_loss)
         self.optimizers = {
             role: torch.optim.AdamW(
@@ -87,6 +91,7 @@ class PolicyUpdater:
                 ):
                     opt.zero_grad(set_to_none=True)
                     loss, kl, clipfrac = self.minibatch_backward(batch, targets, mb)
+                    self.dp.sum_gradients(params)
                     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                     if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
                         # One bad step would poison the adapter and Adam's moments for good: skip
@@ -133,6 +138,9 @@ class PolicyUpdater:
             else sample_mask[mb]
         )
         total = weights.sum().clamp(min=1.0)
+        # The entropy bonus and the KL term are token means over the whole minibatch, whatever
+        # the micro-batching (an action-level loss weighs micro-batches by actions, not tokens).
+        tokens = (seq.response_mask[mb].to(sample_mask.dtype) * sample_mask[mb, None]).sum().clamp(min=1.0)
         old_actions = None
         if not self.token_level:
             old_actions = action_logprob(
@@ -145,19 +153,24 @@ class PolicyUpdater:
         if mb.numel() == 0:
             zero = torch.zeros((), device=sample_mask.device)
             return zero, zero, zero
-        for idx in micro_batches(mb, seq, cfg.micro_batch_size, cfg.micro_batch_tokens):
+        # Data-parallel learners take every G-th row; the shares above are of the whole minibatch.
+        for idx in micro_batches(self.dp.shard(mb), seq, cfg.micro_batch_size, cfg.micro_batch_tokens):
             t0 = time.perf_counter()
-            out, weight = self._micro_batch_loss(batch, targets, old_actions, idx, seq)
+            out, weight = self._micro_batch_loss(batch, targets, old_actions, idx, seq, total / tokens)
             share = weight / total
             (out[0] * share).backward()
             self.fwd_bwd_s += time.perf_counter() - t0
             loss_sum = loss_sum + out[1].loss.detach() * share
             kl_sum = kl_sum + out[1].approx_kl * share
             clip_sum = clip_sum + out[1].clipfrac * share
+        loss_sum, kl_sum, clip_sum = self.dp.sum(torch.stack([loss_sum, kl_sum, clip_sum]))
         return loss_sum, kl_sum, clip_sum
 
-    def _micro_batch_loss(self, batch: AgentBatch, targets: AgentTargets, old_actions, idx: Tensor, seq):
-        """``((total loss, policy-loss output), weight)`` of one micro-batch (with grad)."""
+    def _micro_batch_loss(
+        self, batch: AgentBatch, targets: AgentTargets, old_actions, idx: Tensor, seq, per_token: Tensor
+    ):
+        """``((total loss, policy-loss output), weight)`` of one micro-batch (with grad).
+        ``per_token``: the minibatch's weight total over its real tokens (token terms' scale)."""
         cfg, sp = self.cfg, self.sampling
         sample_mask = targets.sample_mask
         rows = rows_of(seq, idx)
@@ -178,14 +191,14 @@ class PolicyUpdater:
             )
             weight = sample_mask[idx].sum()
         loss = out.loss
+        # Token terms are summed here and scaled so that, once the caller weighs this micro-batch
+        # by weight / total, they are token means over the minibatch.
+        scale = per_token / weight
         if cfg.entropy_coef:
-            # Token-mean entropy of the micro-batch. For action-level losses the micro-batch is
-            # weighted by its share of actions, so this bonus (only) depends slightly on the
-            # micro-batching; the demo's and the benchmarks' figures were measured this way.
-            loss = loss - cfg.entropy_coef * masked_mean(tok_ent, tok_mask)
+            loss = loss - cfg.entropy_coef * (tok_ent * tok_mask).sum() * scale
         if cfg.kl_coef > 0 and cfg.kl_mode == "loss":
             kl_ref = kl_estimate(tok_lp, batch.ref_logprobs[idx, :L], cfg.kl_estimator)
-            loss = loss + cfg.kl_coef * masked_mean(kl_ref, tok_mask)
+            loss = loss + cfg.kl_coef * (kl_ref * tok_mask).sum() * scale
         return (loss, out), weight
 
     def state_dict(self) -> dict[str, dict]:

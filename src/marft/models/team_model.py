@@ -10,7 +10,7 @@ observation and never need a backward through the base.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -177,6 +177,21 @@ class TeamModel(nn.Module):
             }
             for role in (self.roles if roles is None else roles)
         }
+
+    def set_adapter_weights(self, weights: Mapping[str, Mapping[str, Tensor]]) -> None:
+        """Load adapters given as :meth:`adapter_weights` returns them (role -> PEFT tensors).
+
+        Raises:
+            ValueError: a role is not an agent of this team, or its tensors do not fit.
+        """
+        from peft.utils import set_peft_model_state_dict
+
+        for role, tensors in weights.items():
+            if role not in self.roles:
+                raise ValueError(f"no agent {role!r} in this team ({', '.join(self.roles)})")
+            result = set_peft_model_state_dict(self.policy, dict(tensors), adapter_name=role)
+            if getattr(result, "unexpected_keys", None):
+                raise ValueError(f"adapter of {role!r} does not fit this model: {result.unexpected_keys[:3]}")
 
     def adapter_config(self, role: str) -> dict:
         """Agent ``role``'s PEFT ``adapter_config.json`` content."""

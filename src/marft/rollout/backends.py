@@ -1,7 +1,7 @@
 """Generation backends: turn prompts into sampled actions with their log-probs.
 
 A backend is anything with the :class:`GenerationBackend` protocol: ``generate(prompts, adapter
-per row, limits, rng) -> Generation`` and ``update_weights(version, weights)``. The collector
+per row, limits, keys) -> Generation`` and ``update_weights(version, weights)``. The collector
 depends on this protocol only, so a backend may live in another engine or process.
 
 The ``hf`` backend samples token by token with a KV cache on the team's shared base, one adapter
@@ -25,6 +25,7 @@ from marft.config import SamplingConfig
 from marft.models.logprobs import warp_logits
 from marft.models.team_model import TeamModel, position_ids_from_mask
 from marft.registry import Registry
+from marft.rollout.streams import keyed_uniform, random_keys, sample_keyed
 from marft.rollout.trajectory import Prompts
 
 ROLLOUT_BACKENDS: Registry = Registry("rollout backend")
@@ -58,7 +59,7 @@ class GenerationBackend(Protocol):
     """What the collector needs from a generation engine."""
 
     device: torch.device
-    """Where prompts, limits and the sampling RNG live."""
+    """Where prompts, limits and keys live."""
     shares_weights: bool
     """Whether it samples with the learner's own weights (else the learner recomputes old log-probs)."""
 
@@ -67,10 +68,11 @@ class GenerationBackend(Protocol):
         prompts: Prompts,
         adapters: Sequence[str],
         limits: Tensor | None = None,
-        rng: torch.Generator | None = None,
+        keys: Tensor | None = None,
     ) -> Generation:
         """Sample one action per prompt, row ``s`` with adapter ``adapters[s]`` (``BASE``: none),
-        at most ``limits[s]`` tokens, drawing from ``rng``."""
+        at most ``limits[s]`` tokens; its random draws are a function of ``keys[s]`` alone
+        (:mod:`marft.rollout.streams`; None: fresh keys from torch's global RNG)."""
         ...
 
     def update_weights(
@@ -111,13 +113,14 @@ class HFBackend:
     def release(self) -> None:
         """Nothing is held between rollouts."""
 
-    def _sample(self, logits: Tensor, rng: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _sample(self, logits: Tensor, keys: Tensor, step: int) -> tuple[Tensor, Tensor, Tensor]:
         """One token per row from ``[S, V]`` logits: ``(token, its log-prob, entropy)``, each ``[S]``,
-        under the warped distribution (temperature, top-k, top-p)."""
+        under the warped distribution (temperature, top-k, top-p); row s's draw is a function
+        of ``(keys[s], step)`` only, so it does not depend on the other rows of the batch."""
         cfg = self.sampling
         logp = warp_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p).log_softmax(-1)
         p = logp.exp()
-        tok = torch.multinomial(p, 1, generator=rng).squeeze(-1)
+        tok = sample_keyed(p, keyed_uniform(keys, step))
         entropy = -(p * logp.masked_fill(p == 0, 0.0)).sum(-1)
         return tok, logp.gather(-1, tok[:, None]).squeeze(-1), entropy
 
@@ -127,7 +130,7 @@ class HFBackend:
         prompts: Prompts,
         adapters: Sequence[str],
         limits: Tensor | None = None,
-        rng: torch.Generator | None = None,
+        keys: Tensor | None = None,
     ) -> Generation:
         """Sample one action per row, row ``s`` with the adapter ``adapters[s]``.
 
@@ -135,7 +138,7 @@ class HFBackend:
             prompts: ``[S, P]`` left-padded prompts.
             adapters: ``S`` adapter names (``"__base__"``: the bare base model).
             limits: ``[S]`` longest action per row (default: ``sampling.max_new_tokens``).
-            rng: RNG for sampling (on the model's device).
+            keys: ``[S]`` int64 random-stream keys, one per row (None: fresh ones).
         """
         model, roles = self.model, list(adapters)
         S, device = prompts.ids.shape[0], prompts.ids.device
@@ -146,6 +149,7 @@ class HFBackend:
         if limits is None:
             limits = torch.full((S,), self.sampling.max_new_tokens, device=device)
         limits = limits.to(device)
+        keys = random_keys(S) if keys is None else keys
         tokens, logps, ents, alive = [], [], [], []
         cache = DynamicCache()
         ids, mask = prompts.ids, prompts.mask
@@ -163,7 +167,7 @@ class HFBackend:
                     use_cache=True,
                 )
                 cache = out.past_key_values
-                tok, logp, ent = self._sample(out.logits[:, -1], rng)
+                tok, logp, ent = self._sample(out.logits[:, -1], keys, step)
                 alive.append(~finished)
                 tokens.append(tok.masked_fill(finished, model.tokenizer.pad_token_id))
                 logps.append(logp.masked_fill(finished, 0.0))

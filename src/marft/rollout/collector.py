@@ -18,7 +18,6 @@ model: critic features and reference log-probs are the scoring phase's work.
 from __future__ import annotations
 
 import logging
-import random
 import time
 import traceback
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ import torch
 from marft.config import EnvConfig, SamplingConfig
 from marft.envs.base import Env, Observation, StepResult, env_state, load_env_state, pop_env_metrics
 from marft.rollout.backends import GenerationBackend
+from marft.rollout.streams import draw_keys, env_stream
 from marft.rollout.trajectory import Prompts, Trajectory, TrajectoryBuilder
 from marft.team.graph import Agent, TeamGraph
 from marft.team.prompts import build_messages
@@ -76,13 +76,15 @@ class Collector:
         backend: a generation backend (:class:`~marft.rollout.backends.GenerationBackend`).
         env_cfg: horizon and reward assignment.
         sampling: sampling parameters (the default action length).
-        seed: seeds env resets and sampling.
+        seed: the run seed: env copy b's resets and samples draw from its own stream
+            (:func:`~marft.rollout.streams.env_stream` of ``env_offset + b``).
         episodic: collect whole episodes in groups of ``group_size`` (see the module docstring).
         group_size: G, in episodic mode.
         transcripts_per_iter: finished episodes kept as full conversations per call.
         adapter_of: adapter name per role (default: the role); ``"__base__"`` runs that agent on
             the bare base model (evaluation's per-agent ablation).
         schedule: who acts next (default: the static dependency graph).
+        env_offset: the global index of the first env copy (a rollout worker's slice of the run).
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class Collector:
         transcripts_per_iter: int = 2,
         adapter_of: dict[str, str] | None = None,
         schedule: Schedule | None = None,
+        env_offset: int = 0,
     ) -> None:
         self.envs, self.graph, self.tokenizer, self.backend = envs, graph, tokenizer, backend
         self.env_cfg, self.sampling = env_cfg, sampling
@@ -108,18 +111,20 @@ class Collector:
         self.schedule = schedule or StaticSchedule(graph)
         self._index = {a.role: a.index for a in graph.agents}
         self.device = backend.device
-        self._seeds = random.Random(seed)
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.obs: list[Observation] = [env.reset(seed=self._seeds.getrandbits(31)) for env in envs]
+        self.env_offset = env_offset
+        self._streams = [env_stream(seed, env_offset + b) for b in range(len(envs))]
+        self.obs: list[Observation] = [
+            env.reset(seed=stream.getrandbits(31)) for env, stream in zip(envs, self._streams, strict=True)
+        ]
         self._ep_return = [0.0] * len(envs)
         self._ep_len = [0] * len(envs)
         self._ep_turns: list[list[dict[str, Any]]] = [[] for _ in envs]
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue collecting exactly: RNGs, live episodes, env states."""
+        """Everything needed to continue collecting exactly, as lists over env copies: random
+        streams, live episodes, env states."""
         return {
-            "seeds": self._seeds.getstate(),
-            "generator": self.generator.get_state(),
+            "streams": [s.getstate() for s in self._streams],
             "obs": self.obs,
             "ep_return": self._ep_return,
             "ep_len": self._ep_len,
@@ -133,8 +138,8 @@ class Collector:
                 f"the checkpoint holds {len(state['envs'])} env copies but the config asks for "
                 f"{len(self.envs)}; resume with the run's env.n_envs"
             )
-        self._seeds.setstate(state["seeds"])
-        self.generator.set_state(state["generator"])
+        for stream, st in zip(self._streams, state["streams"], strict=True):
+            stream.setstate(st)
         self.obs = list(state["obs"])
         self._ep_return, self._ep_len = list(state["ep_return"]), list(state["ep_len"])
         self._ep_turns = list(state["ep_turns"])
@@ -159,7 +164,7 @@ class Collector:
 
     def _reset_groups(self, problems: list[int] | None = None) -> None:
         G = self.group_size
-        seeds = [self._seeds.getrandbits(31) for _ in range(len(self.envs) // G)]
+        seeds = [self._streams[g * G].getrandbits(31) for g in range(len(self.envs) // G)]
         for b, env in enumerate(self.envs):
             if problems is not None:
                 self.obs[b] = env.reset_to(problems[b])
@@ -203,11 +208,13 @@ class Collector:
     def _act(self, t: int, active: list[int], buf: TrajectoryBuilder) -> tuple[dict, dict]:
         """Generate every turn of step t: ``(outputs by env copy and role, kept prompts)``."""
         outputs: dict[int, dict[str, str]] = {b: {} for b in active}
-        keep = min(self.transcripts_per_iter, len(self.envs))
-        kept: dict[int, dict[str, list]] = {b: {} for b in active if b < keep}
+        keep = self.transcripts_per_iter
+        kept: dict[int, dict[str, list]] = {b: {} for b in active if self.env_offset + b < keep}
         turn = 0
         while True:
-            ready = {b: {a.role for a in self.schedule.ready(b, outputs[b])} for b in active}
+            ready = {
+                b: {a.role for a in self.schedule.ready(self.env_offset + b, outputs[b])} for b in active
+            }
             rows = [(a, b) for a in self.graph.agents for b in active if a.role in ready[b]]
             if not rows:
                 return outputs, kept
@@ -225,9 +232,8 @@ class Collector:
         limits = [a.max_new_tokens or self.sampling.max_new_tokens for a, _ in rows]
         buf.timings["env"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        gen = self.backend.generate(
-            prompts, adapters, torch.tensor(limits, device=self.device), self.generator
-        )
+        keys = draw_keys(self._streams, [b for _, b in rows], self.device)
+        gen = self.backend.generate(prompts, adapters, torch.tensor(limits, device=self.device), keys)
         buf.timings["generate"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         texts = self.tokenizer.batch_decode(gen.response_ids, skip_special_tokens=True)
@@ -273,7 +279,7 @@ class Collector:
             self._ep_return[b], self._ep_len[b], self._ep_turns[b] = 0.0, 0, []
             buf.dones[b][t] = 1.0
             if not self.episodic:
-                self.obs[b] = env.reset(seed=self._seeds.getrandbits(31))
+                self.obs[b] = env.reset(seed=self._streams[b].getrandbits(31))
             return self.episodic
         for role, r in zip(acting, r_vec, strict=True):
             buf.rewards[b][t][self._index[role]] = r
@@ -312,14 +318,14 @@ class Collector:
         buf.dones[b][t] = 1.0
         buf.episode_returns.append(self._ep_return[b])
         buf.episode_lengths.append(self._ep_len[b])
-        keep = min(self.transcripts_per_iter, len(self.envs))
-        if b < keep and len(buf.transcripts) < self.transcripts_per_iter:
+        keep = self.transcripts_per_iter
+        if self.env_offset + b < keep and len(buf.transcripts) < self.transcripts_per_iter:
             buf.transcripts.append(
-                {"env": b, "episode_return": self._ep_return[b], "turns": self._ep_turns[b]}
+                {"env": self.env_offset + b, "episode_return": self._ep_return[b], "turns": self._ep_turns[b]}
             )
         self._ep_return[b], self._ep_len[b], self._ep_turns[b] = 0.0, 0, []
         if not self.episodic:
-            self.obs[b] = self.envs[b].reset(seed=self._seeds.getrandbits(31))
+            self.obs[b] = self.envs[b].reset(seed=self._streams[b].getrandbits(31))
 
     def _assemble(self, buf: TrajectoryBuilder) -> Trajectory:
         T, device = buf.taken, self.device

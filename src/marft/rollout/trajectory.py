@@ -12,6 +12,7 @@ holds env copy b's action at step t; ``P`` prompt and ``L`` response tokens.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -86,6 +87,7 @@ class Trajectory:
         transcripts: full conversations of some finished episodes.
         timings: seconds inside collection (``generate``, ``env``).
         env_metrics: the envs' own counters (``pop_metrics``), summed over copies.
+        version: the adapter version it was sampled with (checked by distributed rollouts).
     """
 
     agents: list[AgentActions]
@@ -105,6 +107,7 @@ class Trajectory:
     transcripts: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     env_metrics: dict[str, float] = field(default_factory=dict)
+    version: int = 0
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -112,10 +115,27 @@ class Trajectory:
         B, T, N = self.rewards.shape
         return B, T, N
 
+    def to(self, device: torch.device | str) -> Trajectory:
+        """This trajectory with every tensor on ``device``."""
+        moved = {f.name: _move(getattr(self, f.name), device) for f in dataclasses.fields(self)}
+        return Trajectory(**moved)
+
     @property
     def env_steps(self) -> int:
         """Team steps actually taken (idle steps of finished episodes do not count)."""
         return int(self.action_mask[:, :, 0].sum())
+
+
+def _move(value: Any, device: torch.device | str) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, list):
+        return [_move(v, device) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return type(value)(
+            **{f.name: _move(getattr(value, f.name), device) for f in dataclasses.fields(value)}
+        )
+    return value
 
 
 def pad_last(x: Tensor, width: int, value: float, left: bool) -> Tensor:

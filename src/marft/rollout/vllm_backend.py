@@ -37,6 +37,7 @@ from torch import Tensor
 from marft.config import Config
 from marft.models.team_model import TeamModel
 from marft.rollout.backends import BASE, ROLLOUT_BACKENDS, AdapterWeights, Generation
+from marft.rollout.streams import random_keys
 from marft.rollout.trajectory import Prompts
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -185,12 +186,12 @@ class VLLMBackend:
         prompts: Prompts,
         adapters: Sequence[str],
         limits: Tensor | None = None,
-        rng: torch.Generator | None = None,
+        keys: Tensor | None = None,
     ) -> Generation:
         """Sample one action per row with vLLM, row ``s`` with adapter ``adapters[s]``.
 
-        Each row gets a seed drawn from ``rng``, so what is sampled depends on marft's RNG only
-        (exact resume), not on how vLLM schedules the batch.
+        Row ``s`` is seeded from ``keys[s]`` (its env copy's stream), so what is sampled depends
+        on marft's streams only (exact resume), not on how vLLM or marft batch the rows.
         """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -198,7 +199,8 @@ class VLLMBackend:
         self._wake()
         sp, S = self.sampling, len(prompts)
         limits = limits.tolist() if limits is not None else [sp.max_new_tokens] * S
-        seeds = torch.randint(0, 2**31 - 1, (S,), generator=rng, device=rng.device if rng else "cpu").tolist()
+        keys = random_keys(S) if keys is None else keys
+        seeds = (keys.cpu() % (2**31 - 1)).tolist()
         rows = [
             TokensPrompt(prompt_token_ids=ids[mask.bool()].tolist())
             for ids, mask in zip(prompts.ids, prompts.mask, strict=True)

@@ -218,7 +218,6 @@ def load_adapter_weights(model: TeamModel, checkpoint: Path) -> None:
     Raises:
         CheckpointError: an agent's adapter is missing or does not fit the model.
     """
-    from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     for role in model.roles:
@@ -227,11 +226,10 @@ def load_adapter_weights(model: TeamModel, checkpoint: Path) -> None:
             raise CheckpointError(
                 f"{checkpoint} has no adapter for agent {role!r}; the team in the config differs from the run's"
             )
-        result = set_peft_model_state_dict(model.policy, load_file(str(weights)), adapter_name=role)
-        if getattr(result, "unexpected_keys", None):
-            raise CheckpointError(
-                f"adapter of {role!r} in {checkpoint} does not fit this model: {result.unexpected_keys[:3]}"
-            )
+        try:
+            model.set_adapter_weights({role: load_file(str(weights))})
+        except ValueError as e:
+            raise CheckpointError(f"{checkpoint}: {e}") from None
 
 
 def load_trainer_files(checkpoint: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:

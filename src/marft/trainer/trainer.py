@@ -9,7 +9,7 @@ current iteration and stop.
 
 from __future__ import annotations
 
-import random
+import math
 import signal
 import threading
 import time
@@ -17,18 +17,16 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 import yaml
 from tqdm.auto import tqdm
 
 from marft.compose import build_envs, build_training, validate
 from marft.config import Config, to_dict
 from marft.learner.learner import UpdateResult
+from marft.learner.parallel import SINGLE
 from marft.learner.scoring import Scores
 from marft.reporting.metrics import MetricsSink
 from marft.rollout.trajectory import Trajectory
@@ -43,6 +41,7 @@ from marft.trainer.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from marft.trainer.rng import default_run_dir, rng_state, seed_everything, set_rng_state
 
 PHASES = ("collect", "score", "advantages", "critic", "policy", "sync")
 """The timed phases of an iteration before logging (``sync``: the generation backend receives the
@@ -55,39 +54,6 @@ class TrainingStopped(RuntimeError):
     def __init__(self, message: str, checkpoint: Path | None, exit_code: int) -> None:
         super().__init__(message)
         self.checkpoint, self.exit_code = checkpoint, exit_code
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, numpy, torch and (if present) CUDA RNG states."""
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def default_run_dir(root: str | Path = "runs") -> Path:
-    """A new folder ``runs/YYYYmmdd-HHMMSS[-k]``."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, k = Path(root) / stamp, 1
-    while path.exists():
-        path, k = Path(root) / f"{stamp}-{k}", k + 1
-    return path
 
 
 @dataclass
@@ -162,7 +128,14 @@ class Trainer:
         envs = build_envs(cfg, self.graph, cfg.env.n_envs)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        parts = build_training(cfg, envs)
+        self.learners = None  # the other data-parallel learners (run.ray.learners > 1)
+        if cfg.run.ray.enabled and cfg.run.ray.learners > 1:
+            from marft.distributed.learners import RayLearners
+            from marft.models.loading import resolve_device
+
+            self.learners = RayLearners(cfg, resolve_device(cfg.model.device))
+        dp = self.learners.dp if self.learners is not None else SINGLE
+        parts = build_training(cfg, envs, remote_sampler=self._remote_sampler(), dp=dp)
         self.model, self.backend, self.collector = parts.model, parts.backend, parts.collector
         self.scorer, self.learner, self.algorithm = parts.scorer, parts.learner, parts.algorithm
         if ckpt is not None:
@@ -170,10 +143,23 @@ class Trainer:
                 self._restore(ckpt)
             except (ValueError, KeyError, RuntimeError) as e:  # a checkpoint that does not fit this config
                 raise CheckpointError(f"cannot resume from {ckpt}: {e}") from None
+        if self.learners is not None:
+            self.learners.sync_from(self.model, self.learner)
         self.sink = MetricsSink(
             self.run_dir, tensorboard=cfg.run.tensorboard, start_iteration=self.start_iteration
         )
         self.rows = self.sink.rows_before(self.start_iteration)
+
+    def _remote_sampler(self):
+        """Under ``run.ray``: a factory of Ray rollout workers (they replace the local collector)."""
+        if not self.cfg.run.ray.enabled:
+            return None
+        from marft.distributed.rollout import RayRollout
+
+        def make(model, group_size: int):
+            return RayRollout(self.cfg, model.adapter_weights, model.tokenizer.pad_token_id, group_size)
+
+        return make
 
     def _restore(self, ckpt: Path) -> None:
         load_adapter_weights(self.model, ckpt)
@@ -222,6 +208,13 @@ class Trainer:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
             self.sink.close()
+            self.close()
+
+    def close(self) -> None:
+        """Stop what the run started outside this process (rollout workers)."""
+        for part in (getattr(self, "collector", None), getattr(self, "learners", None)):
+            if hasattr(part, "shutdown"):
+                part.shutdown()
 
     def run_iteration(self, iteration: int) -> Iteration:
         """Collect, score, advantages, critic, policy: one iteration, each phase timed. The
@@ -230,19 +223,37 @@ class Trainer:
         learner = self.learner
         with _timed(timings, "collect"):
             trajectory = self.collector.collect(self.steps_per_rollout)
-        with _timed(timings, "score"):
-            scores = self.scorer.score(trajectory, learner.roles_to_train(iteration))
-        with _timed(timings, "advantages"):
-            targets = learner.targets(trajectory, scores)
-        with _timed(timings, "critic"):
-            critic_metrics = learner.fit_critic(targets)
-        with _timed(timings, "policy"):
-            update = learner.update_policy(trajectory, scores, targets, iteration)
+        try:
+            if self.learners is not None:
+                self.learners.start(trajectory, iteration)
+            with _timed(timings, "score"):
+                scores = self.scorer.score(trajectory, learner.roles_to_train(iteration))
+            with _timed(timings, "advantages"):
+                targets = learner.targets(trajectory, scores)
+            with _timed(timings, "critic"):
+                critic_metrics = learner.fit_critic(targets)
+            with _timed(timings, "policy"):
+                update = learner.update_policy(trajectory, scores, targets, iteration)
+            if self.learners is not None:
+                self.learners.finish()
+        except Exception as e:
+            if self.learners is None:
+                raise
+            saved = (
+                f"last checkpoint: {self.checkpoint}" if self.checkpoint else "no checkpoint was saved yet"
+            )
+            raise TrainingStopped(
+                f"a learner failed in iteration {iteration} ({type(e).__name__}: {str(e)[:300]}); "
+                f"{saved}; continue with: marft train --resume {self.run_dir}",
+                self.checkpoint,
+                1,
+            ) from e
         with _timed(timings, "sync"):
             self.version += 1
             self.backend.update_weights(self.version, self.model.adapter_weights, update.trained)
         update.metrics.update(critic_metrics)
         update.metrics.update(scores.metrics)
+        update.metrics.update(getattr(self.collector, "last_metrics", {}))  # rollout workers' counters
         return Iteration(trajectory, scores, update, timings)
 
     def _row(self, it: int, step: Iteration, elapsed: float) -> dict[str, Any]:
@@ -251,7 +262,8 @@ class Trainer:
         return {
             "iteration": it,
             "env_steps": self.env_steps,
-            "episode_return": float(np.mean(returns)) if returns else float("nan"),
+            # fsum: exact, so the mean does not depend on the order episodes arrive from workers
+            "episode_return": math.fsum(returns) / len(returns) if returns else float("nan"),
             "episodes": len(returns),
             "episodes_failed": traj.failed_episodes,
             "time_s": elapsed,

@@ -1,0 +1,72 @@
+"""Connecting to Ray and placing workers: a local instance or a running cluster, and one
+placement group that packs or spreads the rollout workers' resources."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from marft.config.scale import RayConfig
+
+RAY_MISSING = (
+    "run.ray needs Ray: pip install 'marft[ray]' (or pip install ray), or remove run.ray.address "
+    "to run in one process"
+)
+
+
+def ensure_ray(address: str) -> None:
+    """Join the cluster at ``address`` (``local``: start one on this machine) unless already joined."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Workers inherit our threads policy; Ray's own dashboard and usage report are not needed.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING"}
+    if address == "local":
+        ray.init(address="local", **kwargs)  # always a new instance, never another run's
+    else:
+        ray.init(address=address, **kwargs)
+
+
+def placement_options(rc: RayConfig) -> tuple[Any, Callable[[int], dict[str, Any]]]:
+    """The rollout workers' placement group (``run.ray.placement``; one bundle of
+    ``worker_cpus``/``worker_gpus`` each) and ``k -> .options(...)`` of worker k."""
+    bundle = {"CPU": rc.worker_cpus, **({"GPU": rc.worker_gpus} if rc.worker_gpus else {})}
+    return placement_group_of(bundle, rc.rollout_workers, rc.placement, "rollout workers")
+
+
+def placement_group_of(
+    bundle: dict[str, float], n: int, placement: str, what: str
+) -> tuple[Any, Callable[[int], dict[str, Any]]]:
+    """``(placement group, k -> Ray .options(...) of actor k)``: one group of ``n`` bundles,
+    packed onto few nodes or spread over many; actor k gets bundle k. Remove the group when the
+    actors are done.
+
+    Raises:
+        RuntimeError: the cluster cannot hold them (within two minutes), with what it has.
+    """
+    import ray
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    pg = placement_group([dict(bundle) for _ in range(n)], strategy=placement.upper())
+    ready, _ = ray.wait([pg.ready()], timeout=120)
+    if not ready:
+        ray.util.remove_placement_group(pg)
+        have = ray.available_resources()
+        raise RuntimeError(
+            f"Ray cannot place {n} {what} of {bundle} each (available: "
+            f"{ {k: v for k, v in have.items() if k in ('CPU', 'GPU')} }); lower run.ray's counts or "
+            "their worker_/learner_ cpus and gpus"
+        )
+
+    def options(k: int) -> dict[str, Any]:
+        return {
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                placement_group=pg, placement_group_bundle_index=k
+            )
+        }
+
+    return pg, options
