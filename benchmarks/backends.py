@@ -18,11 +18,11 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from fresh import run_fresh
 
 PHASES = ("collect", "generate", "env", "score", "advantages", "critic", "policy", "sync")
 
@@ -92,20 +92,7 @@ def main() -> None:
         return
     rows = []
     for backend in args.backends:
-        cmd = [
-            sys.executable,
-            __file__,
-            "--one",
-            backend,
-            "--iters",
-            str(args.iters),
-            "--envs",
-            str(args.envs),
-        ]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.exit(f"{backend} failed:\n{out.stderr[-3000:]}")
-        row = json.loads(out.stdout.strip().splitlines()[-1])
+        row = run_fresh(__file__, "--one", backend, "--iters", str(args.iters), "--envs", str(args.envs))
         rows.append(row)
         phases = " ".join(f"{k}={row[f'sec_{k}']:.2f}" for k in PHASES)
         print(

@@ -14,6 +14,7 @@ CUDA. Usage::
 
     python benchmarks/iteration.py                      # tiny model and SmolLM2-135M-Instruct
     python benchmarks/iteration.py --models tiny --iters 3 --out benchmarks/results/iteration.json
+    python benchmarks/iteration.py --models FOLDER --agents 1 2 --envs 32 --tokens 64   # any model folder
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ def main() -> None:
         default=-1,
         help="algorithm.micro_batch_tokens for every case (default: about one 1-agent batch; 0: off)",
     )
+    p.add_argument("--envs", type=int, default=32, help="env copies for a model given by path")
+    p.add_argument("--tokens", type=int, default=64, help="max_new_tokens for a model given by path")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/iteration.json"))
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = p.parse_args()
@@ -134,8 +137,10 @@ def main() -> None:
             from marft.models.smollm2 import smollm2_path
 
             model, envs, tokens, budget = str(smollm2_path()), 8, 16, 512
-        else:
+        elif model == "tiny":
             envs, tokens, budget = 128, 2, 3072
+        else:  # a model folder (e.g. a random-weight 0.5B or 1.5B shape on a GPU)
+            envs, tokens, budget = args.envs, args.tokens, 0
         if args.micro_batch_tokens >= 0:
             budget = args.micro_batch_tokens
         for n in args.agents:

@@ -1,4 +1,5 @@
-"""``marft`` command line: ``marft train``, ``marft eval``, ``marft report``, ``marft export``."""
+"""``marft`` command line: ``marft train``, ``marft eval``, ``marft report``, ``marft export``,
+``marft plan``."""
 
 from __future__ import annotations
 
@@ -129,7 +130,42 @@ def _parser() -> argparse.ArgumentParser:
         help="output folder (default: CHECKPOINT_RUN/eval or runs/eval-TIME)",
     )
     _add_overrides(e)
+    _plan_parser(sub)
     return p
+
+
+PLAN_HELP = """\
+Print the memory a config needs per process (the learner, and each rollout worker under run.ray),
+item by item: the frozen base, the adapters with their optimizer states, the critic, the KV cache
+and the activations of one micro-batch; and what MARFT's reference layout (a full base per agent
+and one for the critic) needs for the same team. Shapes come from the model's config; no weights
+are loaded. model.name=shape:qwen2.5-7b (or -0.5b, -1.5b) plans a model that is not on this machine.
+
+Examples:
+  marft plan smollm2_arith
+  marft plan my_team.yaml --gpus 8 --gpu-memory 80
+  marft plan demo --set model.name=shape:qwen2.5-7b --set model.dtype=bfloat16 --prompt-tokens 1024
+"""
+
+
+def _plan_parser(sub) -> None:
+    pl = _command(sub, "plan", "memory per device for a config", PLAN_HELP)
+    pl.add_argument("config", nargs="?", default="demo", help="YAML file or preset; default: demo")
+    _add_overrides(pl)
+    pl.add_argument("--gpus", type=int, default=None, help="GPUs to place the processes on")
+    pl.add_argument("--gpu-memory", type=float, default=None, metavar="GB", help="memory of one GPU, GiB")
+    pl.add_argument(
+        "--prompt-tokens", type=int, default=None, help="longest prompt (default: measured on the env)"
+    )
+
+
+def _plan(args) -> int:
+    from marft.compose import load_config
+    from marft.distributed.plan import plan_text
+
+    cfg = load_config(args.config, args.overrides)
+    print(plan_text(cfg, args.gpus, args.gpu_memory, args.prompt_tokens))
+    return 0
 
 
 EVAL_HELP = """\
@@ -279,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     from marft.models.loading import ModelLoadError
     from marft.trainer.checkpoint import CheckpointError
 
-    commands = {"train": _train, "eval": _eval, "export": _export, "report": _report}
+    commands = {"train": _train, "eval": _eval, "export": _export, "report": _report, "plan": _plan}
     try:
         return commands[args.command](args)
     except ConfigError as e:
