@@ -220,3 +220,12 @@ def test_marft_train_under_ray_then_report_and_eval_work_as_in_one_process(tmp_p
     )
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert json.loads((tmp_path / "e" / "summary.json").read_text())["n_problems"] == 4
+
+
+def test_actors_build_on_the_device_ray_gives_them_not_the_drivers():
+    from marft.distributed.cluster import actor_config
+
+    cfg = load_config("demo", ["model.device=cuda:7", "run.ray.address=local"])
+    mine = actor_config(cfg)
+    assert mine.model.device == "auto" and cfg.model.device == "cuda:7"
+    assert mine.team == cfg.team and mine.run == cfg.run

@@ -3,16 +3,25 @@ placement group that packs or spreads the rollout workers' resources."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any
 
+from marft.config import Config
 from marft.config.scale import RayConfig
 
 RAY_MISSING = (
     "run.ray needs Ray: pip install 'marft[ray]' (or pip install ray), or remove run.ray.address "
     "to run in one process"
 )
+
+
+def actor_config(cfg: Config) -> Config:
+    """The config an actor builds from: its model on whatever device Ray gave it. Ray sets each
+    actor's ``CUDA_VISIBLE_DEVICES`` (empty without ``*_gpus``), so the driver's ``model.device``
+    (``cuda:7``, say) would name a device the actor does not see; ``auto`` takes its own."""
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, device="auto"))
 
 
 def ensure_ray(address: str) -> None:

@@ -45,11 +45,13 @@ class LearnerWorker:
 
     def __init__(self, cfg: Config, rank: int, world: int, threads: int) -> None:
         from marft.compose import build_envs, build_team_model
+        from marft.distributed.cluster import actor_config
         from marft.learner.spec import resolve_algorithm
         from marft.runtime import configure_threads
         from marft.team.graph import TeamGraph
 
         configure_threads(threads)
+        cfg = actor_config(cfg)
         graph = TeamGraph.from_config(cfg.team)
         algorithm = resolve_algorithm(cfg.algorithm)
         env = build_envs(cfg, graph, 1)[0]

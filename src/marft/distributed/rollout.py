@@ -49,11 +49,13 @@ class RolloutWorker:
 
     def __init__(self, cfg: Config, lo: int, hi: int, threads: int) -> None:
         from marft.compose import build_backend, build_collector, build_envs, build_team_model
+        from marft.distributed.cluster import actor_config
         from marft.learner.spec import resolve_algorithm
         from marft.runtime import configure_threads
         from marft.team.graph import TeamGraph
 
         configure_threads(threads)
+        cfg = actor_config(cfg)
         graph = TeamGraph.from_config(cfg.team)
         envs = build_envs(cfg, graph, hi - lo)
         algorithm = resolve_algorithm(cfg.algorithm)
