@@ -112,6 +112,24 @@ def test_a_worker_killed_mid_collection_is_restarted_and_nothing_is_lost(tmp_pat
     assert_same_run(k1_run, run)  # and nothing changed: the same samples, the same adapters
 
 
+def test_a_worker_killed_between_collection_and_adapter_sync_is_restarted_too(tmp_path, k1_run):
+    def kill_before_second_sync(trainer):
+        rollout = trainer.collector
+        update, calls = rollout.update_weights, []
+
+        def kill_then_update(version, weights, changed=None):
+            calls.append(version)
+            if len(calls) == 2:  # the sync after the second iteration's update
+                os.kill(rollout.worker_pids()[0], signal.SIGKILL)
+            return update(version, weights, changed)
+
+        rollout.update_weights = kill_then_update
+
+    run = train(tmp_path, "sync", "run.ray.rollout_workers=2", during=kill_before_second_sync)
+    assert [r["rollout_restarts"] for r in run[1].rows] == [0, 1, 1, 1]
+    assert_same_run(k1_run, run)
+
+
 def test_a_run_resumes_under_ray_from_a_checkpoint_of_another_worker_count(tmp_path, k1_run):
     train(tmp_path, "r", "run.ray.rollout_workers=2", iterations=2)
     assert latest_checkpoint(tmp_path / "r").name == "iter-000002"

@@ -166,9 +166,14 @@ class RayRollout:
 
         tensors = {role: {k: v.cpu() for k, v in w.items()} for role, w in weights(changed).items()}
         ref = ray.put(tensors)
-        sizes = ray.get([w.update_weights.remote(version, ref) for w in self.workers])
-        self.last_metrics["adapter_bytes_sent"] = float(sum(sizes))
         self.version = version
+        sent = 0.0
+        for k, pending in enumerate([w.update_weights.remote(version, ref) for w in self.workers]):
+            try:
+                sent += ray.get(pending)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+                self._recover(k, e)  # restarted with its env state and every adapter of this version
+        self.last_metrics["adapter_bytes_sent"] = sent
 
     def collect(self, steps: int) -> Trajectory:
         """One collection on every worker, merged in env order; a worker that died is restarted
@@ -207,6 +212,7 @@ class RayRollout:
         import ray
 
         self.restarts += 1
+        self.last_metrics["rollout_restarts"] = float(self.restarts)
         if self.restarts > self.cfg.run.ray.max_restarts * len(self.workers):
             raise RuntimeError(
                 f"rollout worker {k} keeps dying ({self.restarts} restarts): {error}"
