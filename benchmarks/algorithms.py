@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 from pathlib import Path
+
+from fresh import run_fresh
 
 WINDOW = 3
 
@@ -88,10 +88,7 @@ def main() -> None:
     for algo in args.algos:
         for seed in args.seeds:
             spec = f"{algo},{seed},{args.iterations},/tmp/marft-bench-algos/{algo}-{seed}"
-            proc = subprocess.run([sys.executable, __file__, "--one", spec], capture_output=True, text=True)
-            if proc.returncode != 0:
-                sys.exit(f"{spec} failed:\n{proc.stderr[-3000:]}")
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r = run_fresh(__file__, "--one", spec)
             rows.append(r)
             fmt = lambda v, f: "never" if v is None else format(v, f)  # noqa: E731
             print(

@@ -23,10 +23,10 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from fresh import run_fresh
 
 
 def team_overrides(n_agents: int) -> list[str]:
@@ -145,10 +145,7 @@ def main() -> None:
             budget = args.micro_batch_tokens
         for n in args.agents:
             spec = f"{model},{n},{args.iters},{envs},{tokens},{budget}"
-            out = subprocess.run([sys.executable, __file__, "--one", spec], capture_output=True, text=True)
-            if out.returncode != 0:
-                sys.exit(f"benchmark {spec} failed:\n{out.stderr[-3000:]}")
-            row = json.loads(out.stdout.strip().splitlines()[-1])
+            row = run_fresh(__file__, "--one", spec)
             rows.append(row)
             print(
                 f"{row['model']:>24} agents={n} iter={row['sec_iter']:.3f}s gen={row['sec_generate']:.3f} "

@@ -34,9 +34,8 @@ def rss_mb() -> float:
 def run_one(name: str, iters: int) -> dict:
     import tempfile
 
-    from marft.compose import build_envs, load_config
-    from marft.distributed.plan import measure_prompt_tokens, model_shape, plan, tiny_corpus_of
-    from marft.team.graph import TeamGraph
+    from marft.compose import load_config
+    from marft.distributed.plan import first_env, measure_prompt_tokens, model_shape, plan, tiny_corpus_of
     from marft.trainer import Trainer
 
     preset, ov = CASES[name]
@@ -46,10 +45,9 @@ def run_one(name: str, iters: int) -> dict:
 
         ov.append(f"model.name={smollm2_path()}")
     cfg = load_config(preset, ov)
-    graph = TeamGraph.from_config(cfg.team)
-    build_envs(cfg, graph, 1)
-    prompt = measure_prompt_tokens(cfg)
-    planned = plan(cfg, model_shape(cfg, tiny_corpus_of(cfg)), prompt)[0]
+    env = first_env(cfg)
+    prompt = measure_prompt_tokens(cfg, env)
+    planned = plan(cfg, model_shape(cfg, tiny_corpus_of(cfg, env)), prompt)[0]
     before = rss_mb()
     trainer = Trainer(cfg, Path(tempfile.mkdtemp()) / "run")
     trainer.setup()

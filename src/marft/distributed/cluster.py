@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from marft.config import Config
@@ -15,6 +15,24 @@ RAY_MISSING = (
     "run.ray needs Ray: pip install 'marft[ray]' (or pip install ray), or remove run.ray.address "
     "to run in one process"
 )
+
+
+class ActorProcess:
+    """What every marft Ray actor answers about its own process."""
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def peak_rss_mb(self) -> float:
+        """This process's peak resident memory (what ``benchmarks/scaling.py`` reports)."""
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_adapters(weights: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Adapter tensors by role, on the CPU: what is put into Ray's object store."""
+    return {role: {name: t.cpu() for name, t in tensors.items()} for role, tensors in weights.items()}
 
 
 def actor_config(cfg: Config) -> Config:

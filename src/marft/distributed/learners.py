@@ -11,7 +11,6 @@ collective fails, and the trainer stops with its last checkpoint and the resume 
 
 from __future__ import annotations
 
-import os
 import socket
 from datetime import timedelta
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from marft.config import Config
+from marft.distributed.cluster import ActorProcess, cpu_adapters
 from marft.learner.parallel import DataParallel
 
 
@@ -39,7 +39,7 @@ def init_group(address: str, rank: int, world: int, device: torch.device, timeou
     return DataParallel(rank, world)
 
 
-class LearnerWorker:
+class LearnerWorker(ActorProcess):
     """Learner ``rank`` (>= 1), run as a Ray actor: the team model with its value head, the
     scoring phase and the learner, in the driver's group."""
 
@@ -70,14 +70,6 @@ class LearnerWorker:
         self.scorer = Scorer(self.model, needs, cfg.sampling, cfg.algorithm, all_roles=True)
         self.learner = Learner(cfg.algorithm, cfg.sampling, self.algorithm, self.model, self.graph, dp)
 
-    def pid(self) -> int:
-        return os.getpid()
-
-    def peak_rss_mb(self) -> float:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
     def load(self, adapters: dict, value_head: dict | None, optimizers: dict) -> None:
         """Take the driver's adapters, value head and optimizer states (at start and on resume)."""
         self.model.set_adapter_weights(adapters)
@@ -94,7 +86,7 @@ class LearnerWorker:
         self.learner.update_policy(trajectory, scores, targets, iteration)
 
     def adapters(self) -> dict:
-        return {k: {n: t.cpu() for n, t in v.items()} for k, v in self.model.adapter_weights().items()}
+        return cpu_adapters(self.model.adapter_weights())
 
 
 class RayLearners:
@@ -127,7 +119,7 @@ class RayLearners:
         """Give every learner the driver's adapters, value head and optimizer states."""
         import ray
 
-        adapters = {k: {n: t.cpu() for n, t in v.items()} for k, v in model.adapter_weights().items()}
+        adapters = cpu_adapters(model.adapter_weights())
         head = model.value_head.state_dict() if model.value_head is not None else None
         ray.get([a.load.remote(adapters, head, learner.state_dict()) for a in self.actors])
 

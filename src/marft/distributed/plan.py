@@ -226,19 +226,25 @@ def format_plan(plans: list[DevicePlan], shape: ModelShape, gpu_memory_gb: float
     return "\n".join(lines)
 
 
-def measure_prompt_tokens(cfg: Config) -> int:
-    """The longest prompt of the team's first step: each agent's chat-templated prompt on a reset
-    env, with every agent it observes answering at full action length."""
-    from marft.compose import build_envs, tiny_corpus
+def first_env(cfg: Config):
+    """One env copy of the config (what prompts and the tiny model's vocabulary are read from)."""
+    from marft.compose import build_envs
+    from marft.team.graph import TeamGraph
+
+    return build_envs(cfg, TeamGraph.from_config(cfg.team), 1)[0]
+
+
+def measure_prompt_tokens(cfg: Config, env) -> int:
+    """The longest prompt of the team's first step: each agent's chat-templated prompt on ``env``
+    after a reset, with every agent it observes answering at full action length."""
     from marft.team.graph import TeamGraph
     from marft.team.prompts import build_messages
 
     graph = TeamGraph.from_config(cfg.team)
-    env = build_envs(cfg, graph, 1)[0]
     if cfg.model.name == "tiny":
         from marft.models.tiny import build_tiny_tokenizer
 
-        tokenizer = build_tiny_tokenizer(list(tiny_corpus(cfg, env)) + list(cfg.model.tiny.extra_words))
+        tokenizer = build_tiny_tokenizer(tiny_corpus_of(cfg, env) + list(cfg.model.tiny.extra_words))
     else:
         from transformers import AutoTokenizer
 
@@ -272,23 +278,23 @@ def per_gpu(plans: list[DevicePlan], cfg: Config, gpus: int) -> list[float]:
     return totals
 
 
-def tiny_corpus_of(cfg: Config) -> list[str] | None:
+def tiny_corpus_of(cfg: Config, env) -> list[str] | None:
     """The built-in tiny model's corpus (its vocabulary size follows from it); None for other models."""
     if cfg.model.name != "tiny":
         return None
-    from marft.compose import build_envs, tiny_corpus
-    from marft.team.graph import TeamGraph
+    from marft.compose import tiny_corpus
 
-    return list(tiny_corpus(cfg, build_envs(cfg, TeamGraph.from_config(cfg.team), 1)[0]))
+    return list(tiny_corpus(cfg, env))
 
 
 def plan_text(
     cfg: Config, gpus: int | None = None, gpu_memory_gb: float | None = None, prompt_tokens: int | None = None
 ) -> str:
     """What ``marft plan`` prints: the shapes, then each process's memory and the reference layout."""
-    shape = model_shape(cfg, tiny_corpus_of(cfg))
+    env = first_env(cfg)
+    shape = model_shape(cfg, tiny_corpus_of(cfg, env))
     if prompt_tokens is None:
-        prompt_tokens = measure_prompt_tokens(cfg)
+        prompt_tokens = measure_prompt_tokens(cfg, env)
     plans = plan(cfg, shape, prompt_tokens, gpu_memory_gb)
     head = f"prompt tokens: {prompt_tokens}; action tokens: up to {cfg.sampling.max_new_tokens}"
     text = head + "\n" + format_plan(plans, shape, gpu_memory_gb)

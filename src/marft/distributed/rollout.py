@@ -20,14 +20,13 @@ iteration's collection is redone: nothing is logged twice and nothing is lost.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from marft.config import Config
-from marft.distributed.cluster import placement_options
+from marft.distributed.cluster import ActorProcess, cpu_adapters, placement_options
 from marft.rollout.merge import join_collector_states, merge_trajectories, split_collector_state
 from marft.rollout.trajectory import Trajectory
 
@@ -38,7 +37,7 @@ class StaleWeightsError(RuntimeError):
     """A worker was asked to sample with an adapter version it does not hold."""
 
 
-class RolloutWorker:
+class RolloutWorker(ActorProcess):
     """One rollout worker (run as a Ray actor): env copies ``[lo, hi)`` of the run.
 
     Args:
@@ -65,15 +64,6 @@ class RolloutWorker:
             cfg, graph, envs, self.model.tokenizer, self.backend, algorithm, env_offset=lo
         )
         self.version = 0
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def peak_rss_mb(self) -> float:
-        """This worker process's peak resident memory (what ``benchmarks/scaling.py`` reports)."""
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def state_dict(self) -> dict[str, Any]:
         return self.collector.state_dict()
@@ -141,12 +131,10 @@ class RayRollout:
         rc = cfg.run.ray
         self.slices = env_slices(cfg.env.n_envs, rc.rollout_workers, group_size)
         threads = max(1, int(rc.worker_cpus))
-        self._actor_cls = ray.remote(num_cpus=rc.worker_cpus, num_gpus=rc.worker_gpus)(RolloutWorker)
+        actor = ray.remote(num_cpus=rc.worker_cpus, num_gpus=rc.worker_gpus)(RolloutWorker)
         self._group, self._placement = placement_options(rc)
         self.workers = [
-            self._actor_cls.options(max_restarts=rc.max_restarts, **self._placement(k)).remote(
-                cfg, lo, hi, threads
-            )
+            actor.options(max_restarts=rc.max_restarts, **self._placement(k)).remote(cfg, lo, hi, threads)
             for k, (lo, hi) in enumerate(self.slices)
         ]
         self.version = 0
@@ -164,8 +152,7 @@ class RayRollout:
         """Send the ``changed`` agents' adapters (None: all) to every worker as ``version``."""
         import ray
 
-        tensors = {role: {k: v.cpu() for k, v in w.items()} for role, w in weights(changed).items()}
-        ref = ray.put(tensors)
+        ref = ray.put(cpu_adapters(weights(changed)))
         self.version = version
         sent = 0.0
         for k, pending in enumerate([w.update_weights.remote(version, ref) for w in self.workers]):
@@ -229,8 +216,7 @@ class RayRollout:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
-        tensors = {role: {n: v.cpu() for n, v in w.items()} for role, w in self._weights(None).items()}
-        ray.get(self.workers[k].update_weights.remote(self.version, tensors))
+        ray.get(self.workers[k].update_weights.remote(self.version, cpu_adapters(self._weights(None))))
 
     def state_dict(self) -> dict[str, Any]:
         """The collector state of all env copies in env order (what one process would save)."""
