@@ -208,6 +208,8 @@ def build_team_model(cfg: Config, graph: TeamGraph, env, with_critic: bool) -> T
         dtype=dtype,
         device=device,
         with_critic=with_critic,
+        logit_chunk_tokens=cfg.model.logit_chunk_tokens,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
     )
 
 

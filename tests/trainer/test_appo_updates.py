@@ -99,6 +99,9 @@ def test_run_directory_contents_and_standalone_adapters(tmp_path):
             for phase in ("collect", "generate", "score", "advantages", "critic", "policy", "log")
         ),
         "time_checkpoint_s",  # of the checkpoint saved after the previous iteration
+        "memory_peak_mb",
+        *(f"memory_peak_{phase}_mb" for phase in ("collect", "score", "policy")),
+        "memory_rss_mb",
         "value_loss",
     ]
     for role in ("speaker", "listener"):

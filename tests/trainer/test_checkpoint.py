@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from marft.compose import tiny_corpus
 from marft.envs.base import Observation, StepResult
-from marft.reporting.metrics import read_metrics
+from marft.reporting.metrics import read_metrics, reproducible
 from marft.trainer import checkpoint as ckpt_mod
 from marft.trainer.checkpoint import (
     CheckpointError,
@@ -44,7 +44,7 @@ def adapters(ckpt: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def untimed(rows):
-    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
+    return [reproducible(r) for r in rows]
 
 
 def cli(*args, **kw):

@@ -21,11 +21,13 @@ def test_micro_batches_respect_row_and_token_caps():
     )
     idx = torch.arange(5)
     assert [g.tolist() for g in micro_batches(idx, seq, max_rows=2)] == [[0, 1], [2, 3], [4]]
-    # lengths (prompt + response): 5, 7, 3, 5, 8; cap 12 padded tokens
-    # [0] -> 5; [0,1] -> 2 * (6 + 2) = 16 > 12 -> split; [1] 7; [1,2] -> 2 * (6+1) = 14 > 12 -> split;
-    # [2] 3; [2,3] -> 2 * (3 + 2) = 10; [2,3,4] -> 3 * (6 + 2) = 24 -> split; [4]
+    # lengths (prompt + response): 5, 7, 3, 5, 8 -> sorted longest first: rows 4, 1, 0, 3, 2.
+    # cap 12 padded tokens: [4] 8; [4,1] 2 * (6 + 2) = 16 > 12 -> split; [1] 7; [1,0] 2 * (6 + 2)
+    # = 16 -> split; [0] 5; [0,3] 2 * (3 + 2) = 10; [0,3,2] 3 * (3 + 2) = 15 -> split; [2]
     groups = [g.tolist() for g in micro_batches(idx, seq, max_rows=10, max_tokens=12)]
-    assert groups == [[0], [1], [2, 3], [4]]
+    assert groups == [[4], [1], [0, 3], [2]]
+    # rows of similar length together: 10 padded tokens computed for 10 real ones in [0, 3]
+    assert [g.tolist() for g in micro_batches(idx, seq, max_rows=2, max_tokens=100)] == [[4, 1], [0, 3], [2]]
 
 
 def grads_with(trainer, batch, targets, **cfg_changes):

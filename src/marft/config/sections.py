@@ -63,9 +63,19 @@ class ModelConfig:
     """Never touch the network when loading ``name`` (also on when ``HF_HUB_OFFLINE=1``)."""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     """Shape of the built-in model (used only when ``name: tiny``)."""
+    logit_chunk_tokens: int = 512
+    """Response tokens whose full-vocabulary logits exist at once when log-probs and entropies are
+    taken (policy update, reference and recomputed old log-probs); with a gradient each chunk is
+    recomputed in the backward. Memory ~ ``logit_chunk_tokens x vocabulary x 4 bytes x ~4``.
+    0: all tokens of a forward at once."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the policy's backward instead of keeping
+    them: activation memory per token drops several-fold for about a third more forward work.
+    On: a larger ``algorithm.micro_batch_tokens`` fits the same memory."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "name", "must name a model: 'tiny' or a Hugging Face name/path")
+        _check(self.logit_chunk_tokens >= 0, "logit_chunk_tokens", "must be >= 0 (0: no chunking)")
         dev = self.device
         _check(
             dev in ("auto", "cpu", "cuda", "mps") or dev.startswith("cuda:"),

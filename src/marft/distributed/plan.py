@@ -11,8 +11,10 @@ base for every agent and one more for the critic. The planner counts, per proces
 - **KV cache**: generation of ``env.n_envs`` env copies (or the worker's slice) times the widest
   turn of the team, over prompt plus action tokens (vLLM: the share ``vllm.gpu_memory_utilization``
   of the device instead);
-- **activations**: one micro-batch's forward kept for the backward through the frozen base, and
-  its response logits in fp32 (logits, log-softmax and their gradient).
+- **activations**: one micro-batch's forward kept for the backward through the frozen base (with
+  ``model.gradient_checkpointing``: each layer's input, plus one layer recomputed at a time), and
+  the response logits in fp32 of at most ``model.logit_chunk_tokens`` tokens (logits, warped,
+  log-softmax and their gradient).
 
 Shapes come from the model's config on the ``meta`` device (no weights are read), or from a
 built-in shape (``shape:qwen2.5-7b``) for models that are not on this machine.
@@ -166,13 +168,20 @@ def plan(
     # MLP's gate, activation, up and their product (4 x intermediate); on CPU also the attention
     # probabilities (heads x seq).
     per_token = 7 * h + 3 * kvd + 4 * inter + (0 if gpu_memory_gb else shape.heads * seq)
-    # The response logits in fp32: logits, warped, log-softmax, and the entropy's two (no grad).
-    logits = 5 * 4.0 * mb * (action + 1) * V
-    activations = mb * seq * shape.layers * per_token * b + logits
-    recompute = cfg.sampling.backend != "hf" or rc.enabled or b != 4
-    scoring = (
-        3 * 4.0 * cfg.env.n_envs * turn * action * V if (cfg.algorithm.kl_coef > 0 or recompute) else 0.0
-    )
+    scores_ref = cfg.algorithm.kl_coef > 0 or cfg.sampling.backend != "hf" or rc.enabled or b != 4
+
+    def phases(chunk: int, checkpointed: bool) -> tuple[float, float]:
+        """(scoring, update) bytes; ``chunk``: response tokens whose logits exist at once (0: all)."""
+        vocab_rows = lambda tokens: min(tokens, chunk) if chunk else tokens  # noqa: E731
+        # The response logits in fp32: logits, warped, log-softmax, and the entropy's two (no grad).
+        logits = 5 * 4.0 * vocab_rows(mb * (action + 1)) * V
+        kept = shape.layers * h + per_token if checkpointed else shape.layers * per_token
+        scoring = 3 * 4.0 * vocab_rows(cfg.env.n_envs * turn * action) * V if scores_ref else 0.0
+        return scoring, mb * seq * kept * b + logits
+
+    scoring, activations = phases(cfg.model.logit_chunk_tokens, cfg.model.gradient_checkpointing)
+    # MARFT's reference code takes full-vocabulary logits of whole batches and keeps activations.
+    ref_scoring, ref_activations = phases(0, False)
 
     learner = DevicePlan("learner")
     learner.items["base"] = shape.base_params * b
@@ -199,7 +208,11 @@ def plan(
     ref.items["base copies"] = (n_agents + int(critic)) * shape.base_params * b
     for key in ("adapters + optimizer", "critic"):
         ref.items[key] = learner.items[key]
-    ref.phases = {"KV cache (generation)": kv(cfg.env.n_envs), **learner.phases}
+    ref.phases = {
+        "KV cache (generation)": kv(cfg.env.n_envs),
+        "logits (scoring)": ref_scoring,
+        "activations (update)": ref_activations,
+    }
     out.append(ref)
     return out
 

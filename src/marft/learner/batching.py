@@ -48,17 +48,23 @@ def micro_batches(idx: Tensor, seq: SequenceBatch, max_rows: int, max_tokens: in
     Each micro-batch holds at most ``max_rows`` rows and, if ``max_tokens > 0``, at most
     ``max_tokens`` padded tokens (rows x (longest prompt + longest response) after trimming), so
     that agents late in a chain, whose prompts hold every earlier output, do not need more memory.
+    With a token cap the rows are first sorted by length (longest first, ties in the given order):
+    rows of similar length then share a micro-batch, so little padding is computed and the cap is
+    filled by real tokens. A minibatch's gradient is a sum over its micro-batches, so the order
+    does not change it.
 
     Args:
-        idx: ``[M]`` row indices, in the order to keep.
+        idx: ``[M]`` row indices (kept in this order when there is no token cap).
         seq: the agent's sequences (for lengths).
         max_rows: row cap.
         max_tokens: padded-token cap (0: off).
     """
     if max_tokens <= 0:
         return list(idx.split(max_rows))
-    p_len = seq.prompt_mask[idx].sum(-1).tolist()
-    r_len = seq.response_mask[idx].sum(-1).tolist()
+    p_all, r_all = seq.prompt_mask[idx].sum(-1), seq.response_mask[idx].sum(-1)
+    order = torch.argsort(p_all + r_all, descending=True, stable=True)
+    idx = idx[order]
+    p_len, r_len = p_all[order].tolist(), r_all[order].tolist()
     groups: list[list[int]] = []
     rows: list[int] = []
     p_max = r_max = 0

@@ -206,15 +206,48 @@ class Scorer:
                         )
                     )
                 )
-                f, _ = self.model.score_reference(rest, "action")
+                f, _ = self._score_batch(rest, "action", False)
                 return torch.cat([features, f], dim=0), None
-        return self.model.score_reference(batch, kind, needs.ref_logprobs, sp.temperature, sp.top_k, sp.top_p)
+        return self._score_batch(batch, kind, needs.ref_logprobs)
+
+    def _score_batch(self, batch: SequenceBatch, kind: str, ref: bool) -> tuple[Tensor | None, Tensor | None]:
+        """:meth:`TeamModel.score_reference` on ``batch`` in micro-batches of at most
+        ``micro_batch_tokens`` padded tokens, rows sorted by length so that rows of similar length
+        go together (less padding to compute); results in ``batch``'s row order."""
+        sp, budget = self.sampling, self.algorithm.micro_batch_tokens
+        S, L = batch.response_ids.shape
+        if budget <= 0:
+            return self.model.score_reference(batch, kind, ref, sp.temperature, sp.top_k, sp.top_p)
+        lengths = batch.prompt_mask.sum(-1) + batch.response_mask.sum(-1)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        feats = logprobs = None
+        for idx in micro_batches(order, batch, S, budget):
+            f, r = self.model.score_reference(
+                rows_of(batch, idx), kind, ref, sp.temperature, sp.top_k, sp.top_p
+            )
+            if f is not None:
+                if feats is None:
+                    feats = f.new_zeros(S, L, f.shape[-1]) if kind == "token" else f.new_zeros(S, f.shape[-1])
+                if kind == "token":
+                    feats[idx, : f.shape[1]] = f
+                else:
+                    feats[idx] = f
+            if r is not None:
+                logprobs = r.new_zeros(S, L) if logprobs is None else logprobs
+                logprobs[idx, : r.shape[1]] = r
+        return feats, logprobs
+
+    def _features(self, prompts: Prompts) -> Tensor:
+        """``[S, H]`` critic features of observations, micro-batched like :meth:`_score_batch`."""
+        empty = prompts.ids[:, :0]
+        feats, _ = self._score_batch(SequenceBatch(prompts.ids, prompts.mask, empty, empty), "action", False)
+        return feats
 
     def _next_features(self, traj: Trajectory) -> Tensor | None:
         if traj.next_prompts is None:
             return None
         prompts = traj.next_prompts
-        features = self.model.critic_features(prompts.ids, prompts.mask)
+        features = self._features(prompts)
         self._next = (prompts, features)
         return features
 
@@ -222,7 +255,7 @@ class Scorer:
         if traj.cut_prompts is None:
             return None
         B, T, _ = traj.shape
-        feats = self.model.critic_features(traj.cut_prompts.ids, traj.cut_prompts.mask)
+        feats = self._features(traj.cut_prompts)
         out = torch.zeros(B, T, feats.shape[-1], device=feats.device)
         out[traj.cut_index[:, 0], traj.cut_index[:, 1]] = feats
         return out

@@ -1,7 +1,7 @@
 """Models: one frozen base, a LoRA adapter per agent, a value head, log-prob helpers."""
 
 from marft.models.loading import ModelLoadError, load_base, resolve_device, resolve_dtype
-from marft.models.logprobs import logprobs_and_entropy, warp_logits
+from marft.models.logprobs import chunked_token_logprobs, entropy_of, warp_logits
 from marft.models.team_model import SequenceBatch, TeamModel, ValueHead
 
 __all__ = [
@@ -10,7 +10,8 @@ __all__ = [
     "TeamModel",
     "ValueHead",
     "load_base",
-    "logprobs_and_entropy",
+    "chunked_token_logprobs",
+    "entropy_of",
     "resolve_device",
     "resolve_dtype",
     "warp_logits",

@@ -3,12 +3,21 @@
 The sampler and the learner must score actions under the *same* distribution, so both call
 :func:`warp_logits`: the PPO ratio then compares like with like (temperature, and top-k/top-p
 when they are on).
+
+:func:`chunked_token_logprobs` takes log-probs and entropies from final hidden states without a
+full-vocabulary tensor for a whole batch: only real response tokens reach the output layer, a
+chunk of them at a time, and with a gradient each chunk's logits are recomputed in the backward
+instead of being kept (the idea of chunked cross-entropy losses, e.g. Liger-Kernel's fused linear
+cross-entropy, here with top-k/top-p warping and entropies).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 
 def warp_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
@@ -36,25 +45,84 @@ def warp_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p:
     return logits
 
 
-def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
-    """Log-prob of ``tokens`` under ``logits`` (``[S, L, V]`` -> ``[S, L]``), no entropy."""
-    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+def entropy_of(logp: Tensor) -> Tensor:
+    """Entropy of each distribution given its log-probs (``[..., V] -> [...]``); tokens that
+    top-k/top-p filtered out (log-prob -inf, probability 0) count 0, not ``0 * -inf``."""
+    p = logp.exp()
+    return -(p * logp.masked_fill(p == 0, 0.0)).sum(-1)
 
 
-def logprobs_and_entropy(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-    """Log-prob of ``tokens`` and the entropy of each distribution, without keeping ``[.., V]`` tensors.
+def chunked_token_logprobs(
+    hidden: Tensor,
+    tokens: Tensor,
+    mask: Tensor,
+    head: Callable[[Tensor], Tensor],
+    chunk_tokens: int = 0,
+    entropy: bool = False,
+    entropy_grad: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-prob of each response token (and the entropy of its distribution) from hidden states.
+
+    Only positions where ``mask`` is 1 go through ``head``, ``chunk_tokens`` of them at a time, so
+    at most ``chunk_tokens x V`` logits (and the few same-sized temporaries of log-softmax,
+    warping and entropy) exist at any moment. When autograd records (grad enabled), each chunk
+    is checkpointed: its logits are recomputed in the backward, and the gradient reaches
+    ``hidden`` (and ``head``'s parameters, if trainable) exactly as without chunking.
 
     Args:
-        logits: ``[S, L, V]`` already-warped logits.
-        tokens: ``[S, L]`` token ids.
+        hidden: ``[S, L, H]`` final hidden state before each response token.
+        tokens: ``[S, L]`` response token ids.
+        mask: ``[S, L]`` 1 on real tokens.
+        head: the output layer, ``[n, H] -> [n, V]`` raw logits.
+        chunk_tokens: tokens per chunk (0: all real tokens at once).
+        entropy: also return entropies.
+        entropy_grad: entropies in the graph (only for an entropy bonus); otherwise detached.
+        temperature, top_k, top_p: the sampling distribution (:func:`warp_logits`).
 
     Returns:
-        ``(logprobs, entropy)``, both ``[S, L]``.
+        ``(logprobs, entropy)``, ``[S, L]`` each, 0 where ``mask`` is 0; ``entropy`` is None unless
+        asked for. Log-probs are floored at -1e4 (a sampled token that top-k/top-p now filters
+        out stays finite).
     """
-    logz = torch.logsumexp(logits, dim=-1, keepdim=True)
-    logp = logits - logz
-    token_logp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    p = logp.exp()
-    # 0 * -inf from filtered tokens must count as 0.
-    entropy = -(p * logp.masked_fill(p == 0, 0.0)).sum(-1)
-    return token_logp, entropy
+    real = mask.bool()
+    h, tok = hidden[real], tokens[real]  # [n, H], [n]
+    n = tok.shape[0]
+    size = chunk_tokens if chunk_tokens > 0 else max(n, 1)
+    record = torch.is_grad_enabled()
+    lps, ents = [], []
+    for start in range(0, n, size):
+        step = _Chunk(head, temperature, top_k, top_p, entropy, entropy_grad)
+        hs, ts = h[start : start + size], tok[start : start + size]
+        out = checkpoint(step, hs, ts, use_reentrant=False) if record else step(hs, ts)
+        lp, ent = out if entropy_grad else (out, step.entropy)
+        lps.append(lp)
+        ents.append(ent)
+    zeros = torch.zeros(real.shape, dtype=torch.float32, device=hidden.device)
+    logprobs = zeros.masked_scatter(real, torch.cat(lps).clamp(min=-1e4)) if lps else zeros
+    if not entropy:
+        return logprobs, None
+    return logprobs, zeros.masked_scatter(real, torch.cat(ents)) if ents else zeros
+
+
+class _Chunk:
+    """One chunk's log-probs (the checkpointed function). A detached entropy is computed on the
+    first call only and kept in :attr:`entropy`: the backward's recomputation skips it."""
+
+    def __init__(self, head, temperature: float, top_k: int, top_p: float, entropy: bool, grad: bool):
+        self.head, self.warp = head, (temperature, top_k, top_p)
+        self.want, self.grad = entropy, grad
+        self.entropy: Tensor | None = None
+
+    def __call__(self, h: Tensor, tok: Tensor):
+        logits = warp_logits(self.head(h), *self.warp)  # [c, V] float32
+        logz = torch.logsumexp(logits, dim=-1, keepdim=True)
+        lp = logits.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - logz.squeeze(-1)
+        if self.grad:
+            return lp, entropy_of(logits - logz)
+        if self.want and self.entropy is None:
+            with torch.no_grad():
+                self.entropy = entropy_of(logits - logz)
+        return lp

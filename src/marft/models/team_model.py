@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from marft.config import LoraSettings
 from marft.models.loading import eos_token_ids
-from marft.models.logprobs import logprobs_and_entropy, token_logprobs, warp_logits
+from marft.models.logprobs import chunked_token_logprobs
 
 
 class ValueHead(nn.Module):
@@ -85,6 +85,12 @@ class TeamModel(nn.Module):
         value_head_width: hidden width of the value head (0: linear).
         dtype: dtype of the frozen base; adapters and the value head stay float32.
         device: where everything lives.
+        with_critic: build the value head.
+        logit_chunk_tokens: response tokens whose full-vocabulary logits exist at once when
+            log-probs are taken (0: all of a forward's at once); see
+            :func:`~marft.models.logprobs.chunked_token_logprobs`.
+        gradient_checkpointing: recompute each decoder layer's activations in the backward
+            instead of keeping them (about a third more forward work, far less memory).
     """
 
     def __init__(
@@ -97,12 +103,19 @@ class TeamModel(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         with_critic: bool = True,
+        logit_chunk_tokens: int = 0,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
+        self.logit_chunk_tokens = logit_chunk_tokens
         self.roles = list(roles)
         base = base.to(device=device, dtype=dtype)
         base.requires_grad_(False)
+        if gradient_checkpointing:
+            # Non-reentrant: the frozen embeddings' output needs no requires_grad hack, and only
+            # the policy's training forwards (train mode, grad on) are checkpointed.
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if getattr(base.config, "use_cache", None) is False:
             base.config.use_cache = True
         peft_cfg = self._lora_config(lora)
@@ -252,6 +265,7 @@ class TeamModel(nn.Module):
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids_from_mask(attention_mask),
+                use_cache=False,  # one forward: a KV cache would only keep every layer's keys alive
             )
         return out.last_hidden_state[:, -1].float()
 
@@ -285,24 +299,48 @@ class TeamModel(nn.Module):
             return self.critic_features(batch.prompt_ids, batch.prompt_mask), None
         if features == "none" and not ref_logprobs:
             return None, None
-        P, L = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
-        ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
-        mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)
-        base = self.policy.get_base_model()
         with self.adapter(None):
-            hidden = base.get_decoder()(
-                input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)
-            ).last_hidden_state[:, P - 1 : P + L - 1]  # the state before each response token
+            hidden = self._response_states(batch)
             ref = None
             if ref_logprobs:
-                logits = warp_logits(base.get_output_embeddings()(hidden), temperature, top_k, top_p)
-                ref = token_logprobs(logits, batch.response_ids) * batch.response_mask
+                ref, _ = chunked_token_logprobs(
+                    hidden,
+                    batch.response_ids,
+                    batch.response_mask,
+                    self.output_logits,
+                    self.logit_chunk_tokens,
+                    temperature=temperature,
+                    top_k=top_k,
+                    top_p=top_p,
+                )
         feats = None
         if features == "action":
             feats = hidden[:, 0].float()
         elif features == "token":
             feats = hidden.float()
         return feats, ref
+
+    def _response_states(self, batch: SequenceBatch) -> Tensor:
+        """``[S, L, H]``: the final hidden state before each response token, under the active
+        adapter (LoRA layers live inside the base's modules, so the decoder applies them). No KV
+        cache: it would keep every layer's keys and values alive to the end of the forward."""
+        P, L = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
+        ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
+        mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)
+        out = self.policy.get_base_model().get_decoder()(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False
+        )
+        return out.last_hidden_state[:, P - 1 : P + L - 1]
+
+    def output_logits(self, hidden: Tensor) -> Tensor:
+        """The output layer on final hidden states (``[..., H] -> [..., V]``), with the final
+        logit soft-capping of the models that have one (Gemma 2 and 3)."""
+        base = self.policy.get_base_model()
+        logits = base.get_output_embeddings()(hidden)
+        cap = getattr(base.config.get_text_config(), "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     def action_logprobs(
         self,
@@ -314,8 +352,9 @@ class TeamModel(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Token log-probs and entropies of the responses under the active adapter (with grad).
 
-        Logits are computed only for response positions, and the full-vocabulary tensor is dropped
-        as soon as log-probs and entropies are taken.
+        One forward of the decoder; its final hidden states at response positions go through the
+        output layer ``logit_chunk_tokens`` real tokens at a time (padding never does), so no
+        full-vocabulary tensor of the whole batch exists, in the forward or the backward.
 
         Args:
             batch: prompts and responses of ``S`` actions.
@@ -324,21 +363,17 @@ class TeamModel(nn.Module):
         Returns:
             ``(logprobs, entropy)``, both ``[S, L]``, zero where ``response_mask`` is 0.
         """
-        input_ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
-        mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)
-        L = batch.response_ids.shape[1]
-        logits = self.forward_logits(input_ids, mask, keep=L + 1).logits[:, :-1]
-        logits = warp_logits(logits, temperature, top_k, top_p)
-        # Only the gathered log-prob needs the graph: autograd then keeps the logits and their
-        # logsumexp, not the extra full-vocabulary tensors of the entropy.
-        logp = token_logprobs(logits, batch.response_ids)
-        if entropy_grad:
-            _, ent = logprobs_and_entropy(logits, batch.response_ids)
-        else:
-            with torch.no_grad():
-                _, ent = logprobs_and_entropy(logits, batch.response_ids)
-        real = batch.response_mask.bool()
-        # where, not multiply: with top-k/top-p a padding token may have log-prob -inf (and -inf * 0
-        # is NaN); the floor keeps a sampled token that the new policy filters out finite.
-        logp = torch.where(real, logp.clamp(min=-1e4), 0.0)
-        return logp, torch.where(real, ent, 0.0)
+        hidden = self._response_states(batch)
+        logp, ent = chunked_token_logprobs(
+            hidden,
+            batch.response_ids,
+            batch.response_mask,
+            self.output_logits,
+            self.logit_chunk_tokens,
+            entropy=True,
+            entropy_grad=entropy_grad,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+        )
+        return logp, ent

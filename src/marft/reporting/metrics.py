@@ -7,6 +7,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+MEASURED = ("time", "memory_", "cuda_memory_")
+"""Prefixes of the metrics that are measurements of this machine (seconds, memory), not results."""
+
+
+def reproducible(row: dict[str, Any]) -> dict[str, Any]:
+    """A metrics row without its measurements: what the same seed must give again."""
+    return {k: v for k, v in row.items() if not k.startswith(MEASURED)}
+
 
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):

@@ -22,7 +22,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from marft.config import SamplingConfig
-from marft.models.logprobs import warp_logits
+from marft.models.logprobs import entropy_of, warp_logits
 from marft.models.team_model import TeamModel, position_ids_from_mask
 from marft.registry import Registry
 from marft.rollout.streams import keyed_uniform, random_keys, sample_keyed
@@ -119,10 +119,8 @@ class HFBackend:
         of ``(keys[s], step)`` only, so it does not depend on the other rows of the batch."""
         cfg = self.sampling
         logp = warp_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p).log_softmax(-1)
-        p = logp.exp()
-        tok = sample_keyed(p, keyed_uniform(keys, step))
-        entropy = -(p * logp.masked_fill(p == 0, 0.0)).sum(-1)
-        return tok, logp.gather(-1, tok[:, None]).squeeze(-1), entropy
+        tok = sample_keyed(logp.exp(), keyed_uniform(keys, step))
+        return tok, logp.gather(-1, tok[:, None]).squeeze(-1), entropy_of(logp)
 
     @torch.no_grad()
     def generate(

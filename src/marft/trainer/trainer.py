@@ -14,8 +14,6 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ from marft.trainer.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from marft.trainer.phases import PhaseMeter, release_free_memory
 from marft.trainer.rng import default_run_dir, rng_state, seed_everything, set_rng_state
 
 PHASES = ("collect", "score", "advantages", "critic", "policy", "sync")
@@ -69,19 +68,13 @@ class TrainResult:
 @dataclass
 class Iteration:
     """What one iteration produced before logging: the trajectory, its scores, the update, and
-    the seconds of each phase (:data:`PHASES`)."""
+    the seconds of each phase (:data:`PHASES`) and the memory columns (:class:`PhaseMeter`)."""
 
     trajectory: Trajectory
     scores: Scores
     update: UpdateResult
     timings: dict[str, float] = field(default_factory=dict)
-
-
-@contextmanager
-def _timed(timings: dict[str, float], phase: str) -> Iterator[None]:
-    t0 = time.perf_counter()
-    yield
-    timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - t0
+    memory: dict[str, float] = field(default_factory=dict)
 
 
 class Trainer:
@@ -219,20 +212,20 @@ class Trainer:
     def run_iteration(self, iteration: int) -> Iteration:
         """Collect, score, advantages, critic, policy: one iteration, each phase timed. The
         generation backend then receives the new adapter version."""
-        timings: dict[str, float] = {}
+        meter = PhaseMeter()
         learner = self.learner
-        with _timed(timings, "collect"):
+        with meter.phase("collect"):
             trajectory = self.collector.collect(self.steps_per_rollout)
         try:
             if self.learners is not None:
                 self.learners.start(trajectory, iteration)
-            with _timed(timings, "score"):
+            with meter.phase("score"):
                 scores = self.scorer.score(trajectory, learner.roles_to_train(iteration))
-            with _timed(timings, "advantages"):
+            with meter.phase("advantages"):
                 targets = learner.targets(trajectory, scores)
-            with _timed(timings, "critic"):
+            with meter.phase("critic"):
                 critic_metrics = learner.fit_critic(targets)
-            with _timed(timings, "policy"):
+            with meter.phase("policy"):
                 update = learner.update_policy(trajectory, scores, targets, iteration)
             if self.learners is not None:
                 self.learners.finish()
@@ -248,13 +241,14 @@ class Trainer:
                 self.checkpoint,
                 1,
             ) from e
-        with _timed(timings, "sync"):
+        with meter.phase("sync"):
             self.version += 1
             self.backend.update_weights(self.version, self.model.adapter_weights, update.trained)
         update.metrics.update(critic_metrics)
         update.metrics.update(scores.metrics)
         update.metrics.update(getattr(self.collector, "last_metrics", {}))  # rollout workers' counters
-        return Iteration(trajectory, scores, update, timings)
+        release_free_memory()
+        return Iteration(trajectory, scores, update, meter.seconds, meter.metrics())
 
     def _row(self, it: int, step: Iteration, elapsed: float) -> dict[str, Any]:
         traj, timings = step.trajectory, step.timings
@@ -271,6 +265,7 @@ class Trainer:
             **{f"time_{k}_s": v for k, v in timings.items()},
             **{f"time_{k}_s": v for k, v in traj.timings.items()},
             **self._carried,
+            **step.memory,
             **traj.env_metrics,
             **step.update.metrics,
         }
