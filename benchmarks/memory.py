@@ -86,7 +86,7 @@ def run_case(team: str, data: Path, iters: int, extra: list[str], run_dir: Path)
     metrics = run_dir / "metrics.jsonl"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     watched = psutil.Process(proc.pid)
-    peaks: list[float] = []  # index k: iteration k+1 (the current one is the last entry)
+    peaks: list[float] = []  # index k: iteration k (the current one is the last entry)
     ends: list[float] = []
     done = threading.Event()
 
@@ -131,7 +131,7 @@ def run_case(team: str, data: Path, iters: int, extra: list[str], run_dir: Path)
         "s_per_iter": secs,
         "phase_median_s": {**phases, "fwd_bwd": fwd_bwd},
         "prompt_tokens": [r.get("prompt_tokens") for r in rows],
-        "peak_rss_mb": [round(p) for p in peaks[1 : len(rows) + 1]],
+        "peak_rss_mb": [round(p) for p in peaks[: len(rows)]],  # the first one includes the set-up
         "end_rss_mb": [round(e) for e in ends[: len(rows)]],
         "reported": own,  # what the run itself wrote (memory_* metrics), if anything
     }

@@ -13,7 +13,7 @@ from marft.reporting.report import write_report
 from marft.trainer.trainer import Trainer
 from tests.conftest import small_config
 
-PLOTS = ("return", "policy_loss", "approx_kl", "entropy", "value_loss", "time")
+PLOTS = ("return", "policy_loss", "approx_kl", "entropy", "value_loss", "time", "memory")
 
 
 @pytest.fixture(scope="module")

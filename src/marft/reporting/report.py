@@ -1,7 +1,7 @@
 """``marft report``: one or more runs as a single self-contained HTML page.
 
 The page holds the team's return, per-agent policy loss, approximate KL and entropy, the value
-loss (for algorithms with a critic), time per phase, each run's resolved config, and the episode
+loss (for algorithms with a critic), time and peak memory per phase, each run's resolved config, and the episode
 transcripts, best and worst first, each agent's turn under its role. Plots are drawn with
 matplotlib and embedded as inline SVG, so the file opens anywhere without a network.
 
@@ -32,6 +32,12 @@ PHASES = {
     "time_critic_s": "critic",
     "time_policy_s": "policy",
     "time_checkpoint_s": "checkpoint",
+}
+MEMORY = {
+    "memory_peak_collect_mb": "peak, collect",
+    "memory_peak_score_mb": "peak, score",
+    "memory_peak_policy_mb": "peak, policy",
+    "memory_rss_mb": "held after the iteration",
 }
 PER_AGENT = {
     "policy_loss": "Policy loss per agent",
@@ -159,6 +165,12 @@ def plots(runs: list[RunData]) -> dict[str, tuple[str, str]]:
             ("seconds per iteration", [(name, *_series(runs[0].rows, k)) for k, name in PHASES.items()])
         ]
     out["time"] = ("Time per phase", _figure(panels, "seconds"))
+    if any("memory_rss_mb" in row for r in runs for row in r.rows):
+        if many:
+            panels = [(name, [(r.name, *_series(r.rows, k)) for r in runs]) for k, name in MEMORY.items()]
+        else:
+            panels = [("resident memory", [(name, *_series(runs[0].rows, k)) for k, name in MEMORY.items()])]
+        out["memory"] = ("Memory per phase (process resident set)", _figure(panels, "MB"))
     return out
 
 
