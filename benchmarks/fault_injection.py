@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from marft.reporting.metrics import read_metrics
+from marft.reporting.metrics import read_metrics, reproducible
 from marft.trainer.checkpoint import list_checkpoints, load_trainer_files, verify_checkpoint
 
 
@@ -112,8 +112,8 @@ def main() -> None:
 
     rows, ref_rows = read_metrics(victim), read_metrics(ref)
     iters = [r["iteration"] for r in rows]
-    untimed = [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
-    ref_untimed = [{k: v for k, v in r.items() if not k.startswith("time_")} for r in ref_rows]
+    untimed = [reproducible(r) for r in rows]
+    ref_untimed = [reproducible(r) for r in ref_rows]
     a, b = list_checkpoints(ref)[-1], list_checkpoints(victim)[-1]
     same = all(
         torch.equal(x, load_file(str(b / "adapters" / d.name / "adapter_model.safetensors"))[k])

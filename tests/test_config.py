@@ -38,6 +38,8 @@ def test_demo_preset_loads_and_overrides_apply():
         ("env.kwargs.answer_role=judge", "env.kwargs.answer_role: role 'judge' is not in the team"),
         ("env.reward_assignment=all", "env.reward_assignment: must be one of 'last', 'shared', 'per_agent'"),
         ("model.device=tpu", "model.device: must be auto, cpu, cuda, cuda:N or mps"),
+        ("model.logit_chunk_tokens=-1", "model.logit_chunk_tokens: must be >= 0"),
+        ("model.gradient_checkpointing=yes please", "model.gradient_checkpointing: must be"),
         ("team.agents.1.observes=[ghost]", "team.agents.1.observes.0: unknown role 'ghost'"),
         ("team.agents.1.role=speaker", "team.agents.1.role: duplicate role 'speaker'"),
         ("team.agents.0.observes=[listener]", "the dependency graph has a cycle"),

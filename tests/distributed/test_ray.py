@@ -15,6 +15,7 @@ ray = pytest.importorskip("ray")
 
 from marft.compose import load_config  # noqa: E402
 from marft.config import ConfigError  # noqa: E402
+from marft.reporting.metrics import reproducible  # noqa: E402
 from marft.trainer import Trainer  # noqa: E402
 from marft.trainer.checkpoint import latest_checkpoint  # noqa: E402
 from tests.fixtures.record_same_numbers import tensors_of  # noqa: E402
@@ -32,7 +33,7 @@ COMMON = [
 ]
 # What measures the scale itself: timings, bytes, restarts, and the gap between a worker's sampling
 # log-probs and the learner's (a forward over a batch of another size rounds differently, ~1e-6).
-SCALE_ONLY = ("time", "trajectory_bytes", "adapter_bytes_sent", "rollout_restarts", "logprob_gap")
+SCALE_ONLY = ("trajectory_bytes", "adapter_bytes_sent", "rollout_restarts", "logprob_gap")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,7 +50,7 @@ def train(tmp_path, name, *overrides, iterations=4, resume=False, during=None):
     if during is not None:
         during(trainer)
     result = trainer.train()
-    rows = [{k: v for k, v in r.items() if not k.startswith(SCALE_ONLY)} for r in result.rows]
+    rows = [{k: v for k, v in reproducible(r).items() if not k.startswith(SCALE_ONLY)} for r in result.rows]
     return trainer, result, rows
 
 

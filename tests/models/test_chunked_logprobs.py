@@ -115,3 +115,42 @@ def test_team_model_logprobs_and_gradients_do_not_depend_on_the_chunk_size():
     for a, b in zip(g3, g0, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     assert any(g.abs().sum() > 0 for g in g0)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    """``model.gradient_checkpointing`` recomputes layers in the backward: same log-probs, same
+    adapter gradients; the frozen base still gets none."""
+    from marft.config import LoraSettings, ModelConfig, TinyModelConfig
+    from marft.models import TeamModel, load_base
+    from tests.conftest import CORPUS
+
+    results = []
+    for checkpointing in (False, True):
+        base, tok = load_base(ModelConfig(name="tiny", tiny=TinyModelConfig(seed=0)), CORPUS)
+        lora = LoraSettings(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+        torch.manual_seed(0)  # the same LoRA initialisation in both models
+        model = TeamModel(base, tok, ["agent"], lora, gradient_checkpointing=checkpointing)
+        with torch.no_grad():
+            for p in model.adapter_parameters("agent"):
+                p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        g = torch.Generator().manual_seed(1)
+        V = tok.vocab_size
+        batch = SequenceBatch(
+            torch.randint(3, V, (2, 5), generator=g),
+            torch.tensor([[0, 1, 1, 1, 1], [1] * 5]),
+            torch.randint(3, V, (2, 4), generator=g),
+            torch.tensor([[1, 1, 1, 0], [1] * 4]),
+        )
+        layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+        assert layers and all(m.gradient_checkpointing == checkpointing for m in layers)
+        with model.adapter("agent"):
+            model.policy.train()
+            lp, _ = model.action_logprobs(batch)
+            lp.sum().backward()
+        assert all(p.grad is None for _, p in model.base_parameters())
+        results.append((lp.detach(), [p.grad.clone() for p in model.adapter_parameters("agent")]))
+    (lp0, g0), (lp1, g1) = results
+    torch.testing.assert_close(lp1, lp0, atol=1e-6, rtol=1e-5)
+    for a, b in zip(g1, g0, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert any(g.abs().sum() > 0 for g in g0)

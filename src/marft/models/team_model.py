@@ -115,7 +115,11 @@ class TeamModel(nn.Module):
         if gradient_checkpointing:
             # Non-reentrant: the frozen embeddings' output needs no requires_grad hack, and only
             # the policy's training forwards (train mode, grad on) are checkpointed.
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable = getattr(base, "activation_checkpointing_enable", None)  # transformers >= 5.20
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if getattr(base.config, "use_cache", None) is False:
             base.config.use_cache = True
         peft_cfg = self._lora_config(lora)
