@@ -117,3 +117,30 @@ def test_remembered_bootstrap_features_equal_fresh_ones(tmp_path):
     ids, mask = second.agents[0].prompt_ids, second.agents[0].prompt_mask
     torch.testing.assert_close(forward(ids, mask), cached, atol=1e-5, rtol=1e-5)
     assert first_scores.features[1].shape == second_scores.features[1].shape
+
+
+@pytest.mark.parametrize("algo", ["appo", "tppo"])
+def test_scoring_in_token_budgeted_micro_batches_equals_one_forward_per_turn(tmp_path, algo):
+    """Critic features (per action and per token), reference log-probs and bootstrap features do
+    not depend on the scoring forward's micro-batching."""
+    cfg = small_config(f"algorithm.name={algo}", "algorithm.kl_coef=0.1", "sampling.max_new_tokens=4")
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.setup()
+    traj, whole = collect_scored(trainer, 1)
+    calls = []
+    forward = trainer.model.score_reference
+    trainer.model.score_reference = lambda batch, *a, **k: (
+        calls.append(len(batch.prompt_ids)) or forward(batch, *a, **k)
+    )
+    trainer.scorer.algorithm.micro_batch_tokens = 40  # a few rows per forward
+    trainer.scorer._next = None
+    split = trainer.scorer.score(traj)
+    assert len(calls) > 2 * traj.shape[1] and max(calls) < traj.shape[0]  # really split
+    for a, b, actions in zip(split.features, whole.features, traj.agents, strict=True):
+        if algo == "tppo":  # per token: compare real tokens (padding positions are never used)
+            real = actions.response_mask.bool()
+            a, b = a[real], b[real]
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for a, b in zip(split.ref_logprobs, whole.ref_logprobs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(split.next_features, whole.next_features, atol=1e-5, rtol=1e-5)

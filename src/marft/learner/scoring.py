@@ -218,10 +218,8 @@ class Scorer:
         S, L = batch.response_ids.shape
         if budget <= 0:
             return self.model.score_reference(batch, kind, ref, sp.temperature, sp.top_k, sp.top_p)
-        lengths = batch.prompt_mask.sum(-1) + batch.response_mask.sum(-1)
-        order = torch.argsort(lengths, descending=True, stable=True)
         feats = logprobs = None
-        for idx in micro_batches(order, batch, S, budget):
+        for idx in micro_batches(torch.arange(S, device=batch.prompt_ids.device), batch, S, budget):
             f, r = self.model.score_reference(
                 rows_of(batch, idx), kind, ref, sp.temperature, sp.top_k, sp.top_p
             )
