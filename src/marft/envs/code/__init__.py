@@ -1,0 +1,1 @@
+"""Coding tasks (MBPP, HumanEval): extracting the program from an answer (:mod:`.extract`)."""
