@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from fresh import run_fresh
+from fresh import run_fresh, save_results
 
 CASES = [  # rows, prompt tokens, logit chunk (0: none), gradient checkpointing
     (4, 192, 0, False),
@@ -94,9 +94,7 @@ def main() -> None:
             f"| {r['added_mb']} MB | {r['seconds']} | {r['ms_per_token']} |",
             flush=True,
         )
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1))
+    save_results(args.out, results)
 
 
 if __name__ == "__main__":

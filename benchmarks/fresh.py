@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 
 def run_fresh(script: str, *args: str) -> dict:
@@ -14,3 +15,10 @@ def run_fresh(script: str, *args: str) -> dict:
     if proc.returncode != 0:
         sys.exit(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def save_results(out: Path | None, rows) -> None:
+    """Write a benchmark's rows as JSON to ``out`` (its folder created), if given."""
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rows, indent=2))

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import psutil
 
+from fresh import save_results
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "math" / "train.jsonl"
 TEAMS = {"dual": "math_dual", "quartet": "math_quartet"}
 W1 = [
@@ -159,9 +161,7 @@ def main() -> None:
                     f"end {r['end_rss_mb']}",
                     flush=True,
                 )
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1))
+    save_results(args.out, results)
 
 
 if __name__ == "__main__":

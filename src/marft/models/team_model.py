@@ -307,16 +307,7 @@ class TeamModel(nn.Module):
             hidden = self._response_states(batch)
             ref = None
             if ref_logprobs:
-                ref, _ = chunked_token_logprobs(
-                    hidden,
-                    batch.response_ids,
-                    batch.response_mask,
-                    self.output_logits,
-                    self.logit_chunk_tokens,
-                    temperature=temperature,
-                    top_k=top_k,
-                    top_p=top_p,
-                )
+                ref, _ = self._token_logprobs(hidden, batch, temperature, top_k, top_p)
         feats = None
         if features == "action":
             feats = hidden[:, 0].float()
@@ -335,6 +326,30 @@ class TeamModel(nn.Module):
             input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False
         )
         return out.last_hidden_state[:, P - 1 : P + L - 1]
+
+    def _token_logprobs(
+        self,
+        hidden: Tensor,
+        batch: SequenceBatch,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        entropy: bool = False,
+        entropy_grad: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """:func:`chunked_token_logprobs` of ``batch``'s responses from ``[S, L, H]`` states."""
+        return chunked_token_logprobs(
+            hidden,
+            batch.response_ids,
+            batch.response_mask,
+            self.output_logits,
+            self.logit_chunk_tokens,
+            entropy=entropy,
+            entropy_grad=entropy_grad,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+        )
 
     def output_logits(self, hidden: Tensor) -> Tensor:
         """The output layer on final hidden states (``[..., H] -> [..., V]``), with the final
@@ -368,16 +383,4 @@ class TeamModel(nn.Module):
             ``(logprobs, entropy)``, both ``[S, L]``, zero where ``response_mask`` is 0.
         """
         hidden = self._response_states(batch)
-        logp, ent = chunked_token_logprobs(
-            hidden,
-            batch.response_ids,
-            batch.response_mask,
-            self.output_logits,
-            self.logit_chunk_tokens,
-            entropy=True,
-            entropy_grad=entropy_grad,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-        )
-        return logp, ent
+        return self._token_logprobs(hidden, batch, temperature, top_k, top_p, True, entropy_grad)
