@@ -70,6 +70,7 @@ def run_one(model: str, n_agents: int, iters: int, n_envs: int, max_new_tokens: 
     rss_after_setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    peaks: list[float] = []  # the trainer resets CUDA's peak at each phase: keep its per-iteration peaks
     phases: dict[str, list[float]] = {
         k: [] for k in ("iter", "generate", "score", "env", "update", "fwd_bwd")
     }
@@ -81,6 +82,7 @@ def run_one(model: str, n_agents: int, iters: int, n_envs: int, max_new_tokens: 
         t2 = time.perf_counter()
         if it == 0:
             continue
+        peaks.append(step.memory.get("cuda_memory_peak_mb", 0.0))
         phases["iter"].append(t2 - t0)
         for k in ("generate", "env"):
             phases[k].append(step.trajectory.timings.get(k, 0.0))
@@ -104,7 +106,7 @@ def run_one(model: str, n_agents: int, iters: int, n_envs: int, max_new_tokens: 
         "sec_fwd_bwd": mean["fwd_bwd"],
         "sec_env_prompts": mean["env"],
         "outside_gen_fwd_bwd_frac": 1.0 - core / mean["iter"],
-        "peak_mem_mb": (torch.cuda.max_memory_allocated() / 2**20)
+        "peak_mem_mb": max(peaks)
         if cuda
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_after_setup_mb": rss_after_setup,
