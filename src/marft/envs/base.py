@@ -5,7 +5,8 @@ An environment is any object with
 * ``reset(seed) -> Observation``
 * ``step(actions) -> StepResult`` where ``actions`` maps each role to its decoded text,
 
-and optionally ``state_dict() -> dict`` / ``load_state_dict(state)`` for exact resume (without
+and optionally ``concurrent_steps = True`` (copies may step at once, on threads: :func:`step_all`),
+``state_dict() -> dict`` / ``load_state_dict(state)`` for exact resume (without
 them, checkpoints pickle the env's attributes) and ``pop_metrics() -> dict[str, float]``: counters
 since the last call (summed over env copies into each iteration's metrics row, e.g. the math env's
 ``grader_timeouts``). Envs are found by registered name (``env.name: signal``) or by ``package.module:Class``. An env class may
@@ -24,7 +25,8 @@ Example:
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -77,6 +79,28 @@ class Env(Protocol):
 
 
 ENVS: Registry[type] = Registry("env")
+MAX_STEP_THREADS = 64
+"""Most env copies stepped at once by :func:`step_all` (their own work bounds itself further)."""
+
+
+def step_all(envs: Sequence[Env], actions: Sequence[Mapping[str, str]]) -> list[StepResult | Exception]:
+    """Step each env copy on its joint action; an env's exception is returned, not raised.
+
+    Copies step one after another, or on threads when every copy's class sets
+    ``concurrent_steps = True`` (an env whose step waits on other processes, such as the code env's
+    sandbox; the results keep the copies' order, and each copy is stepped by one thread).
+    """
+
+    def one(i: int) -> StepResult | Exception:
+        try:
+            return envs[i].step(actions[i])
+        except Exception as e:  # noqa: BLE001 (a user env: the caller drops the episode, not the run)
+            return e
+
+    if len(envs) > 1 and all(getattr(env, "concurrent_steps", False) for env in envs):
+        with ThreadPoolExecutor(max_workers=min(len(envs), MAX_STEP_THREADS)) as pool:
+            return list(pool.map(one, range(len(envs))))
+    return [one(i) for i in range(len(envs))]
 
 
 def env_state(env: Any) -> Any:

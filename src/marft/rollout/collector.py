@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from marft.config import EnvConfig, SamplingConfig
-from marft.envs.base import Env, Observation, StepResult, env_state, load_env_state, pop_env_metrics
+from marft.envs.base import Env, Observation, StepResult, env_state, load_env_state, pop_env_metrics, step_all
 from marft.rollout.backends import GenerationBackend
 from marft.rollout.streams import draw_keys, env_stream
 from marft.rollout.trajectory import Prompts, Trajectory, TrajectoryBuilder
@@ -199,8 +199,9 @@ class Collector:
             outputs, kept = self._act(t, active, buf)
             buf.close_step(t)
             t0 = time.perf_counter()
-            for b in active:
-                finished[b] = self._step_env(b, t, outputs[b], kept.get(b), buf)
+            results = step_all([self.envs[b] for b in active], [outputs[b] for b in active])
+            for b, result in zip(active, results, strict=True):
+                finished[b] = self._step_env(b, t, outputs[b], kept.get(b), buf, result)
             buf.timings["env"] += time.perf_counter() - t0
         self.backend.release()
         return self._assemble(buf)
@@ -262,12 +263,21 @@ class Collector:
                     kept[b][agent.role] = convs[sl.start + j]
         buf.timings["env"] += time.perf_counter() - t0
 
-    def _step_env(self, b: int, t: int, actions: dict[str, str], kept, buf: TrajectoryBuilder) -> bool:
-        """Step env copy b on its joint action; returns whether it finished (episodic mode)."""
+    def _step_env(
+        self,
+        b: int,
+        t: int,
+        actions: dict[str, str],
+        kept,
+        buf: TrajectoryBuilder,
+        result: StepResult | Exception,
+    ) -> bool:
+        """Record env copy b's step on its joint action; returns whether it finished (episodic mode)."""
         env, roles = self.envs[b], self.graph.roles
         acting = [r for r in roles if r in actions]
         try:
-            result = env.step(actions)
+            if isinstance(result, Exception):
+                raise result
             r_vec, team_r = team_reward_vector(result.rewards, roles, acting, self.env_cfg.reward_assignment)
         except Exception as e:  # a user env or reward function: fail the episode, not the run
             buf.failed += 1

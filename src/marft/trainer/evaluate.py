@@ -185,6 +185,8 @@ class Evaluator:
         }
         if K > 1:
             out[f"pass@{K}"] = sum(pass_at_k(K, sum(r.correct), K) for r in results) / len(results)
+            if not any(a is not None for r in results for a in r.answers):
+                return out  # no answers to vote on (a program is judged, not compared): no maj@K
             tops = [(r, majority(r.answers, self.same_answer)) for r in results]
             out[f"maj@{K}"] = sum(r.correct[top] for r, top in tops if top is not None) / len(results)
         return out

@@ -11,7 +11,6 @@ tries again, up to ``max_attempts``; a right answer ends the episode.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Literal
 
 from marft.config import ConfigError
 from marft.envs.base import ENVS, Observation, StepResult
+from marft.envs.data import load_hf_rows, read_jsonl
 from marft.envs.math.grading import Verdict, extract_answer, judge, normalize, warn_if_unreliable
 
 
@@ -142,49 +142,6 @@ def _offline_hint(name: str) -> str:
     )
 
 
-def _load_hf_rows(data: str, split: str, data_files: tuple[str, ...]):
-    try:
-        import datasets
-    except ImportError:
-        raise ConfigError(
-            "env.kwargs.data", f"{data!r} needs the datasets package: pip install datasets"
-        ) from None
-    name, _, config = data[3:].partition(":")
-    kw = {"data_files": list(data_files)} if data_files else {}
-    try:
-        return datasets.load_dataset(name, config or None, split=split, **kw)
-    except Exception as e:  # noqa: BLE001 (network, hub, missing config or split: one message)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        reason = f"{type(e).__name__}: {first}"[:300]
-        raise ConfigError(
-            "env.kwargs.data", f"cannot load Hugging Face dataset {data!r} ({reason}); {_offline_hint(name)}"
-        ) from None
-
-
-def _read_jsonl(data: str) -> list[tuple[int, dict]]:
-    """``(line number, object)`` of every non-blank line."""
-    rows = []
-    try:
-        with open(data) as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ConfigError(
-                        "env.kwargs.data", f"{data} line {n} is not valid JSON ({e}); fix or remove that line"
-                    ) from None
-                if not isinstance(row, dict):
-                    raise ConfigError(
-                        "env.kwargs.data", f"{data} line {n} is not a JSON object (got {type(row).__name__})"
-                    )
-                rows.append((n, row))
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError("env.kwargs.data", f"cannot read {data} ({e})") from None
-    return rows
-
-
 @lru_cache(maxsize=16)
 def load_problems(
     data: str,
@@ -202,7 +159,9 @@ def load_problems(
             Hugging Face dataset that cannot be loaded (with the offline alternative).
     """
     hub = data.startswith("hf:")
-    rows = list(enumerate(_load_hf_rows(data, split, data_files), 1)) if hub else _read_jsonl(data)
+    rows = (
+        list(enumerate(load_hf_rows(data, split, data_files, _offline_hint), 1)) if hub else read_jsonl(data)
+    )
     where = "row" if hub else "line"
     out = []
     for n, row in rows:
