@@ -270,3 +270,23 @@ def test_weaker_fallbacks_warn_what_is_missing_and_still_judge(isolation, caplog
     ]
     statuses = [r.status for r in weak.map(jobs)]
     assert statuses == [Status.PASSED, Status.FAILED, Status.TIMEOUT, Status.OOM]
+
+
+@pytest.mark.parametrize("isolation", ["auto", "none"])
+def test_a_child_left_behind_neither_delays_the_verdict_nor_outlives_the_run(isolation, tmp_path):
+    box = Sandbox(LIMITS, isolation=isolation)
+    marker = tmp_path / "alive"
+    os.chmod(tmp_path, 0o777)
+    leave = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    time.sleep(1.5)\n"
+        f"    open({str(marker)!r}, 'w').write('still alive')\n"
+        "    os._exit(0)\n" + ADD
+    )
+    t0 = time.perf_counter()
+    r = box.run(Job(leave, ("assert add(1, 2) == 3",)))
+    assert r.status is Status.PASSED
+    assert time.perf_counter() - t0 < LIMITS.wall_seconds  # not held until the wall clock
+    time.sleep(2.0)
+    assert not marker.exists()  # the child was killed with the run

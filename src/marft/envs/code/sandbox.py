@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 _HARNESS = (Path(__file__).parent / "harness.py").read_text()
 _KILL_GRACE_S = 5.0
 """How long to wait for a killed sandbox to be reaped before giving up on it."""
+_POLL_S = 0.5
+"""How often a waiting sandbox is checked for having exited."""
+_DRAIN_S = 0.5
+"""How long pipes are read after the program exited (a child it left may hold them open)."""
 
 
 class Status(str, Enum):
@@ -227,6 +231,7 @@ class _Watch:
         default_factory=lambda: {"stdout": bytearray(), "stderr": bytearray(), "result": bytearray()}
     )
     printed: int = 0
+    sent: int = 0
     killed_for: str = ""
 
     def wait(self, deadline: float) -> None:
@@ -237,34 +242,23 @@ class _Watch:
         sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
         sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
         sel.register(self.result_fd, selectors.EVENT_READ, "result")
-        sent = 0
         try:
-            while sel.get_map():
+            while sel.get_map() and not self.killed_for:
+                if proc.poll() is not None:
+                    # Exited: a child it left behind (without a pid namespace) may hold the
+                    # pipes open; read what is there, then stop waiting for them.
+                    deadline = min(deadline, time.perf_counter() + _DRAIN_S)
+                    if time.perf_counter() >= deadline:
+                        break
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     self.killed_for = "timeout"
                     break
-                for key, _ in sel.select(timeout=min(left, 1.0)):
-                    name = key.data
-                    if name == "stdin":
-                        try:
-                            sent += os.write(proc.stdin.fileno(), self.payload[sent : sent + 65536])
-                        except OSError:  # the sandbox died before reading its job
-                            sent = len(self.payload)
-                        if sent >= len(self.payload):
-                            sel.unregister(proc.stdin)
-                            proc.stdin.close()
-                        continue
-                    chunk = os.read(key.fd, 65536)
-                    if not chunk:
-                        sel.unregister(key.fileobj)
-                        continue
-                    self._keep(name, chunk)
-                    if self.printed > self.limits.output_bytes:
-                        self.killed_for = "output"
-                        break
-                if self.killed_for:
-                    break
+                for key, _ in sel.select(timeout=min(left, _POLL_S)):
+                    if key.data == "stdin":
+                        self._feed(sel)
+                    else:
+                        self._read(sel, key)
             if not self.killed_for:  # its pipes are closed, but it may still run
                 try:
                     proc.wait(timeout=max(0.0, deadline - time.perf_counter()))
@@ -273,6 +267,27 @@ class _Watch:
         finally:
             sel.close()
             self._finish()
+
+    def _feed(self, sel: selectors.BaseSelector) -> None:
+        stdin = self.proc.stdin
+        try:
+            self.sent += os.write(stdin.fileno(), self.payload[self.sent : self.sent + 65536])
+        except BlockingIOError:
+            return
+        except OSError:  # the sandbox died before reading its job
+            self.sent = len(self.payload)
+        if self.sent >= len(self.payload):
+            sel.unregister(stdin)
+            stdin.close()
+
+    def _read(self, sel: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
+        chunk = os.read(key.fd, 65536)
+        if not chunk:
+            sel.unregister(key.fileobj)
+            return
+        self._keep(key.data, chunk)
+        if self.printed > self.limits.output_bytes:
+            self.killed_for = "output"
 
     def _keep(self, name: str, chunk: bytes) -> None:
         if name == "result":
@@ -286,9 +301,9 @@ class _Watch:
 
     def _finish(self) -> None:
         proc = self.proc
-        if self.killed_for or proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # bwrap dies, and its pid namespace with it
+        # Always: without a pid namespace, children it left behind live in its process group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # bwrap dies, and its pid namespace with it
         try:
             proc.wait(timeout=_KILL_GRACE_S)
         except subprocess.TimeoutExpired:
