@@ -247,3 +247,11 @@ def test_every_reference_solution_passes_and_a_wrong_one_fails():
     )
     passed = [t.id for t, r in zip(tasks, wrong, strict=True) if r.status is Status.PASSED]
     assert passed == []
+
+
+def test_hugging_face_loading_path_through_a_local_file(mbpp):
+    """The hf: code path (datasets.load_dataset) on a local file, as the hub is unreachable here."""
+    pytest.importorskip("datasets")
+    env = make_env("code", {"data": "hf:json", "data_files": [str(mbpp)], "split": "train"}, team("coder"))
+    local = make_env("code", {"data": str(mbpp)}, team("coder"))
+    assert env.problems == local.problems and env.problems[0].entry_point == "add"
