@@ -299,7 +299,8 @@ class CodeEnv:
             "problem_index": self.index,
             "task_id": task.id,
             "attempt": self.attempt,
-            "status": result.status.value if result is not None else "no_code",
+            # the task's verdict: the tester's asserts may fail (or hang) after every test passed
+            "status": "passed" if solved else result.status.value if result is not None else "no_code",
             "tests_passed": passed,
             "tests": n,
         }
