@@ -76,17 +76,15 @@ def test_input_is_empty_and_prints_are_kept_bounded(box):
     assert r.stdout == "hi\n" and r.stderr == "oops\n"
 
 
-def test_infinite_loop_times_out_by_cpu(box):
+def test_infinite_loop_times_out_by_cpu():
+    box = Sandbox(Limits(wall_seconds=60.0, cpu_seconds=1))  # the CPU limit, not the wall clock, ends it
     r = box.run(Job(ADD + "while True:\n    pass", ("assert add(1, 2) == 3",)))
-    assert r.status is Status.TIMEOUT and "CPU" in r.detail
-    assert r.seconds < LIMITS.wall_seconds + 2
+    assert r.status is Status.TIMEOUT and "1 s of CPU" in r.detail
 
 
 def test_long_sleep_times_out_by_wall_clock(box):
-    t0 = time.perf_counter()
     r = box.run(Job("import time\ntime.sleep(600)", ("pass",)))
-    assert r.status is Status.TIMEOUT and "wall" in r.detail
-    assert time.perf_counter() - t0 < LIMITS.wall_seconds + 5
+    assert r.status is Status.TIMEOUT and f"{LIMITS.wall_seconds:g} s wall" in r.detail
 
 
 def test_tests_passed_before_a_hang_still_count(box):
@@ -110,11 +108,9 @@ def test_memory_bomb_is_out_of_memory(box):
 
 
 def test_a_gigabyte_of_output_is_cut_off(box):
-    t0 = time.perf_counter()
     r = box.run(Job("while True:\n    print('x' * 100_000)", ()))
-    assert r.status is Status.KILLED and "printed more than" in r.detail
+    assert r.status is Status.KILLED and "printed more than" in r.detail  # not a time-out
     assert len(r.stdout) == LIMITS.kept_chars
-    assert time.perf_counter() - t0 < 10
 
 
 @needs_bwrap
@@ -274,7 +270,7 @@ def test_weaker_fallbacks_warn_what_is_missing_and_still_judge(isolation, caplog
 
 @pytest.mark.parametrize("isolation", ["auto", "none"])
 def test_a_child_left_behind_neither_delays_the_verdict_nor_outlives_the_run(isolation, tmp_path):
-    box = Sandbox(LIMITS, isolation=isolation)
+    box = Sandbox(Limits(wall_seconds=60.0), isolation=isolation)
     marker = tmp_path / "alive"
     os.chmod(tmp_path, 0o777)
     leave = (
@@ -284,9 +280,7 @@ def test_a_child_left_behind_neither_delays_the_verdict_nor_outlives_the_run(iso
         f"    open({str(marker)!r}, 'w').write('still alive')\n"
         "    os._exit(0)\n" + ADD
     )
-    t0 = time.perf_counter()
     r = box.run(Job(leave, ("assert add(1, 2) == 3",)))
-    assert r.status is Status.PASSED
-    assert time.perf_counter() - t0 < LIMITS.wall_seconds  # not held until the wall clock
+    assert r.status is Status.PASSED  # held until the wall clock, it would be a time-out
     time.sleep(2.0)
     assert not marker.exists()  # the child was killed with the run
