@@ -106,9 +106,7 @@ def run_one(model: str, n_agents: int, iters: int, n_envs: int, max_new_tokens: 
         "sec_fwd_bwd": mean["fwd_bwd"],
         "sec_env_prompts": mean["env"],
         "outside_gen_fwd_bwd_frac": 1.0 - core / mean["iter"],
-        "peak_mem_mb": max(peaks)
-        if cuda
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mem_mb": max(peaks) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_after_setup_mb": rss_after_setup,
     }
 
