@@ -19,7 +19,6 @@ and the shared sandbox runs at most one program per core at once.
 from __future__ import annotations
 
 import ast
-import random
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -32,6 +31,7 @@ from marft.envs.code.extract import extract_code
 from marft.envs.code.sandbox import ExecResult, Job, Limits, Sandbox, Status
 from marft.envs.code.tasks import CodeTask, easy_tasks, task_from_row
 from marft.envs.data import load_hf_rows, read_jsonl
+from marft.envs.problems import ProblemEpisodes
 
 
 @dataclass(frozen=True)
@@ -176,13 +176,14 @@ def _is_assert(line: str) -> bool:
 
 
 @ENVS.register("code")
-class CodeEnv:
+class CodeEnv(ProblemEpisodes):
     """Programming tasks for a team; the graded agent's code runs in the sandbox."""
 
     Config = CodeConfig
     concurrent_steps = True
 
     def __init__(self, config: CodeConfig) -> None:
+        super().__init__()
         self.cfg = config
         if config.data == "easy":
             tasks = easy_tasks(config.easy_count, config.easy_seed, config.easy_split)
@@ -190,17 +191,8 @@ class CodeEnv:
             tasks = load_tasks(config.data, config.split, tuple(config.data_files), config.challenge_tests)
         self.problems = tasks[: config.limit] if config.limit else tasks
         self.sandbox = shared_sandbox(config.sandbox)
-        self.graded_roles: list[str] = []
-        self._rng = random.Random(0)
-        self.index = 0
-        self.attempt = 0
-        self.history: list[str] = []
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._seconds = 0.0
-
-    def bind_team(self, graph) -> None:
-        """Learn which roles are graded (the last one's code is run)."""
-        self.graded_roles = [a.role for a in graph.agents if a.graded]
 
     def pop_metrics(self) -> dict[str, float]:
         """Sandbox runs of this copy since the last call, by verdict, and their seconds."""
@@ -208,18 +200,6 @@ class CodeEnv:
         out["sandbox_seconds"] = self._seconds
         self._counts, self._seconds = dict.fromkeys(_COUNTERS, 0), 0.0
         return out
-
-    def state_dict(self) -> dict:
-        return {
-            "rng": self._rng.getstate(),
-            "index": self.index,
-            "attempt": self.attempt,
-            "history": list(self.history),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self._rng.setstate(state["rng"])
-        self.index, self.attempt, self.history = state["index"], state["attempt"], list(state["history"])
 
     def vocabulary(self) -> list[str]:
         """Every task's text, tests and solution (the built-in tiny tokenizer covers them)."""
@@ -248,16 +228,6 @@ class CodeEnv:
         if self.history:
             text = text + "\n\n" + "\n\n".join(self.history)
         return Observation(text=text)
-
-    def reset(self, seed: int | None = None) -> Observation:
-        if seed is not None:
-            self._rng = random.Random(seed)
-        return self.reset_to(self._rng.randrange(len(self.problems)))
-
-    def reset_to(self, index: int) -> Observation:
-        """Start an episode on task ``index`` (evaluation walks the dataset this way)."""
-        self.index, self.attempt, self.history = index, 0, []
-        return self._observe()
 
     def run_code(self, code: str | None, extra: list[str]) -> ExecResult | None:
         """Run ``code`` on the task's tests, then ``extra`` asserts (None when there is no code)."""

@@ -22,6 +22,7 @@ from marft.config import ConfigError
 from marft.envs.base import ENVS, Observation, StepResult
 from marft.envs.data import load_hf_rows, read_jsonl
 from marft.envs.math.grading import Verdict, extract_answer, judge, normalize, warn_if_unreliable
+from marft.envs.problems import ProblemEpisodes
 
 
 @dataclass
@@ -182,12 +183,13 @@ def load_problems(
 
 
 @ENVS.register("math")
-class MathEnv:
+class MathEnv(ProblemEpisodes):
     """Math problems for a team; graded agents come from the team config (``graded: true``)."""
 
     Config = MathConfig
 
     def __init__(self, config: MathConfig) -> None:
+        super().__init__()
         self.cfg = config
         if config.data == "arithmetic":
             problems = arithmetic_problems(config.arith_count, config.arith_seed, config.arith_max)
@@ -201,11 +203,6 @@ class MathEnv:
                 config.answer_after,
             )
         self.problems = problems[: config.limit] if config.limit else problems
-        self.graded_roles: list[str] = []
-        self._rng = random.Random(0)
-        self.index = 0
-        self.attempt = 0
-        self.history: list[str] = []
         self._grader = {"grader_calls": 0, "grader_timeouts": 0, "grader_failures": 0}
 
     def pop_metrics(self) -> dict[str, float]:
@@ -221,26 +218,9 @@ class MathEnv:
         self._grader["grader_failures"] += verdict is Verdict.FAILURE
         return verdict is Verdict.CORRECT
 
-    def state_dict(self) -> dict:
-        """The sampling RNG and the current episode (not the problems: they reload from ``data``)."""
-        return {
-            "rng": self._rng.getstate(),
-            "index": self.index,
-            "attempt": self.attempt,
-            "history": list(self.history),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self._rng.setstate(state["rng"])
-        self.index, self.attempt, self.history = state["index"], state["attempt"], list(state["history"])
-
     def vocabulary(self) -> list[str]:
         """Every problem and answer (the built-in tiny tokenizer is trained to cover them)."""
         return [f"{p} {a}" for p, a in self.problems] + [self.cfg.instruction, self.cfg.feedback]
-
-    def bind_team(self, graph) -> None:
-        """Learn which roles are graded (called by the engine with the team's graph)."""
-        self.graded_roles = [a.role for a in graph.agents if a.graded]
 
     @property
     def problem(self) -> str:
@@ -255,16 +235,6 @@ class MathEnv:
         if self.history:
             text = text + "\n\n" + "\n".join(self.history)
         return Observation(text=text)
-
-    def reset(self, seed: int | None = None) -> Observation:
-        if seed is not None:
-            self._rng = random.Random(seed)
-        return self.reset_to(self._rng.randrange(len(self.problems)))
-
-    def reset_to(self, index: int) -> Observation:
-        """Start an episode on problem ``index`` (evaluation walks the dataset this way)."""
-        self.index, self.attempt, self.history = index, 0, []
-        return self._observe()
 
     def step(self, actions: Mapping[str, str]) -> StepResult:
         if not self.graded_roles:
