@@ -17,10 +17,16 @@ def _threads():
     torch.set_num_threads(2)
 
 
-def make_team_model(roles=("speaker", "listener"), modules_to_save=("lm_head",), seed=0) -> TeamModel:
+def make_team_model(
+    roles=("speaker", "listener"), modules_to_save=("lm_head",), seed=0, shared=False
+) -> TeamModel:
     base, tok = load_base(ModelConfig(name="tiny", tiny=TinyModelConfig(seed=seed)), CORPUS)
     lora = LoraSettings(
-        r=4, alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=list(modules_to_save)
+        r=4,
+        alpha=8,
+        target_modules=["q_proj", "v_proj"],
+        modules_to_save=list(modules_to_save),
+        shared=shared,
     )
     return TeamModel(base, tok, list(roles), lora, value_head_width=16)
 

@@ -84,6 +84,13 @@ def validate(cfg: Config) -> None:
     if not any(a.trainable for a in cfg.team.agents):
         roles = [a.role for a in cfg.team.agents]
         raise ConfigError("team.agents", f"no agent is trainable among {roles}; set trainable: true on one")
+    frozen = [a.role for a in cfg.team.agents if not a.trainable]
+    if cfg.lora.shared and frozen:
+        raise ConfigError(
+            "lora.shared",
+            f"one shared adapter trains whenever any agent does, so {', '.join(frozen)} cannot stay "
+            "frozen; set lora.shared=false (an adapter per agent) or make every agent trainable",
+        )
 
 
 def _validate_vllm(cfg: Config) -> None:

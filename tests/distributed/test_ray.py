@@ -138,6 +138,14 @@ def test_a_run_resumes_under_ray_from_a_checkpoint_of_another_worker_count(tmp_p
     assert_same_run(k1_run, resumed)
 
 
+def test_a_shared_adapter_team_gives_the_same_run_with_two_workers(tmp_path):
+    shared = ["lora.shared=true", "run.checkpoint_every=0"]
+    one = train(tmp_path, "s1", "run.ray.rollout_workers=1", *shared, iterations=2)
+    two = train(tmp_path, "s2", "run.ray.rollout_workers=2", *shared, iterations=2)
+    assert_same_run(one, two)
+    assert list(two[0].model.adapter_weights()) == ["shared"]
+
+
 def test_too_many_workers_for_the_env_copies_is_a_config_error():
     with pytest.raises(ConfigError, match="run.ray.rollout_workers"):
         load_config("demo", ["env.n_envs=8", "run.ray.address=local", "run.ray.rollout_workers=9"])

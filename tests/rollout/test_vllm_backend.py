@@ -218,3 +218,17 @@ def test_tiny_team_learns_with_vllm_and_resumes_exactly(tmp_path):
         json.loads(x)["iteration"]
         for x in (tmp_path / "whole" / "transcripts.jsonl").read_text().splitlines()
     ]
+
+
+def test_a_shared_adapter_team_trains_with_vllm(tmp_path):
+    """``lora.shared``: vLLM serves the one adapter for every role, and after each update the
+    learner's and the sampler's log-probs still agree."""
+    cfg = load_config("demo", [*TINY, "lora.shared=true", "env.n_envs=8", "run.iterations=3"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.setup()
+    result = trainer.train()
+    assert list(trainer.backend.served()) == ["shared"]
+    assert trainer.backend.served()["shared"] == "shared-v3"
+    last = result.rows[-1]
+    assert last["logprob_gap_max/speaker"] < 1e-3 and last["logprob_gap_max/listener"] < 1e-3
+    assert "policy_loss/shared" in last

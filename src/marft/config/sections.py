@@ -86,7 +86,8 @@ class ModelConfig:
 
 @dataclass
 class LoraSettings:
-    """Each agent is one LoRA adapter with these settings (PEFT ``LoraConfig``)."""
+    """Each agent is one LoRA adapter with these settings (PEFT ``LoraConfig``), or with
+    ``shared`` all agents are one."""
 
     r: int = 8
     """Rank."""
@@ -98,6 +99,9 @@ class LoraSettings:
     """Module names to adapt, or ``all-linear``."""
     modules_to_save: list[str] = field(default_factory=list)
     """Modules copied and trained in full per agent (e.g. ``[lm_head]`` for the tiny model)."""
+    shared: bool = False
+    """One adapter, named ``shared``, for every agent: one policy that plays each role through its
+    role prompt, trained on all agents' actions in one update (false: an adapter per agent)."""
 
     def __post_init__(self) -> None:
         _check(self.r > 0, "r", "must be a positive integer")
@@ -360,6 +364,10 @@ class RunConfig:
     max_nonfinite_in_row: int = 3
     """Abort when an agent's update is skipped for a non-finite loss or gradient this many
     iterations in a row."""
+    token_budget: int | None = None
+    """Stop after the iteration in which the team's generated training tokens (every agent's
+    sampled tokens, summed over iterations) reach this many, if that comes before ``iterations``:
+    runs compared at matched compute get the same budget (``benchmarks/team_vs_single.py``)."""
     ray: RayConfig = field(default_factory=RayConfig)
     """Rollout workers on Ray (``run.ray.address``; null: one process). See ``docs/scaling.md``."""
 
@@ -371,6 +379,11 @@ class RunConfig:
         _check(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0: only at the end)")
         _check(self.keep_checkpoints >= 0, "keep_checkpoints", "must be >= 0 (0: keep all)")
         _check(self.max_nonfinite_in_row >= 1, "max_nonfinite_in_row", "must be >= 1")
+        _check(
+            self.token_budget is None or self.token_budget > 0,
+            "token_budget",
+            "must be a positive integer or null",
+        )
 
 
 @dataclass

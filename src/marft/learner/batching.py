@@ -79,6 +79,35 @@ def micro_batches(idx: Tensor, seq: SequenceBatch, max_rows: int, max_tokens: in
     return [idx[torch.tensor(g, device=idx.device)] for g in groups]
 
 
+def cat_rows(parts: list[Tensor], left: bool = False) -> Tensor:
+    """``[S_i, W_i, ...]`` tensors stacked along rows into ``[sum S_i, max W_i, ...]``, zero-padded
+    on the right (on the left with ``left``, for left-padded prompts); 1-D tensors just stacked."""
+    if parts[0].dim() == 1:
+        return torch.cat(parts)
+    W = max(x.shape[1] for x in parts)
+    out = []
+    for x in parts:
+        pad = x.new_zeros((x.shape[0], W - x.shape[1], *x.shape[2:]))
+        out.append(torch.cat([pad, x] if left else [x, pad], dim=1))
+    return torch.cat(out)
+
+
+def merge_actions(actions: list[AgentActions]) -> AgentActions:
+    """Several agents' actions as one batch, rows of the first agent first (for one adapter that
+    they share, ``lora.shared``); padding stays padding (masks 0)."""
+    if len(actions) == 1:
+        return actions[0]
+    return AgentActions(
+        prompt_ids=cat_rows([a.prompt_ids for a in actions], left=True),
+        prompt_mask=cat_rows([a.prompt_mask for a in actions], left=True),
+        response_ids=cat_rows([a.response_ids for a in actions]),
+        response_mask=cat_rows([a.response_mask for a in actions]),
+        logprobs=cat_rows([a.logprobs for a in actions]),
+        entropy=cat_rows([a.entropy for a in actions]),
+        word_counts=cat_rows([a.word_counts for a in actions]),
+    )
+
+
 def stack_agents(tensors: list[Tensor], B: int, T: int, fill: float = 0.0) -> Tensor:
     """Per-agent ``[B*T, L_i, ...]`` tensors -> ``[B, T, N, L, ...]`` padded to the longest ``L_i``."""
     L = max(x.shape[1] for x in tensors)

@@ -11,7 +11,7 @@ from torch import Tensor
 from marft.algorithms import masked_mean, value_loss
 from marft.config import AlgorithmConfig
 from marft.learner.parallel import SINGLE, DataParallel
-from marft.models.team_model import ValueHead
+from marft.models.value_head import ValueHead
 
 
 @dataclass

@@ -3,7 +3,8 @@
 1. :meth:`Learner.targets` (no side effects): the critic's values, the KL penalty as one explicit
    term, the registered advantage estimator, and per agent its advantages;
 2. :meth:`Learner.fit_critic`: the value head's regression (critic-based algorithms);
-3. :meth:`Learner.update_policy`: each trainable agent's clipped update on its own adapter.
+3. :meth:`Learner.update_policy`: each trainable agent's clipped update on its own adapter (or,
+   with ``lora.shared``, one update of the shared adapter on all agents' actions).
 
 The algorithm is an :class:`~marft.learner.spec.AlgorithmSpec` (estimator + loss level); the
 pure math lives in :mod:`marft.algorithms`.
@@ -28,7 +29,7 @@ from marft.config import AlgorithmConfig, SamplingConfig
 from marft.learner.batching import stack_agents
 from marft.learner.critic import CriticBatch, CriticFitter
 from marft.learner.parallel import SINGLE, DataParallel
-from marft.learner.policy import AgentBatch, AgentTargets, PolicyUpdater
+from marft.learner.policy import AgentBatch, AgentTargets, PolicyUpdater, merge_agents
 from marft.learner.scoring import Scores
 from marft.learner.spec import ResolvedAlgorithm
 from marft.models.team_model import TeamModel
@@ -38,7 +39,8 @@ from marft.team.graph import TeamGraph
 
 @dataclass
 class UpdateResult:
-    """What one update reports: scalar metrics by name and which agents were trained."""
+    """What one update reports: scalar metrics by name and which adapters were trained (the
+    agents' roles, or ``shared``)."""
 
     metrics: dict[str, float] = field(default_factory=dict)
     trained: list[str] = field(default_factory=list)
@@ -212,30 +214,48 @@ class Learner:
     def update_policy(
         self, traj: Trajectory, scores: Scores, targets: Targets, iteration: int
     ) -> UpdateResult:
-        """Each agent's metrics, and the clipped update of those that train at ``iteration``."""
+        """Each agent's metrics, and the clipped update of the adapters of those that train at
+        ``iteration`` (a shared adapter on all its training agents' actions at once)."""
         result = UpdateResult(metrics=dict(targets.metrics))
         self.policy.fwd_bwd_s = 0.0
         train = set(self.roles_to_train(iteration))
+        by_adapter: dict[str, list] = {}
         for a in self.graph.agents:
-            actions, agent_targets = traj.agents[a.index], targets.agents[a.index]
-            entropy = actions.entropy
-            if scores.entropy is not None and scores.entropy[a.index] is not None:
-                entropy = scores.entropy[a.index]  # the sampler may not report it (vLLM)
-            result.metrics[f"entropy/{a.role}"] = float(masked_mean(entropy, actions.response_mask))
-            result.metrics[f"response_tokens/{a.role}"] = float(
-                masked_mean(actions.response_mask.sum(-1).float(), agent_targets.sample_mask)
+            result.metrics.update(self._action_stats(a.role, traj.agents[a.index], scores, targets, a.index))
+            by_adapter.setdefault(self.model.adapter_name(a.role), []).append(a)
+        for name, agents in by_adapter.items():
+            members = [a for a in agents if a.role in train]
+            if not members:
+                result.metrics[f"policy_loss/{name}"] = 0.0
+                result.metrics[f"approx_kl/{name}"] = 0.0
+                continue
+            batch, agent_targets = merge_agents(
+                [self._agent_batch(traj, scores, a.index) for a in members],
+                [targets.agents[a.index] for a in members],
             )
-            if a.role in train:
-                ref = scores.ref_logprobs[a.index] if scores.ref_logprobs is not None else None
-                batch = AgentBatch(actions, scores.old_logprobs[a.index], ref)
-                result.metrics.update(self.policy.update_agent(a.role, batch, agent_targets))
-                result.trained.append(a.role)
-            else:
-                result.metrics[f"policy_loss/{a.role}"] = 0.0
-                result.metrics[f"approx_kl/{a.role}"] = 0.0
+            result.metrics.update(self.policy.update_adapter(name, batch, agent_targets))
+            result.trained.append(name)
         self.model.policy.eval()
         result.metrics["time_fwd_bwd_s"] = self.policy.fwd_bwd_s
         return result
+
+    @staticmethod
+    def _agent_batch(traj: Trajectory, scores: Scores, n: int) -> AgentBatch:
+        ref = scores.ref_logprobs[n] if scores.ref_logprobs is not None else None
+        return AgentBatch(traj.agents[n], scores.old_logprobs[n], ref)
+
+    @staticmethod
+    def _action_stats(role: str, actions, scores: Scores, targets: Targets, n: int) -> dict[str, float]:
+        """Agent ``role``'s token entropy and mean action length."""
+        entropy = actions.entropy
+        if scores.entropy is not None and scores.entropy[n] is not None:
+            entropy = scores.entropy[n]  # the sampler may not report it (vLLM)
+        return {
+            f"entropy/{role}": float(masked_mean(entropy, actions.response_mask)),
+            f"response_tokens/{role}": float(
+                masked_mean(actions.response_mask.sum(-1).float(), targets.agents[n].sample_mask)
+            ),
+        }
 
     # ------------------------------------------------------------------------------ checkpoints
 

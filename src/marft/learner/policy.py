@@ -1,6 +1,7 @@
-"""The policy step: per-agent optimizers and micro-batched clipped updates of each agent's adapter.
+"""The policy step: per-adapter optimizers and micro-batched clipped updates of each adapter.
 
-Every agent is trained on its own actions with its own adapter active on the shared frozen base.
+Every agent is trained on its own actions with its own adapter active on the shared frozen base;
+agents that share one adapter (``lora.shared``) train it in one update on all their actions.
 A minibatch's gradient is accumulated micro-batch by micro-batch, each weighted by its share of
 the minibatch's real samples, so it equals one pass over the whole minibatch whatever the
 micro-batching.
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from marft.algorithms import POLICY_LOSSES, kl_estimate
 from marft.config import AlgorithmConfig, SamplingConfig
-from marft.learner.batching import action_logprob, micro_batches, rows_of, sequences
+from marft.learner.batching import action_logprob, cat_rows, merge_actions, micro_batches, rows_of, sequences
 from marft.learner.parallel import SINGLE, DataParallel
 from marft.models.team_model import TeamModel
 from marft.rollout.trajectory import AgentActions
@@ -44,14 +45,30 @@ class AgentBatch:
     ref_logprobs: Tensor | None
 
 
+def merge_agents(batches: list[AgentBatch], targets: list[AgentTargets]) -> tuple[AgentBatch, AgentTargets]:
+    """Agents' batches and targets stacked row-wise (first agent's rows first): what one adapter
+    shared by these agents trains on. One agent: returned as it is."""
+    if len(batches) == 1:
+        return batches[0], targets[0]
+    refs = [b.ref_logprobs for b in batches]
+    batch = AgentBatch(
+        merge_actions([b.actions for b in batches]),
+        cat_rows([b.old_logprobs for b in batches]),
+        None if any(r is None for r in refs) else cat_rows(refs),
+    )
+    return batch, AgentTargets(
+        cat_rows([t.advantages for t in targets]), cat_rows([t.sample_mask for t in targets])
+    )
+
+
 class PolicyUpdater:
-    """Per-agent AdamW optimizers and the clipped policy update of one agent.
+    """Per-adapter AdamW optimizers and the clipped policy update of one adapter.
 
     Args:
         cfg: the algorithm's hyper-parameters.
         sampling: the sampling distribution (log-probs are taken under it).
         model: the team model.
-        roles: the trainable agents.
+        roles: the trainable agents (one optimizer per adapter they use).
         token_level: one ratio per token (masked token-mean) instead of one per action.
         dp: this process's share of the minibatches among data-parallel learners.
     """
@@ -69,15 +86,16 @@ class PolicyUpdater:
         self.dp = dp
         self.policy_loss = POLICY_LOSSES.get(cfg.policy_loss)
         self.optimizers = {
-            role: torch.optim.AdamW(
-                model.adapter_parameters(role), lr=cfg.policy_lr, weight_decay=cfg.weight_decay
+            name: torch.optim.AdamW(
+                model.adapter_parameters(name), lr=cfg.policy_lr, weight_decay=cfg.weight_decay
             )
-            for role in roles
+            for name in dict.fromkeys(model.adapter_name(r) for r in roles)
         }
         self.fwd_bwd_s = 0.0  # seconds in policy forwards and backwards since the last reset
 
-    def update_agent(self, role: str, batch: AgentBatch, targets: AgentTargets) -> dict[str, float]:
-        """``ppo_epochs`` x ``num_minibatches`` steps of agent ``role``; its metrics by name."""
+    def update_adapter(self, role: str, batch: AgentBatch, targets: AgentTargets) -> dict[str, float]:
+        """``ppo_epochs`` x ``num_minibatches`` steps of adapter ``role`` (an agent's, or the shared
+        one on its agents' :func:`merge_agents` batch); its metrics by name."""
         cfg, model = self.cfg, self.model
         params, opt = model.adapter_parameters(role), self.optimizers[role]
         losses, kls, clipfracs = [], [], []
@@ -207,6 +225,9 @@ class PolicyUpdater:
     def load_state_dict(self, state: dict[str, dict]) -> None:
         missing = set(self.optimizers) - set(state)
         if missing:
-            raise ValueError(f"the checkpoint has no optimizer state for agents {sorted(missing)}")
+            raise ValueError(
+                f"the checkpoint has no optimizer state for adapters {sorted(missing)} "
+                f"(it has {sorted(state)}; is lora.shared the same as the run's?)"
+            )
         for role, opt in self.optimizers.items():
             opt.load_state_dict(state[role])

@@ -2,7 +2,7 @@
 
 The reference MARFT code loads a full copy of the base for every agent and one more for the
 critic. Here the base is loaded once and frozen; each agent is a PEFT LoRA adapter named after its
-role, the reference policy is the base with adapters disabled, and the critic is a small value head
+role (or, with ``lora.shared``, every agent is the one adapter ``shared``), the reference policy is the base with adapters disabled, and the critic is a small value head
 on the base's final hidden state (adapters disabled), so its features are computed once per
 observation and never need a backward through the base.
 """
@@ -23,20 +23,10 @@ from torch import Tensor, nn
 from marft.config import LoraSettings
 from marft.models.loading import eos_token_ids
 from marft.models.logprobs import chunked_token_logprobs
+from marft.models.value_head import ValueHead
 
-
-class ValueHead(nn.Module):
-    """The critic's head: ``[S, H]`` base features -> ``[S]`` values (float32)."""
-
-    def __init__(self, hidden_size: int, width: int = 128) -> None:
-        super().__init__()
-        if width > 0:
-            self.net = nn.Sequential(nn.Linear(hidden_size, width), nn.Tanh(), nn.Linear(width, 1))
-        else:
-            self.net = nn.Sequential(nn.Linear(hidden_size, 1))
-
-    def forward(self, features: Tensor) -> Tensor:
-        return self.net(features.float()).squeeze(-1)
+SHARED_ADAPTER = "shared"
+"""The adapter's name when all agents share one (``lora.shared``)."""
 
 
 @dataclass
@@ -75,13 +65,17 @@ def position_ids_from_mask(mask: Tensor) -> Tensor:
 
 
 class TeamModel(nn.Module):
-    """A frozen base, one LoRA adapter per role, and a value head.
+    """A frozen base, one LoRA adapter per role (or one for all, ``lora.shared``), and a value head.
+
+    Everything that takes an agent (:meth:`adapter`, :meth:`adapter_parameters`, ...) also takes
+    an adapter name: an agent's role maps to its adapter (:meth:`adapter_name`), an adapter name
+    to itself. Weights are per adapter (:attr:`adapters`), forwards per agent.
 
     Args:
         base: a Hugging Face causal LM (frozen here).
         tokenizer: its tokenizer (left padding).
-        roles: adapter names, one per agent.
-        lora: adapter settings shared by all agents.
+        roles: the agents, in acting order.
+        lora: adapter settings of all agents (``lora.shared``: one adapter for all).
         value_head_width: hidden width of the value head (0: linear).
         dtype: dtype of the frozen base; adapters and the value head stay float32.
         device: where everything lives.
@@ -110,6 +104,8 @@ class TeamModel(nn.Module):
         self.tokenizer = tokenizer
         self.logit_chunk_tokens = logit_chunk_tokens
         self.roles = list(roles)
+        self.adapter_of = {r: SHARED_ADAPTER if lora.shared else r for r in self.roles}
+        self.adapters = list(dict.fromkeys(self.adapter_of.values()))  # distinct, in acting order
         base = base.to(device=device, dtype=dtype)
         base.requires_grad_(False)
         if gradient_checkpointing:
@@ -123,9 +119,9 @@ class TeamModel(nn.Module):
         if getattr(base.config, "use_cache", None) is False:
             base.config.use_cache = True
         peft_cfg = self._lora_config(lora)
-        self.policy: PeftModel = get_peft_model(base, peft_cfg, adapter_name=self.roles[0])
-        for role in self.roles[1:]:
-            self.policy.add_adapter(role, self._lora_config(lora))
+        self.policy: PeftModel = get_peft_model(base, peft_cfg, adapter_name=self.adapters[0])
+        for name in self.adapters[1:]:
+            self.policy.add_adapter(name, self._lora_config(lora))
         # PEFT keeps LoRA matrices in float32 when the base is half precision; do the same for the
         # full per-agent copies (modules_to_save), so every trainable tensor and its optimizer
         # state is float32.
@@ -169,50 +165,63 @@ class TeamModel(nn.Module):
 
     # ------------------------------------------------------------------------------ parameters
 
-    def named_adapter_parameters(self, role: str) -> list[tuple[str, nn.Parameter]]:
-        """The trainable tensors of one agent (its LoRA matrices and ``modules_to_save`` copies),
-        by parameter name.
+    def adapter_name(self, name: str) -> str:
+        """The adapter agent ``name`` runs with (an adapter name, or ``__base__``, as it is)."""
+        return self.adapter_of.get(name, name)
 
-        Matched exactly on PEFT's ``.<lora_*|modules_to_save>.<role>.`` segment, so a role named like
-        a module (``model``, ``mlp``) cannot pick up another agent's tensors.
+    def named_adapter_parameters(self, role: str) -> list[tuple[str, nn.Parameter]]:
+        """The trainable tensors of one agent's adapter (its LoRA matrices and ``modules_to_save``
+        copies), by parameter name.
+
+        Matched exactly on PEFT's ``.<lora_*|modules_to_save>.<adapter>.`` segment, so an adapter
+        named like a module (``model``, ``mlp``) cannot pick up another agent's tensors.
         """
-        pattern = re.compile(rf"\.(lora_[A-Za-z_]+|modules_to_save)\.{re.escape(role)}(\.|$)")
+        name = self.adapter_name(role)
+        pattern = re.compile(rf"\.(lora_[A-Za-z_]+|modules_to_save)\.{re.escape(name)}(\.|$)")
         return [(n, p) for n, p in self.policy.named_parameters() if pattern.search(n)]
 
     def adapter_parameters(self, role: str) -> list[nn.Parameter]:
         """The trainable tensors of one agent (see :meth:`named_adapter_parameters`)."""
         return [p for _, p in self.named_adapter_parameters(role)]
 
-    def adapter_weights(self, roles: Sequence[str] | None = None) -> dict[str, dict[str, Tensor]]:
-        """Agents' adapters as PEFT saves them (``adapter_model.safetensors`` keys), by role: what a
-        generation engine that keeps its own copy of the adapters loads after an update."""
+    def adapter_weights(self, names: Sequence[str] | None = None) -> dict[str, dict[str, Tensor]]:
+        """Adapters as PEFT saves them (``adapter_model.safetensors`` keys), by adapter name: what
+        a generation engine that keeps its own copy of the adapters loads after an update.
+
+        Args:
+            names: adapters or agents (default: every adapter); agents sharing one give it once.
+        """
         from peft.utils import get_peft_model_state_dict
 
+        wanted = self.adapters if names is None else dict.fromkeys(self.adapter_name(n) for n in names)
         return {
-            role: {
-                k: v.detach() for k, v in get_peft_model_state_dict(self.policy, adapter_name=role).items()
+            name: {
+                k: v.detach() for k, v in get_peft_model_state_dict(self.policy, adapter_name=name).items()
             }
-            for role in (self.roles if roles is None else roles)
+            for name in wanted
         }
 
     def set_adapter_weights(self, weights: Mapping[str, Mapping[str, Tensor]]) -> None:
-        """Load adapters given as :meth:`adapter_weights` returns them (role -> PEFT tensors).
+        """Load adapters given as :meth:`adapter_weights` returns them (adapter -> PEFT tensors).
 
         Raises:
-            ValueError: a role is not an agent of this team, or its tensors do not fit.
+            ValueError: a name is not an adapter of this team, or its tensors do not fit.
         """
         from peft.utils import set_peft_model_state_dict
 
-        for role, tensors in weights.items():
-            if role not in self.roles:
-                raise ValueError(f"no agent {role!r} in this team ({', '.join(self.roles)})")
-            result = set_peft_model_state_dict(self.policy, dict(tensors), adapter_name=role)
+        for name, tensors in weights.items():
+            if name not in self.adapters:
+                raise ValueError(
+                    f"no adapter {name!r} in this team (adapters: {', '.join(self.adapters)}; "
+                    "is lora.shared the same as the run's?)"
+                )
+            result = set_peft_model_state_dict(self.policy, dict(tensors), adapter_name=name)
             if getattr(result, "unexpected_keys", None):
-                raise ValueError(f"adapter of {role!r} does not fit this model: {result.unexpected_keys[:3]}")
+                raise ValueError(f"adapter {name!r} does not fit this model: {result.unexpected_keys[:3]}")
 
     def adapter_config(self, role: str) -> dict:
-        """Agent ``role``'s PEFT ``adapter_config.json`` content."""
-        cfg = self.policy.peft_config[role].to_dict()
+        """The PEFT ``adapter_config.json`` content of agent (or adapter) ``role``."""
+        cfg = self.policy.peft_config[self.adapter_name(role)].to_dict()
         return {k: sorted(v) if isinstance(v, set) else v for k, v in cfg.items()}
 
     def base_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
@@ -223,12 +232,13 @@ class TeamModel(nn.Module):
 
     @contextmanager
     def adapter(self, role: str | None) -> Iterator[None]:
-        """Run the policy as agent ``role``; ``None`` means the reference policy (the bare base)."""
+        """Run the policy as agent (or adapter) ``role``; ``None`` means the reference policy (the
+        bare base)."""
         if role is None:
             with self.policy.disable_adapter():
                 yield
             return
-        self.policy.set_adapter(role)
+        self.policy.set_adapter(self.adapter_name(role))
         yield
 
     # ------------------------------------------------------------------------------ forwards

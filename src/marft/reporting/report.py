@@ -58,9 +58,10 @@ class RunData:
     rows: list[dict[str, Any]]
     transcripts: list[dict[str, Any]]
 
-    @property
-    def roles(self) -> list[str]:
-        return sorted({k.split("/", 1)[1] for r in self.rows for k in r if k.startswith("policy_loss/")})
+    def names(self, key: str) -> list[str]:
+        """Who a per-agent metric ``key/<name>`` was logged for: agents, or adapters for the
+        update's metrics (one ``shared`` adapter under ``lora.shared``)."""
+        return sorted({k.split("/", 1)[1] for r in self.rows for k in r if k.startswith(key + "/")})
 
 
 def load_run(path: str | Path) -> RunData:
@@ -148,8 +149,8 @@ def plots(runs: list[RunData]) -> dict[str, tuple[str, str]]:
             "mean",
         ),
     )
-    roles = sorted({role for r in runs for role in r.roles})
     for key, title in PER_AGENT.items():
+        roles = sorted({name for r in runs for name in r.names(key)})
         panels = [
             (role, [(_label(r, many), *_series(r.rows, f"{key}/{role}")) for r in runs]) for role in roles
         ]

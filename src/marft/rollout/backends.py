@@ -134,11 +134,12 @@ class HFBackend:
 
         Args:
             prompts: ``[S, P]`` left-padded prompts.
-            adapters: ``S`` adapter names (``"__base__"``: the bare base model).
+            adapters: ``S`` agents or adapter names (``"__base__"``: the bare base model).
             limits: ``[S]`` longest action per row (default: ``sampling.max_new_tokens``).
             keys: ``[S]`` int64 random-stream keys, one per row (None: fresh ones).
         """
-        model, roles = self.model, list(adapters)
+        model = self.model
+        roles = [model.adapter_name(a) for a in adapters]  # agents sharing an adapter run as one
         S, device = prompts.ids.shape[0], prompts.ids.device
         mixed = len(set(roles)) > 1
         names = roles if mixed else None

@@ -80,7 +80,7 @@ class VLLMBackend:
         self.folder = Path(cfg.vllm.adapter_dir) if cfg.vllm.adapter_dir else _ram_folder()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.llm = self._start(model_folder, cfg)
-        self.requests: dict[str, object] = {}  # role -> its current LoRARequest
+        self.requests: dict[str, object] = {}  # adapter -> its current LoRARequest
         self.version = -1
         self._next_id = 1
         self._asleep = False
@@ -110,7 +110,7 @@ class VLLMBackend:
             llm = LLM(
                 model=model_folder,
                 enable_lora=True,
-                max_loras=len(self.model.roles) + 1,  # every agent, plus one while swapping
+                max_loras=len(self.model.adapters) + 1,  # every adapter, plus one while swapping
                 max_lora_rank=max_lora_rank(cfg.lora.r),
                 dtype="float32" if dtype == "auto" and not cuda else dtype,
                 enforce_eager=cfg.vllm.enforce_eager,
@@ -129,11 +129,11 @@ class VLLMBackend:
     def update_weights(
         self, version: int, weights: Callable[..., AdapterWeights], changed: Sequence[str] | None = None
     ) -> None:
-        """Write the ``changed`` agents' adapters (default: all) as version ``version`` and serve
-        them; the previous versions are removed from the engine and from disk."""
+        """Write the ``changed`` adapters (default: all) as version ``version`` and serve them; the
+        previous versions are removed from the engine and from disk."""
         t0 = time.perf_counter()
         self._wake()
-        roles = list(self.model.roles if changed is None or not self.requests else changed)
+        roles = list(self.model.adapters if changed is None or not self.requests else changed)
         from vllm.lora.request import LoRARequest
 
         for role, tensors in (weights(roles) if roles else {}).items():
@@ -158,7 +158,7 @@ class VLLMBackend:
         self.last_swap_s = time.perf_counter() - t0
 
     def served(self) -> dict[str, str]:
-        """The adapter name the engine serves for each agent (``<role>-v<version>``)."""
+        """The name the engine serves for each adapter (``<adapter>-v<version>``)."""
         return {role: r.lora_name for role, r in self.requests.items()}
 
     def loaded_ids(self) -> set[int]:
@@ -218,7 +218,7 @@ class VLLMBackend:
             )
             for limit, seed in zip(limits, seeds, strict=True)
         ]
-        loras = [None if a == BASE else self.requests[a] for a in adapters]
+        loras = [None if a == BASE else self.requests[self.model.adapter_name(a)] for a in adapters]
         outputs = self.llm.generate(rows, params, lora_request=loras, use_tqdm=False)
         return self._to_generation([o.outputs[0] for o in outputs])
 

@@ -50,12 +50,12 @@ def _fsync(path: Path) -> None:
 
 
 def _write_adapters(folder: Path, model: TeamModel) -> None:
-    for role in model.roles:
-        model.policy.save_pretrained(str(folder / role), selected_adapters=[role])
-        nested = folder / role / role  # PEFT nests non-"default" adapters in a subfolder
+    for name in model.adapters:
+        model.policy.save_pretrained(str(folder / name), selected_adapters=[name])
+        nested = folder / name / name  # PEFT nests non-"default" adapters in a subfolder
         if nested.is_dir():
             for item in nested.iterdir():
-                item.rename(folder / role / item.name)
+                item.rename(folder / name / item.name)
             nested.rmdir()
 
 
@@ -102,6 +102,7 @@ def save_checkpoint(
         "iteration": iteration,
         "env_steps": env_steps,
         "roles": list(model.roles),
+        "adapter_of": dict(model.adapter_of),  # role -> its folder under adapters/
         "value_head": model.value_head is not None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "files": files,
@@ -213,21 +214,23 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_adapter_weights(model: TeamModel, checkpoint: Path) -> None:
-    """Load every agent's adapter from a checkpoint folder into ``model``.
+    """Load every adapter of ``model`` (one per agent, or the shared one) from a checkpoint folder.
 
     Raises:
-        CheckpointError: an agent's adapter is missing or does not fit the model.
+        CheckpointError: an adapter is missing or does not fit the model.
     """
     from safetensors.torch import load_file
 
-    for role in model.roles:
-        weights = checkpoint / "adapters" / role / "adapter_model.safetensors"
+    for name in model.adapters:
+        weights = checkpoint / "adapters" / name / "adapter_model.safetensors"
         if not weights.exists():
+            found = sorted(p.name for p in (checkpoint / "adapters").glob("*") if p.is_dir())
             raise CheckpointError(
-                f"{checkpoint} has no adapter for agent {role!r}; the team in the config differs from the run's"
+                f"{checkpoint} has no adapter {name!r} (it holds {', '.join(found) or 'none'}); the team "
+                "in the config differs from the run's (its agents, or lora.shared)"
             )
         try:
-            model.set_adapter_weights({role: load_file(str(weights))})
+            model.set_adapter_weights({name: load_file(str(weights))})
         except ValueError as e:
             raise CheckpointError(f"{checkpoint}: {e}") from None
 

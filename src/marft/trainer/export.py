@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 from marft.compose import build_base, build_envs, load_config
-from marft.trainer.checkpoint import CheckpointError, resolve_checkpoint, run_dir_of
+from marft.trainer.checkpoint import MANIFEST, CheckpointError, resolve_checkpoint, run_dir_of
 
 
 def export_agent(run_dir: str | Path, role: str, out: str | Path, merge: bool = False) -> Path:
@@ -15,7 +16,9 @@ def export_agent(run_dir: str | Path, role: str, out: str | Path, merge: bool = 
     The adapter folder (``adapter_config.json``, ``adapter_model.safetensors``) loads with
     ``PeftModel.from_pretrained(base, out)``. A merged folder holds the model and its tokenizer
     and loads with ``AutoModelForCausalLM.from_pretrained(out)``; an agent with a trainable output
-    head (``lora.modules_to_save``) gets its own head in the merged model.
+    head (``lora.modules_to_save``) gets its own head in the merged model. With ``lora.shared``
+    every role exports the one shared adapter (its role prompt, in the run's ``config.yaml``, is
+    what makes it that agent).
 
     Args:
         run_dir: a run directory (its newest complete checkpoint is used) or a checkpoint folder.
@@ -28,13 +31,16 @@ def export_agent(run_dir: str | Path, role: str, out: str | Path, merge: bool = 
     """
     ckpt = resolve_checkpoint(run_dir)
     run = run_dir_of(ckpt)
-    roles = sorted(p.name for p in (ckpt / "adapters").iterdir() if p.is_dir())
-    if role not in roles:
-        raise CheckpointError(f"no agent {role!r} in {ckpt}; agents: {', '.join(roles)}")
+    folders = sorted(p.name for p in (ckpt / "adapters").iterdir() if p.is_dir())
+    # role -> adapter folder (a shared adapter serves every role); older checkpoints: one per role
+    adapter_of = json.loads((ckpt / MANIFEST).read_text()).get("adapter_of") or {f: f for f in folders}
+    name = adapter_of.get(role, role)
+    if name not in folders:
+        raise CheckpointError(f"no agent {role!r} in {ckpt}; agents: {', '.join(sorted(adapter_of))}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise CheckpointError(f"{out} is not empty; give a new --out folder")
-    adapter = ckpt / "adapters" / role
+    adapter = ckpt / "adapters" / name
     if not merge:
         shutil.copytree(adapter, out, dirs_exist_ok=True)
         return out
@@ -47,7 +53,7 @@ def export_agent(run_dir: str | Path, role: str, out: str | Path, merge: bool = 
     (env,) = build_envs(cfg, TeamGraph.from_config(cfg.team), 1)
     # The built-in tiny base is rebuilt from its own seed, so it comes out identical to training's.
     base, tokenizer, _ = build_base(cfg, env, torch.device("cpu"))
-    model = PeftModel.from_pretrained(base, str(adapter), adapter_name=role)
+    model = PeftModel.from_pretrained(base, str(adapter), adapter_name=name)
     merged = model.merge_and_unload()
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out))

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,7 @@ from tqdm.auto import tqdm
 
 from marft.compose import build_envs, build_training, validate
 from marft.config import Config, to_dict
-from marft.learner.learner import UpdateResult
 from marft.learner.parallel import SINGLE
-from marft.learner.scoring import Scores
 from marft.reporting.metrics import MetricsSink
 from marft.rollout.trajectory import Trajectory
 from marft.runtime import configure_threads
@@ -39,7 +37,7 @@ from marft.trainer.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from marft.trainer.phases import PhaseMeter, release_free_memory
+from marft.trainer.phases import Iteration, PhaseMeter, release_free_memory
 from marft.trainer.rng import default_run_dir, rng_state, seed_everything, set_rng_state
 
 PHASES = ("collect", "score", "advantages", "critic", "policy", "sync")
@@ -65,18 +63,6 @@ class TrainResult:
     report: Path | None = None
 
 
-@dataclass
-class Iteration:
-    """What one iteration produced before logging: the trajectory, its scores, the update, and
-    the seconds of each phase (:data:`PHASES`) and the memory columns (:class:`PhaseMeter`)."""
-
-    trajectory: Trajectory
-    scores: Scores
-    update: UpdateResult
-    timings: dict[str, float] = field(default_factory=dict)
-    memory: dict[str, float] = field(default_factory=dict)
-
-
 class Trainer:
     """One run: ``setup()`` builds everything (and restores a checkpoint when resuming),
     ``train()`` loops, ``save()`` checkpoints.
@@ -94,6 +80,7 @@ class Trainer:
         self.rows: list[dict[str, Any]] = []
         self.start_iteration = 0
         self.env_steps = 0
+        self.generated_tokens = 0  # every agent's sampled training tokens so far (run.token_budget)
         self.version = 0  # adapter updates so far (what a generation backend samples with)
         self._elapsed_before = 0.0  # training seconds of earlier sessions of this run
         self._nonfinite_in_row: dict[str, int] = {}
@@ -170,6 +157,7 @@ class Trainer:
         self.version = state["iteration"]
         self.backend.update_weights(self.version, self.model.adapter_weights)  # an engine with its own copy
         self.env_steps = state["env_steps"]
+        self.generated_tokens = state.get("generated_tokens", 0)  # absent before token budgets
         self._elapsed_before = state["elapsed_s"]
         self._nonfinite_in_row = dict(state["nonfinite_in_row"])
         self.checkpoint = ckpt
@@ -256,6 +244,7 @@ class Trainer:
         return {
             "iteration": it,
             "env_steps": self.env_steps,
+            "generated_tokens": self.generated_tokens,
             # fsum: exact, so the mean does not depend on the order episodes arrive from workers
             "episode_return": math.fsum(returns) / len(returns) if returns else float("nan"),
             "episodes": len(returns),
@@ -288,8 +277,12 @@ class Trainer:
                 f"threads; run directory {self.run_dir}"
             )
         for it in bar:
+            if self.budget_spent:
+                bar.write(f"marft: token budget spent ({self.generated_tokens} generated tokens)")
+                break
             step = self.run_iteration(it)
             self.env_steps += step.trajectory.env_steps
+            self.generated_tokens += sum(int(a.response_mask.sum()) for a in step.trajectory.agents)
             self._elapsed_before = time.perf_counter() - start
             row = self._row(it, step, self._elapsed_before)
             t0 = time.perf_counter()
@@ -307,7 +300,8 @@ class Trainer:
         cfg = self.cfg
         fault = self._check_faults(row, traj)
         every = cfg.run.checkpoint_every
-        if fault or self._signal is not None or done == cfg.run.iterations or (every and done % every == 0):
+        last = done == cfg.run.iterations or self.budget_spent
+        if fault or self._signal is not None or last or (every and done % every == 0):
             t0 = time.perf_counter()
             self.save(done)
             self._carried["time_checkpoint_s"] = time.perf_counter() - t0
@@ -323,6 +317,12 @@ class Trainer:
                 self.checkpoint,
                 128 + self._signal,
             )
+
+    @property
+    def budget_spent(self) -> bool:
+        """Whether the team has generated ``run.token_budget`` training tokens."""
+        budget = self.cfg.run.token_budget
+        return budget is not None and self.generated_tokens >= budget
 
     def _finish(self) -> TrainResult:
         if self.checkpoint is None:  # resumed a run that had already finished
@@ -367,6 +367,7 @@ class Trainer:
         state = {
             "iteration": iteration,
             "env_steps": self.env_steps,
+            "generated_tokens": self.generated_tokens,
             "elapsed_s": self._elapsed_before,
             "nonfinite_in_row": self._nonfinite_in_row,
             "rng": rng_state(),
