@@ -58,6 +58,8 @@ def test_marft_eval_end_to_end_on_20_problems(tmp_path):
     assert summary["n_problems"] == 20 and summary["samples"] == 2
     for key in ("accuracy", "pass@1", "pass@2", "maj@2"):
         assert 0.0 <= summary["team"][key] <= 1.0
+    # tokens the team generated per sample: 2 agents x 2 attempts x at most 6 tokens
+    assert 0 < summary["team"]["generated_tokens"] <= 24
     assert set(summary["ablation"]) == {"reasoner", "actor"}
     assert "accuracy_drop" in summary["ablation"]["actor"]
     transcripts = [json.loads(x) for x in (out / "transcripts.jsonl").read_text().splitlines()]
@@ -66,6 +68,7 @@ def test_marft_eval_end_to_end_on_20_problems(tmp_path):
     first = transcripts[0]["turns"][0]
     assert [a["role"] for a in first["agents"]] == ["reasoner", "actor"]
     assert "reference" in first["info"]
+    assert all(0 < t["generated_tokens"] <= 24 for t in transcripts)
     assert "trained team" in proc.stdout and "actor -> base" in proc.stdout
     # grader time-outs and failures are counted, not silent: in the summary, the table and metrics.jsonl
     assert summary["env_metrics"]["grader_calls"] > 0 and "grader_timeouts" in summary["env_metrics"]

@@ -66,11 +66,13 @@ def load_adapters(model, checkpoint: str | Path) -> Path:
 @dataclass
 class ProblemResult:
     """One problem's samples: whether each was right (the env's ``StepResult.correct`` at the
-    episode's last step), and each final answer (``StepResult.answer``)."""
+    episode's last step), each final answer (``StepResult.answer``), and the tokens the whole team
+    generated for each."""
 
     index: int
     correct: list[bool]
     answers: list[str | None]
+    tokens: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -153,6 +155,10 @@ class Evaluator:
             for key, value in traj.env_metrics.items():
                 out.env_metrics[key] = out.env_metrics.get(key, 0.0) + value
             by_env = {t["env"]: t for t in traj.transcripts}
+            T = traj.shape[1]
+            tokens = sum(a.response_mask.reshape(n_envs, T, -1).sum((1, 2)) for a in traj.agents).tolist()
+            for b in by_env:
+                by_env[b]["generated_tokens"] = int(tokens[b])
             for j, p in enumerate(idx):
                 samples = [by_env[b] for b in range(j * K, (j + 1) * K)]
                 out.results.append(self._result(p, samples))
@@ -172,16 +178,20 @@ class Evaluator:
                 f"env {self.cfg.env.name!r} does not say whether an answer is correct (StepResult.correct)",
             )
         return ProblemResult(
-            problem, [bool(turn["correct"]) for turn in last], [turn["answer"] for turn in last]
+            problem,
+            [bool(turn["correct"]) for turn in last],
+            [turn["answer"] for turn in last],
+            [t["generated_tokens"] for t in samples],
         )
 
     def summarize(self, results: list[ProblemResult]) -> dict[str, float]:
-        """accuracy (mean over all samples), pass@1, pass@K and maj@K (the majority answer's
-        sample was right)."""
+        """accuracy (mean over all samples), pass@1, pass@K, maj@K (the majority answer's
+        sample was right) and the team's generated tokens per sample."""
         K = self.samples
         out = {
             "accuracy": sum(sum(r.correct) for r in results) / (K * len(results)),
             "pass@1": sum(pass_at_k(K, sum(r.correct), 1) for r in results) / len(results),
+            "generated_tokens": sum(sum(r.tokens) for r in results) / (K * len(results)),
         }
         if K > 1:
             out[f"pass@{K}"] = sum(pass_at_k(K, sum(r.correct), K) for r in results) / len(results)

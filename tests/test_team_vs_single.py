@@ -1,0 +1,98 @@
+"""benchmarks/team_vs_single.py end to end on the tiny model: six rows, matched token budgets,
+paired tests, and a second call that reuses every finished run and evaluation."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("team_vs_single", ROOT / "benchmarks" / "team_vs_single.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_team(tmp_path) -> Path:
+    cfg = {
+        "run": {"iterations": 1, "progress": False, "tensorboard": False},
+        "model": {"name": "tiny", "tiny": {"initializer_range": 0.2}},
+        "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "modules_to_save": ["lm_head"]},
+        "team": {
+            "agents": [
+                {"role": "planner", "system_prompt": "plan the solution", "max_new_tokens": 3},
+                {"role": "solver", "system_prompt": "give the answer", "graded": True},
+            ]
+        },
+        "env": {
+            "name": "math",
+            "n_envs": 4,
+            "horizon": 1,
+            "kwargs": {"data": "arithmetic", "arith_count": 50, "arith_seed": 0},
+        },
+        "sampling": {"max_new_tokens": 5},
+        "algorithm": {"name": "grpo", "group_size": 2, "ppo_epochs": 1},
+    }
+    path = tmp_path / "team.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_the_six_rows_end_to_end_on_the_tiny_model(tmp_path):
+    script = load_script()
+    out = tmp_path / "out"
+    argv = [str(tiny_team(tmp_path)), "--single-prompt", "answer", "--team-iterations", "2"]
+    argv += ["--limit", "4", "--out", str(out)]
+    summary = script.main(argv)
+    rows = summary["rows"]
+    assert list(rows) == [1, 2, 3, 4, 5, 6]
+    for r in rows.values():
+        assert 0.0 <= r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] <= 1.0 and len(r["per_seed"]) == 1
+    # row 5 sets the budget; rows 2 and 4 stop after the iteration that reaches it
+    budget = rows[5]["train_tokens"]
+    assert rows[5]["train_iterations"] == 2
+    for n in (2, 4):
+        one_more = budget / 2 + 4 * 5  # at most one more iteration: 4 envs x up to 5 tokens per agent
+        assert budget <= rows[n]["train_tokens"] < budget + one_more
+    assert rows[2]["train_iterations"] > 2  # one agent generates fewer tokens per iteration
+    # the shared row trained one adapter; the per-role row one per agent
+    seed = out / "seed0"
+    shared_ckpt = json.loads((seed / "team-shared" / "done.json").read_text())["checkpoint"]
+    assert [p.name for p in (Path(shared_ckpt) / "adapters").iterdir()] == ["shared"]
+    per_role = json.loads((seed / "team-per-role" / "done.json").read_text())["checkpoint"]
+    assert sorted(p.name for p in (Path(per_role) / "adapters").iterdir()) == ["planner", "solver"]
+    # the single agent sees only the problem: the team generates more tokens per problem
+    assert rows[3]["eval_tokens_per_problem"] > rows[1]["eval_tokens_per_problem"]
+    k = rows[6]["k"]
+    assert k == max(1, round(rows[5]["eval_tokens_per_problem"] / rows[1]["eval_tokens_per_problem"]))
+    assert set(summary["paired"]) == {"2 vs 5", "5 vs 6"}
+    for t in summary["paired"].values():
+        assert 0.0 <= t["p"] <= 1.0 and t["better_first"] + t["better_second"] <= 4
+    table = (out / "table.md").read_text()
+    assert sum(line.startswith("| ") for line in table.splitlines()) == 7 and f"(k={k})" in table  # head + 6
+    # a second call reuses every run and evaluation: the same numbers, no new files
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in ("results.json", "table.md"))
+    again = script.main(argv)
+    assert json.dumps(again["rows"]) == json.dumps(summary["rows"])
+    assert (
+        sorted(p for p in out.rglob("*") if p.is_file() and p.name not in ("results.json", "table.md"))
+        == files
+    )
+
+
+def test_wilson_interval_and_the_single_agent_config_by_hand(tmp_path):
+    script = load_script()
+    lo, hi = script.wilson(5, 10)
+    assert abs(lo - 0.2366) < 1e-3 and abs(hi - 0.7634) < 1e-3  # textbook values for 5/10
+    assert script.wilson(0, 4)[0] == 0.0
+    from marft.compose import load_config
+
+    team = load_config(str(tiny_team(tmp_path)))
+    single = script.single_config(team, None, "alone")
+    (agent,) = single.team.agents
+    assert (agent.role, agent.system_prompt, agent.observes, agent.graded) == ("solver", "alone", [], True)
+    assert single.env == team.env and single.algorithm == team.algorithm
