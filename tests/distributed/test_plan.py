@@ -44,3 +44,14 @@ def test_gradient_checkpointing_keeps_one_tensor_per_layer_and_token():
     assert plain.phases["activations (update)"] - ckpt.phases["activations (update)"] == saved
     assert ref.phases["activations (update)"] == plain.phases["activations (update)"]
     assert ckpt.total < plain.total
+
+
+def test_a_shape_without_prompt_tokens_asks_for_them():
+    import pytest
+
+    from marft.config import ConfigError
+    from marft.distributed.plan import plan_text
+
+    with pytest.raises(ConfigError, match="--prompt-tokens.*shape without a tokenizer"):
+        plan_text(load_config("demo", BASE))
+    assert "prompt tokens: 100" in plan_text(load_config("demo", BASE), prompt_tokens=100)

@@ -254,6 +254,14 @@ def measure_prompt_tokens(cfg: Config, env) -> int:
     from marft.team.prompts import build_messages
 
     graph = TeamGraph.from_config(cfg.team)
+    if cfg.model.name.startswith("shape:"):
+        from marft.config import ConfigError
+
+        raise ConfigError(
+            "--prompt-tokens",
+            f"{cfg.model.name} is a shape without a tokenizer, so prompts cannot be measured; "
+            "give the longest prompt, e.g. --prompt-tokens 512",
+        )
     if cfg.model.name == "tiny":
         from marft.models.tiny import build_tiny_tokenizer
 
