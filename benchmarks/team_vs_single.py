@@ -9,7 +9,8 @@ more, this trains and evaluates:
 4. the team trained with one shared adapter (``lora.shared: true``);
 5. the team trained with one adapter per role;
 6. one agent, untrained, majority vote over k samples, k chosen so that its generated tokens per
-   problem match row 5's (rounded; the table gives both).
+   problem match row 5's (rounded; the table gives both). Envs whose answers are programs (``code``)
+   give nothing to vote on: the row says so and its test is left out.
 
 Row 5 trains for ``--team-iterations``; the tokens it generated (every agent's sampled training
 tokens, ``generated_tokens`` in its ``metrics.jsonl``) are the budget of rows 2 and 4
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -129,8 +131,10 @@ def eval_row(cfg: Config, checkpoint: str | None, out: Path, limit: int, samples
     t0 = time.perf_counter()
     ev = Evaluator(cfg, checkpoint, samples=samples, limit=limit, progress=True)
     results: list[ProblemResult] = ev.run().results
-    scores = []
-    for r in results:
+    scores: list[float] | None = []
+    if samples > 1 and not any(a is not None for r in results for a in r.answers):
+        scores = None  # no answers to vote on (a program is judged, not compared): no row 6
+    for r in results if scores is not None else []:
         if samples == 1:
             scores.append(float(r.correct[0]))
         else:
@@ -200,6 +204,9 @@ def summarize(per_seed: list[dict[int, dict]], seeds: list[int]) -> dict[str, An
     table = {}
     for n, name in ROWS.items():
         runs = [s[n] for s in per_seed]
+        if any(r["scores"] is None for r in runs):
+            table[n] = {"row": name, "accuracy": None, "k": runs[0].get("k")}
+            continue
         n_obs = sum(len(r["scores"]) for r in runs)
         hits = sum(sum(r["scores"]) for r in runs)
         table[n] = {
@@ -215,7 +222,9 @@ def summarize(per_seed: list[dict[int, dict]], seeds: list[int]) -> dict[str, An
             "k": runs[0].get("k"),
         }
     scores = {n: [s[n]["scores"] for s in per_seed] for n in ROWS}
-    tests = {"2 vs 5": paired(scores[2], scores[5]), "5 vs 6": paired(scores[5], scores[6])}
+    tests = {"2 vs 5": paired(scores[2], scores[5])}
+    if table[6]["accuracy"] is not None:
+        tests["5 vs 6"] = paired(scores[5], scores[6])
     return {"seeds": seeds, "rows": table, "paired": tests}
 
 
@@ -232,6 +241,9 @@ def markdown(summary: dict[str, Any]) -> str:
     ]
     for n, r in summary["rows"].items():
         name = r["row"] + (f" (k={r['k']})" if r["k"] else "")
+        if r["accuracy"] is None:
+            lines.append(f"| {n} | {name} | no answers to vote on (programs are run, not compared) | | | | |")
+            continue
         tokens = (
             "-" if r["train_tokens"] is None else f"{r['train_tokens']:.0f} ({r['train_iterations']:.0f})"
         )
@@ -282,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     per_seed = [{**base_evals, **run_seed(args, team, single, s, base_evals)} for s in args.seeds]
     summary = summarize(per_seed, args.seeds)
     summary["wall_s"] = time.perf_counter() - t0
-    summary["command"] = " ".join(sys.argv) if argv is None else " ".join(argv)
+    summary["command"] = shlex.join(sys.argv if argv is None else ["team_vs_single.py", *argv])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(summary, indent=2))
     (args.out / "table.md").write_text(markdown(summary))

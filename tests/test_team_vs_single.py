@@ -96,3 +96,15 @@ def test_wilson_interval_and_the_single_agent_config_by_hand(tmp_path):
     (agent,) = single.team.agents
     assert (agent.role, agent.system_prompt, agent.observes, agent.graded) == ("solver", "alone", [], True)
     assert single.env == team.env and single.algorithm == team.algorithm
+
+
+def test_a_vote_without_answers_is_reported_not_scored():
+    """Coding envs give programs, not answers: row 6 says so instead of scoring 0."""
+    script = load_script()
+    row = {"scores": [1.0, 0.0], "tokens_per_problem": 10.0, "eval_s": 1.0}
+    seed = {n: dict(row) for n in range(1, 7)}
+    seed[6] = {**row, "scores": None, "k": 2}
+    summary = script.summarize([seed], [0])
+    assert summary["rows"][6]["accuracy"] is None and set(summary["paired"]) == {"2 vs 5"}
+    assert summary["rows"][5]["accuracy"] == 0.5
+    assert "no answers to vote on" in script.markdown(summary)

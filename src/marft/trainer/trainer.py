@@ -290,7 +290,12 @@ class Trainer:
             self.sink.log(row)
             self.sink.transcripts(it, step.trajectory.transcripts)
             self._carried = {"time_log_s": time.perf_counter() - t0, "time_checkpoint_s": 0.0}
-            bar.set_postfix(ret=f"{row['episode_return']:.3f}", trained=",".join(step.update.trained) or "-")
+            budget = (
+                {"tokens": f"{self.generated_tokens}/{cfg.run.token_budget}"} if cfg.run.token_budget else {}
+            )
+            bar.set_postfix(
+                ret=f"{row['episode_return']:.3f}", trained=",".join(step.update.trained) or "-", **budget
+            )
             self._after_iteration(it + 1, row, step.trajectory, bar)
         bar.close()
         return self._finish()
