@@ -17,14 +17,15 @@ tokens, ``generated_tokens`` in its ``metrics.jsonl``) are the budget of rows 2 
 (``run.token_budget``: each stops after the iteration that reaches it, so it may overshoot by
 less than one iteration; the table gives what each really used). Rows 1-5 are evaluated greedily
 on the first ``--limit`` held-out problems (``--heldout`` overrides, e.g. another generator
-seed), row 6 samples at the config's temperature. Accuracy is over problems and seeds with a 95%
-Wilson interval (evaluation noise only: seeds are listed, their spread is the training noise);
+seed), row 6 samples at the config's temperature. Accuracy is over problems (each scored by its
+mean over seeds) with a 95% Wilson interval (evaluation noise only: seeds are listed, their
+spread is the training noise);
 the paired tests compare rows 2 and 5 and rows 5 and 6 problem by problem (seed-averaged) with
 the exact two-sided sign test (McNemar's for one sample).
 
 Everything lands in ``--out``: each row's run and evaluation, ``results.json`` and
-``table.md``. Finished runs and evaluations are reused, so a stopped benchmark continues where it
-was. Usage (SmolLM2 on generated arithmetic, docs/results.md)::
+``table.md``. Finished runs and evaluations made with the same settings are reused, so a stopped
+benchmark continues where it was (one made with other settings stops it, saying which). Usage (SmolLM2 on generated arithmetic, docs/results.md)::
 
     M=$(python -c "from marft.models.smollm2 import smollm2_path; print(smollm2_path())")
     python benchmarks/team_vs_single.py smollm2_arith --set model.name=$M \\
@@ -38,6 +39,7 @@ import argparse
 import json
 import math
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -97,14 +99,33 @@ def with_overrides(cfg: Config, overrides: list[str]) -> Config:
     return out
 
 
+def reuse(path: Path, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """What ``path`` cached, if it was made with ``spec`` (the config and arguments of its row);
+    None when there is nothing yet. A cache made with other settings stops the benchmark: its
+    numbers would silently answer another question."""
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("spec") != json.loads(json.dumps(spec)):
+        raise SystemExit(
+            f"{path} was made with other settings; delete it (or its folder) or give another --out"
+        )
+    return data
+
+
 def train_row(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Train (or reuse a finished run in ``run_dir``); its checkpoint, tokens and seconds."""
     rows_file = run_dir / "metrics.jsonl"
     done = run_dir / "done.json"
-    if done.exists():
-        return json.loads(done.read_text())
+    spec = {"config": to_dict(cfg)}
+    cached = reuse(done, spec)
+    if cached is not None:
+        return cached
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, run_dir, resume=latest_checkpoint(run_dir) is not None)
+    resume = latest_checkpoint(run_dir) is not None
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to continue from
+    trainer = Trainer(cfg, run_dir, resume=resume)
     trainer.setup()
     trainer.train()
     rows = [json.loads(x) for x in rows_file.read_text().splitlines()]
@@ -116,6 +137,7 @@ def train_row(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "wall_s": time.perf_counter() - t0,
         "return_first": rows[0]["episode_return"],
         "return_last": rows[-1]["episode_return"],
+        "spec": spec,
     }
     done.write_text(json.dumps(out))
     return out
@@ -124,8 +146,16 @@ def train_row(cfg: Config, run_dir: Path) -> dict[str, Any]:
 def eval_row(cfg: Config, checkpoint: str | None, out: Path, limit: int, samples: int, greedy: bool) -> dict:
     """Evaluate (or reuse ``out``): per problem 1/0 (greedy: the sample; else the majority
     answer's sample) and the tokens generated per problem."""
-    if out.exists():
-        return json.loads(out.read_text())
+    spec = {
+        "config": to_dict(cfg),
+        "checkpoint": checkpoint,
+        "limit": limit,
+        "samples": samples,
+        "greedy": greedy,
+    }
+    cached = reuse(out, spec)
+    if cached is not None:
+        return cached
     if greedy:
         cfg = with_overrides(cfg, ["sampling.top_k=1"])
     t0 = time.perf_counter()
@@ -145,6 +175,7 @@ def eval_row(cfg: Config, checkpoint: str | None, out: Path, limit: int, samples
         "tokens_per_problem": sum(sum(r.tokens) for r in results) / len(results),
         "samples": samples,
         "eval_s": time.perf_counter() - t0,
+        "spec": spec,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data))
@@ -199,20 +230,24 @@ def run_seed(args, team: Config, single: Config, seed: int, base_evals: dict) ->
 
 
 def summarize(per_seed: list[dict[int, dict]], seeds: list[int]) -> dict[str, Any]:
-    """The table's numbers: per row accuracy (per seed and pooled) with its 95% interval, tokens,
-    seconds; the paired tests."""
+    """The table's numbers: per row accuracy (per seed, and the mean over seeds) with its 95%
+    interval, tokens, seconds; the paired tests.
+
+    Every seed is evaluated on the same problems (and rows 1 and 3 do not depend on the seed), so
+    the interval is over the ``limit`` problems, each scored by its mean over seeds: seeds do not
+    count as more problems."""
     table = {}
     for n, name in ROWS.items():
         runs = [s[n] for s in per_seed]
         if any(r["scores"] is None for r in runs):
             table[n] = {"row": name, "accuracy": None, "k": runs[0].get("k")}
             continue
-        n_obs = sum(len(r["scores"]) for r in runs)
-        hits = sum(sum(r["scores"]) for r in runs)
+        n_problems = len(runs[0]["scores"])
+        hits = sum(sum(r["scores"]) for r in runs) / len(runs)
         table[n] = {
             "row": name,
-            "accuracy": hits / n_obs,
-            "ci95": wilson(hits, n_obs),
+            "accuracy": hits / n_problems,
+            "ci95": wilson(hits, n_problems),
             "per_seed": [sum(r["scores"]) / len(r["scores"]) for r in runs],
             "train_tokens": _mean([r.get("generated_tokens") for r in runs]),
             "train_iterations": _mean([r.get("iterations") for r in runs]),

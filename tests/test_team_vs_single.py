@@ -5,6 +5,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +83,9 @@ def test_the_six_rows_end_to_end_on_the_tiny_model(tmp_path):
         sorted(p for p in out.rglob("*") if p.is_file() and p.name not in ("results.json", "table.md"))
         == files
     )
+    # a cache made with other settings is not silently reused
+    with pytest.raises(SystemExit, match="other settings"):
+        script.main([*argv[:-4], "--limit", "3", "--out", str(out)])
 
 
 def test_wilson_interval_and_the_single_agent_config_by_hand(tmp_path):

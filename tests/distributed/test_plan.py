@@ -55,3 +55,11 @@ def test_a_shape_without_prompt_tokens_asks_for_them():
     with pytest.raises(ConfigError, match="--prompt-tokens.*shape without a tokenizer"):
         plan_text(load_config("demo", BASE))
     assert "prompt tokens: 100" in plan_text(load_config("demo", BASE), prompt_tokens=100)
+
+
+def test_a_shared_adapter_is_planned_once():
+    per_role, _ = learner_and_reference()
+    shared, ref = learner_and_reference("lora.shared=true")
+    key = "adapters + optimizer"
+    assert shared.items[key] * 2 == per_role.items[key]  # the demo's two agents, one adapter
+    assert ref.items["base copies"] == learner_and_reference()[1].items["base copies"]

@@ -60,10 +60,18 @@ def _grads(model, fn):
     return loss, [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
 
 
-def test_the_merged_batch_gives_the_gradient_of_each_agent_weighted_by_its_actions(tmp_path):
+@pytest.mark.parametrize(
+    "algorithm",
+    [["algorithm.name=appo"], ["algorithm.name=grpo", "algorithm.group_size=4"]],
+    ids=["action", "token"],
+)
+def test_the_merged_batch_gives_the_gradient_of_each_agent_weighted_by_its_share(tmp_path, algorithm):
     """One update over both agents' actions (padded together) equals each agent's own
-    update-gradient weighted by its share of the actions: merging pads, it changes no row."""
-    trainer = setup(tmp_path, SHARED, "algorithm.entropy_coef=0", "algorithm.kl_coef=0")
+    update-gradient weighted by its share of the minibatch's actions (action-level loss) or of its
+    response tokens (token-level): merging pads, it changes no row."""
+    trainer = setup(tmp_path, SHARED, "algorithm.entropy_coef=0", "algorithm.kl_coef=0", *algorithm)
+    token_level = trainer.learner.policy.token_level
+    assert token_level == (algorithm[0] == "algorithm.name=grpo")
     traj, scores = collect_scored(trainer)
     targets = trainer.learner.targets(traj, scores)
     batches = [AgentBatch(traj.agents[n], scores.old_logprobs[n], None) for n in range(2)]
@@ -73,7 +81,10 @@ def test_the_merged_batch_gives_the_gradient_of_each_agent_weighted_by_its_actio
     policy, model = trainer.learner.policy, trainer.model
     S = merged.actions.prompt_ids.shape[0]
     loss, grads = _grads(model, lambda: policy.minibatch_backward(merged, merged_targets, torch.arange(S))[0])
-    weights = [t.sample_mask.sum() for t in agent_targets]
+    weights = [
+        (b.actions.response_mask * t.sample_mask[:, None]).sum() if token_level else t.sample_mask.sum()
+        for b, t in zip(batches, agent_targets, strict=True)
+    ]
     total = sum(weights)
     expect_loss, expect = 0.0, [torch.zeros_like(g) for g in grads]
     for b, t, w in zip(batches, agent_targets, weights, strict=True):

@@ -144,6 +144,8 @@ def plan(
     b = DTYPE_BYTES[dtype]
     n_agents = len(cfg.team.agents)
     trainable = sum(1 for a in cfg.team.agents if a.trainable)
+    adapters = 1 if cfg.lora.shared else n_agents  # lora.shared: one adapter (all agents trainable)
+    trainable = 1 if cfg.lora.shared else trainable
     action = max([a.max_new_tokens or cfg.sampling.max_new_tokens for a in cfg.team.agents])
     seq = prompt_tokens + action
     critic = resolve_algorithm(cfg.algorithm).critic
@@ -186,7 +188,7 @@ def plan(
     learner = DevicePlan("learner")
     learner.items["base"] = shape.base_params * b
     learner.items["adapters + optimizer"] = shape.lora_params * (
-        ADAM_BYTES * trainable + 4 * (n_agents - trainable)
+        ADAM_BYTES * trainable + 4 * (adapters - trainable)
     )
     learner.items["critic"] = head * ADAM_BYTES if critic else 0.0
     if not rc.enabled:
@@ -199,7 +201,7 @@ def plan(
         for k in range(rc.rollout_workers):
             w = DevicePlan(f"rollout worker {k}")
             w.items["base"] = shape.base_params * b
-            w.items["adapters"] = shape.lora_params * 4.0 * n_agents
+            w.items["adapters"] = shape.lora_params * 4.0 * adapters
             w.phases["KV cache (generation)"] = kv(rows)
             out.append(w)
         for g in range(1, rc.learners):

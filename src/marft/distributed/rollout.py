@@ -72,7 +72,7 @@ class RolloutWorker(ActorProcess):
         self.collector.load_state_dict(state)
 
     def update_weights(self, version: int, weights: dict[str, dict[str, Any]]) -> int:
-        """Load the adapters in ``weights`` (role -> PEFT tensors) as ``version``; returns its size in bytes."""
+        """Load the adapters in ``weights`` (adapter -> PEFT tensors) as ``version``; returns its size in bytes."""
         self.model.set_adapter_weights(weights)
         self.backend.update_weights(version, lambda roles=None: weights, list(weights))
         self.version = version
@@ -112,7 +112,7 @@ class RayRollout:
 
     Args:
         cfg: the run's config (``run.ray`` set).
-        adapter_weights: ``adapter_weights(roles)`` -> PEFT tensors per role (the learner's model).
+        adapter_weights: ``adapter_weights(names)`` -> PEFT tensors per adapter (the learner's model).
         pad_id: the tokenizer's padding token (merging pads with it).
         group_size: env copies per group (1 for continuing collection).
     """

@@ -9,8 +9,8 @@ stop at the end-of-turn token) and the output is the same :class:`Generation`.
   sampled token under the distribution it was drawn from (temperature, top-k, top-p applied). The
   learner recomputes them with its own forward; the gap is logged and ``algorithm.
   rollout_correction: tis`` corrects for it.
-* **Adapter hot-swap.** After each update only the changed agents' LoRA tensors are written, to a
-  RAM-backed folder, under a new name and id (``<role>-v<version>``); the old version is removed
+* **Adapter hot-swap.** After each update only the changed adapters' LoRA tensors are written, to a
+  RAM-backed folder, under a new name and id (``<adapter>-v<version>``: the role's, or ``shared``); the old version is removed
   from the engine and from disk. A name is never reused for changed weights.
 * **Memory.** On CUDA the engine takes ``vllm.gpu_memory_utilization`` of the device and sleeps
   between rollout and update (``vllm.sleep``); on CPU its KV cache is ``vllm.kv_cache_gb``.
