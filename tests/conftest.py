@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
+import yaml
 
 from marft.compose import load_config
 from marft.config import LoraSettings, ModelConfig, TinyModelConfig
@@ -34,6 +38,23 @@ def make_team_model(
 @pytest.fixture
 def team_model() -> TeamModel:
     return make_team_model()
+
+
+def write_tiny_config(path: Path, agents: list[dict], env: dict, **sections: Any) -> Path:
+    """A YAML config at ``path`` for ``agents`` on ``env`` with the built-in tiny model (a trained
+    ``lm_head`` per agent, so that LoRA can peak its distributions); ``run`` (progress and
+    TensorBoard off) and the other sections can be extended by keyword."""
+    run = {"iterations": 1, "progress": False, "tensorboard": False, **sections.pop("run", {})}
+    cfg = {
+        "run": run,
+        "model": {"name": "tiny", "tiny": {"initializer_range": 0.2}},
+        "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "modules_to_save": ["lm_head"]},
+        "team": {"agents": agents},
+        "env": env,
+        **sections,
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
 
 def small_config(*overrides: str):

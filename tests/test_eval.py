@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from marft.trainer.evaluate import Evaluator, ProblemResult, majority, pass_at_k
+from tests.conftest import write_tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
@@ -17,28 +17,21 @@ pytestmark = pytest.mark.skipif(not GSM8K.exists(), reason=f"{GSM8K} missing (te
 
 
 def math_config(tmp_path) -> Path:
-    cfg = {
-        "run": {"iterations": 1, "progress": False, "tensorboard": False},
-        "model": {"name": "tiny", "tiny": {"initializer_range": 0.2}},
-        "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "modules_to_save": ["lm_head"]},
-        "team": {
-            "agents": [
-                {"role": "reasoner", "system_prompt": "plan the solution"},
-                {"role": "actor", "system_prompt": "give the answer", "graded": True},
-            ]
-        },
-        "env": {
+    return write_tiny_config(
+        tmp_path / "math.yaml",
+        [
+            {"role": "reasoner", "system_prompt": "plan the solution"},
+            {"role": "actor", "system_prompt": "give the answer", "graded": True},
+        ],
+        {
             "name": "math",
             "n_envs": 8,
             "horizon": 2,
             "kwargs": {"data": str(GSM8K), "limit": 20, "max_attempts": 2},
         },
-        "sampling": {"max_new_tokens": 6},
-        "algorithm": {"name": "grpo", "group_size": 4, "ppo_epochs": 1},
-    }
-    path = tmp_path / "math.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+        sampling={"max_new_tokens": 6},
+        algorithm={"name": "grpo", "group_size": 4, "ppo_epochs": 1},
+    )
 
 
 def run_cli(*args):

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.conftest import write_tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,28 +20,21 @@ def load_script():
 
 
 def tiny_team(tmp_path) -> Path:
-    cfg = {
-        "run": {"iterations": 1, "progress": False, "tensorboard": False},
-        "model": {"name": "tiny", "tiny": {"initializer_range": 0.2}},
-        "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "modules_to_save": ["lm_head"]},
-        "team": {
-            "agents": [
-                {"role": "planner", "system_prompt": "plan the solution", "max_new_tokens": 3},
-                {"role": "solver", "system_prompt": "give the answer", "graded": True},
-            ]
-        },
-        "env": {
+    return write_tiny_config(
+        tmp_path / "team.yaml",
+        [
+            {"role": "planner", "system_prompt": "plan the solution", "max_new_tokens": 3},
+            {"role": "solver", "system_prompt": "give the answer", "graded": True},
+        ],
+        {
             "name": "math",
             "n_envs": 4,
             "horizon": 1,
             "kwargs": {"data": "arithmetic", "arith_count": 50, "arith_seed": 0},
         },
-        "sampling": {"max_new_tokens": 5},
-        "algorithm": {"name": "grpo", "group_size": 2, "ppo_epochs": 1},
-    }
-    path = tmp_path / "team.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+        sampling={"max_new_tokens": 5},
+        algorithm={"name": "grpo", "group_size": 2, "ppo_epochs": 1},
+    )
 
 
 def test_the_six_rows_end_to_end_on_the_tiny_model(tmp_path):

@@ -9,13 +9,13 @@ import threading
 from pathlib import Path
 
 import pytest
-import yaml
 
 from marft.compose import load_config
 from marft.envs.base import Observation, StepResult, step_all
 from marft.envs.code.env import CodeEnv
 from marft.trainer import train
 from marft.trainer.evaluate import evaluate
+from tests.conftest import write_tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 MBPP = ROOT.parent / "shared" / "data" / "code" / "mbpp_train.jsonl"
@@ -24,22 +24,13 @@ SECRET = "MARFT_TEST_SECRET_VALUE_42"
 
 
 def code_config(tmp_path: Path, env_name: str = "code", iterations: int = 2, **kwargs) -> Path:
-    cfg = {
-        "run": {"iterations": iterations, "progress": False, "tensorboard": False, "report": False},
-        "model": {"name": "tiny", "tiny": {"initializer_range": 0.2}},
-        "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "modules_to_save": ["lm_head"]},
-        "team": {
-            "agents": [
-                {"role": "planner", "system_prompt": "describe the approach"},
-                {
-                    "role": "coder",
-                    "system_prompt": "write the function",
-                    "observes": ["planner"],
-                    "graded": True,
-                },
-            ]
-        },
-        "env": {
+    return write_tiny_config(
+        tmp_path / "code.yaml",
+        [
+            {"role": "planner", "system_prompt": "describe the approach"},
+            {"role": "coder", "system_prompt": "write the function", "observes": ["planner"], "graded": True},
+        ],
+        {
             "name": env_name,
             "n_envs": 8,
             "horizon": 2,
@@ -51,12 +42,10 @@ def code_config(tmp_path: Path, env_name: str = "code", iterations: int = 2, **k
                 **kwargs,
             },
         },
-        "sampling": {"max_new_tokens": 8},
-        "algorithm": {"name": "grpo", "group_size": 4, "ppo_epochs": 1},
-    }
-    path = tmp_path / "code.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+        run={"iterations": iterations, "report": False},
+        sampling={"max_new_tokens": 8},
+        algorithm={"name": "grpo", "group_size": 4, "ppo_epochs": 1},
+    )
 
 
 class WrapEnv(CodeEnv):
