@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from marft.algorithms.advantages import (
@@ -52,6 +53,9 @@ class AdvantageInputs:
         cut_values: ``[B, T]`` value of the next observation at those cuts (0 elsewhere): a time
             limit is not a terminal state, so GAE bootstraps from it.
         token_mask: ``[B, T, N, L]`` 1 on real tokens (token-level values only).
+        turns: ``[B, T, N]`` the generation call of each action (-1: none): GAE runs through the
+            actions in the order they happened (:func:`~marft.algorithms.advantages.action_order`).
+            None: every agent acted at every step, in acting order.
     """
 
     rewards: Tensor
@@ -65,14 +69,19 @@ class AdvantageInputs:
     truncated: Tensor | None = None
     cut_values: Tensor | None = None
     token_mask: Tensor | None = None
+    turns: Tensor | None = None
 
     def penalised_rewards(self, gamma: float) -> Tensor:
         """``[B, T, N]`` rewards minus the KL penalty, plus ``gamma * V(next observation)`` on the
-        last agent's reward where the horizon cut an episode."""
+        reward of the step's last action where the horizon cut an episode."""
         rewards = self.rewards if self.penalty is None else self.rewards - self.penalty
         if self.cut_values is not None:
             rewards = rewards.clone()
-            rewards[:, :, -1] += gamma * self.truncated * self.cut_values
+            bootstrap = gamma * self.truncated * self.cut_values  # [B, T]
+            if self.turns is None:
+                rewards[:, :, -1] += bootstrap
+            else:
+                rewards += bootstrap[..., None] * last_action_mask(self.turns).to(rewards.dtype)
         return rewards
 
 
@@ -136,6 +145,7 @@ def gae_estimator(inputs: AdvantageInputs, params: EstimatorParams) -> Advantage
         inputs.last_values,
         params.gamma,
         params.lam,
+        inputs.turns,
     )
     return AdvantageOutput(adv, ret)
 
@@ -153,8 +163,17 @@ def token_gae_estimator(inputs: AdvantageInputs, params: EstimatorParams) -> Adv
         params.lam,
         params.token_gamma,
         params.token_lam,
+        inputs.turns,
     )
     return AdvantageOutput(adv, ret)
+
+
+def last_action_mask(turns: Tensor) -> Tensor:
+    """``[B, T, N]`` True at the last action of each (env copy, step): the latest generation call,
+    then the last agent in acting order; all False where nobody acted."""
+    N = turns.shape[-1]
+    key = torch.where(turns >= 0, turns * N + torch.arange(N, device=turns.device), -1)
+    return (key == key.max(-1, keepdim=True).values) & (turns >= 0)
 
 
 def rollout_returns(inputs: AdvantageInputs) -> Tensor:
@@ -163,7 +182,7 @@ def rollout_returns(inputs: AdvantageInputs) -> Tensor:
     mask = inputs.action_mask
     if inputs.per_agent_rewards:
         return (inputs.penalised_rewards(1.0) * mask).sum(1)
-    returns = (inputs.team_rewards * mask[:, :, 0]).sum(1)
+    returns = inputs.team_rewards.sum(1)  # 0 at steps where no team step ended
     if inputs.penalty is not None:
         returns = returns - (inputs.penalty * mask).sum((1, 2))
     return returns
