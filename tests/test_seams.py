@@ -12,7 +12,7 @@ import torch
 from marft.compose import load_config
 from marft.envs.base import Observation, StepResult
 from marft.rollout import Collector, Generation, GenerationBackend, Trajectory
-from marft.team import StaticSchedule, TeamGraph
+from marft.team import Action, StaticSchedule, TeamGraph
 from marft.trainer import Trainer
 from tests.conftest import collect_scored, small_config
 
@@ -89,10 +89,26 @@ class OddEnvsSkipTheSpeaker:
         self.static = StaticSchedule(graph)
         self.graph = graph
 
-    def ready(self, env, acted):
-        if env % 2 and "listener" not in acted:
-            return [self.graph.agent("listener")]
-        return [] if env % 2 else self.static.ready(env, acted)
+    def begin(self, env, observation, rng):
+        if env % 2 == 0:
+            return self.static.begin(env, observation, rng)
+        return ListenerAlone(self.graph.agent("listener"))
+
+
+class ListenerAlone:
+    """One team step in which the listener acts alone (the :class:`~marft.team.schedule.Step` protocol)."""
+
+    def __init__(self, listener) -> None:
+        self.listener, self.actions = listener, []
+
+    def ready(self):
+        return [] if self.actions else [self.listener]
+
+    def seen(self, agent):
+        return []
+
+    def record(self, agent, text):
+        self.actions.append(Action(agent.role, text))
 
 
 def test_a_schedule_decides_who_acts_and_the_update_follows(tmp_path):

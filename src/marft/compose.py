@@ -75,6 +75,13 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 "algorithm.group_size", "group-relative algorithms need at least 2 rollouts per task instance"
             )
+    if cfg.team.routing is not None and not default.grouped and cfg.env.reward_assignment == "shared":
+        raise ConfigError(
+            "env.reward_assignment",
+            "with team.routing, 'shared' gives every action of a route the team reward, so GAE's "
+            "returns grow with the route's length (longer routes look better); use 'last' or "
+            "'per_agent', or a group-relative algorithm",
+        )
     _choice(ROLLOUT_BACKENDS, cfg.sampling.backend, "sampling.backend", "backend")
     if cfg.sampling.backend == "vllm":
         _validate_vllm(cfg)

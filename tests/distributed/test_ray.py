@@ -43,8 +43,8 @@ def local_ray():
     ray.shutdown()
 
 
-def train(tmp_path, name, *overrides, iterations=4, resume=False, during=None):
-    cfg = load_config("demo", [*COMMON, f"run.iterations={iterations}", *overrides])
+def train(tmp_path, name, *overrides, iterations=4, resume=False, during=None, preset="demo"):
+    cfg = load_config(preset, [*COMMON, f"run.iterations={iterations}", *overrides])
     trainer = Trainer(cfg, tmp_path / name, resume=resume)
     trainer.setup()
     if during is not None:
@@ -144,6 +144,19 @@ def test_a_shared_adapter_team_gives_the_same_run_with_two_workers(tmp_path):
     two = train(tmp_path, "s2", "run.ray.rollout_workers=2", *shared, iterations=2)
     assert_same_run(one, two)
     assert list(two[0].model.adapter_weights()) == ["shared"]
+
+
+def test_a_routing_team_gives_the_same_run_with_two_workers(tmp_path):
+    # Env copies of different slices take different routes; the merged trajectory (routes and
+    # route counters included) trains exactly as one process would.
+    one = train(
+        tmp_path, "r1", "run.ray.rollout_workers=1", "run.checkpoint_every=0", iterations=2, preset="routing"
+    )
+    two = train(
+        tmp_path, "r2", "run.ray.rollout_workers=2", "run.checkpoint_every=0", iterations=2, preset="routing"
+    )
+    assert_same_run(one, two)
+    assert any(k.startswith("route_share/") for k in two[2][-1])
 
 
 def test_too_many_workers_for_the_env_copies_is_a_config_error():

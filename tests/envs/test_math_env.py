@@ -122,3 +122,13 @@ def test_hugging_face_loading_path_through_a_local_file(jsonl):
         )
         ref = make_env("math", {"data": str(gsm), "limit": 5}, team(True))
         assert [a for _, a in env.problems] == [a for _, a in ref.problems]
+
+
+def test_a_routing_team_is_graded_on_the_graded_agents_that_acted(jsonl):
+    env = make_env("math", {"data": str(jsonl)}, team(True, False, True))
+    env.reset_to(0)
+    r = env.step({"agent0": "\\boxed{2}"})  # agent2 (graded, last) was not routed to
+    assert (r.rewards, r.correct, r.answer) == (1.0, True, "2") and r.info["correct"] == {"agent0": True}
+    env.reset_to(0)
+    r = env.step({"agent1": "\\boxed{2}"})  # no graded agent acted: nothing to grade
+    assert (r.rewards, r.correct, r.answer) == (0.0, False, None)

@@ -49,7 +49,7 @@ def test_unknown_and_duplicate_roles():
 def test_messages_hold_private_view_and_observed_outputs_only():
     g = TeamGraph.from_config(team({"role": "x", "system_prompt": "sys x"}, {"role": "y", "observes": ["x"]}))
     obs = Observation(text="task", private={"x": "secret 3"})
-    ma = build_messages(g.agent("x"), obs, {}, g.message_format)
-    mb = build_messages(g.agent("y"), obs, {"x": "hello"}, g.message_format)
+    ma = build_messages(g.agent("x"), obs, [], g.message_format)
+    mb = build_messages(g.agent("y"), obs, [("x", "hello")], g.message_format)
     assert ma == [{"role": "system", "content": "sys x"}, {"role": "user", "content": "task\nsecret 3"}]
     assert mb == [{"role": "user", "content": "task\nx: hello"}]

@@ -29,16 +29,20 @@ from marft.config.sections import (
     TinyModelConfig,
     VLLMConfig,
 )
+from marft.config.team import DONE, RANDOM, RoutingConfig
 
 __all__ = [
     "AgentConfig",
     "AlgorithmConfig",
     "Config",
     "ConfigError",
+    "DONE",
+    "RANDOM",
     "EnvConfig",
     "LoraSettings",
     "ModelConfig",
     "RayConfig",
+    "RoutingConfig",
     "RunConfig",
     "SamplingConfig",
     "TeamConfig",

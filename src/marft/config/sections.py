@@ -10,8 +10,9 @@ from typing import Any, Literal
 
 from marft.config.errors import ConfigError, _check
 from marft.config.scale import RayConfig
+from marft.config.team import AgentConfig, RoutingConfig, TeamConfig
 
-__all__ = ["ConfigError", "RayConfig", "_check"]
+__all__ = ["AgentConfig", "ConfigError", "RayConfig", "RoutingConfig", "TeamConfig", "_check"]
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -107,58 +108,6 @@ class LoraSettings:
         _check(self.r > 0, "r", "must be a positive integer")
         _check(self.alpha > 0, "alpha", "must be > 0")
         _check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
-
-
-@dataclass
-class AgentConfig:
-    """One member of the team: a role, a prompt and a LoRA adapter of its own."""
-
-    role: str
-    """Unique name; also the adapter's name and its checkpoint folder."""
-    system_prompt: str = ""
-    """The role prompt, sent as the system message through the tokenizer's chat template."""
-    observes: list[str] | None = None
-    """Roles whose outputs this agent sees (the Flex-MG dependency function D). Default: every
-    agent declared before it. ``[]`` means it sees only the environment."""
-    trainable: bool = True
-    """Whether RL updates this agent's adapter."""
-    graded: bool = False
-    """Whether the environment grades this agent's output (envs that grade read this)."""
-    max_new_tokens: int | None = None
-    """This agent's longest action in tokens (None: ``sampling.max_new_tokens``)."""
-
-    def __post_init__(self) -> None:
-        import re
-
-        _check(
-            bool(re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,63}", self.role))
-            and self.role != "default"
-            and self.role not in "lora_",  # PEFT mistakes such adapter names for its own prefix
-            "role",
-            f"must be an identifier (letters, digits, _; not 'default' nor part of 'lora_'), got {self.role!r}",
-        )
-        _check(
-            self.max_new_tokens is None or self.max_new_tokens > 0,
-            "max_new_tokens",
-            "must be a positive integer or null",
-        )
-
-
-@dataclass
-class TeamConfig:
-    """The LaMAS: agents in declaration order and how they see each other."""
-
-    agents: list[AgentConfig] = field(default_factory=list)
-    """The agents. Acting order is a topological order of the dependency graph."""
-    message_format: str = "{role}: {content}"
-    """How an observed agent's output is quoted in a prompt; fields ``{role}`` and ``{content}``."""
-
-    def __post_init__(self) -> None:
-        _check(len(self.agents) > 0, "agents", "the team needs at least one agent")
-        try:
-            self.message_format.format(role="r", content="c")
-        except (KeyError, IndexError, ValueError) as e:
-            raise ConfigError("message_format", f"only {{role}} and {{content}} may be used ({e})") from None
 
 
 @dataclass

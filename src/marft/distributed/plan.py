@@ -277,7 +277,12 @@ def measure_prompt_tokens(cfg: Config, env) -> int:
     obs = env.reset(seed=cfg.run.seed)
     longest = 0
     for agent in graph.agents:
-        said = {r: " ".join(["word"] * (cfg.sampling.max_new_tokens)) for r in agent.observes}
+        words = " ".join(["word"] * (cfg.sampling.max_new_tokens))
+        said = [(r, words) for r in agent.observes]
+        if graph.routing is not None:  # the longest route: every earlier action of the step seen
+            said = [
+                (graph.agents[i % graph.n_agents].role, words) for i in range(graph.routing.max_actions - 1)
+            ]
         text = tokenizer.apply_chat_template(
             build_messages(agent, obs, said, graph.message_format), add_generation_prompt=True, tokenize=False
         )

@@ -40,10 +40,13 @@ class Observation:
     Attributes:
         text: shown to every agent.
         private: extra text shown only to the named roles (e.g. a secret for one agent).
+        next_agents: env routing (teams with ``team.routing``): the roles that act first on this
+            observation, in place of ``team.routing.start``; None: the team decides.
     """
 
     text: str
     private: dict[str, str] = field(default_factory=dict)
+    next_agents: list[str] | None = None
 
 
 @dataclass

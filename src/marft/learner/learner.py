@@ -124,6 +124,7 @@ class Learner:
             action_mask=traj.action_mask,
             penalty=self._kl_penalty(traj, scores, metrics),
             per_agent_rewards=traj.per_agent_rewards,
+            turns=traj.turns,
         )
         valued = self._values(traj, scores, inputs)
         out = self.algorithm.estimator(inputs, self.params)

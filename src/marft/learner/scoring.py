@@ -58,9 +58,10 @@ class Scores:
 
 @dataclass
 class _Turn:
-    """Rows of one generation turn: per agent (acting order), its row indices ``b * T + t``."""
+    """Rows of one generation call: per agent (acting order), its row indices ``b * T + t``;
+    ``first``: the trajectory's first call."""
 
-    step: int
+    first: bool
     members: list[tuple[int, Tensor]]
 
 
@@ -112,17 +113,17 @@ class Scorer:
     # ------------------------------------------------------------------------------ base forwards
 
     def _turns(self, traj: Trajectory) -> list[_Turn]:
+        """The generation calls of a trajectory in order, each as its rows per agent."""
         B, T, N = traj.shape
+        calls = traj.turns
         out = []
-        for t in range(T):
-            turns = traj.turns[:, t]  # [B, N]
-            for k in range(int(turns.max()) + 1):
-                members = []
-                for n in range(N):
-                    envs = (turns[:, n] == k).nonzero().squeeze(-1)
-                    if envs.numel():
-                        members.append((n, envs * T + t))
-                out.append(_Turn(t, members))
+        for k in torch.unique(calls[calls >= 0]).tolist():
+            members = []
+            for n in range(N):
+                where = (calls[:, :, n] == k).nonzero()  # (b, t) pairs, env copies ascending
+                if where.numel():
+                    members.append((n, where[:, 0] * T + where[:, 1]))
+            out.append(_Turn(first=not out, members=members))
         return out
 
     def _batch(self, traj: Trajectory, members: list[tuple[int, Tensor]]) -> SequenceBatch:
@@ -178,14 +179,8 @@ class Scorer:
         the remembered bootstrap features when they are the same prompts."""
         needs, kind = self.needs, self.needs.critic_features
         cached = self._next
-        first, rows = turn.members[0]
-        if (
-            cached is not None
-            and turn.step == 0
-            and first == 0
-            and kind == "action"
-            and not needs.ref_logprobs
-        ):
+        _, rows = turn.members[0]
+        if cached is not None and turn.first and kind == "action" and not needs.ref_logprobs:
             n = len(rows)
             own = SequenceBatch(
                 batch.prompt_ids[:n], batch.prompt_mask[:n], batch.response_ids[:n], batch.response_mask[:n]

@@ -21,6 +21,7 @@ import logging
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,42 +29,26 @@ import torch
 from marft.config import EnvConfig, SamplingConfig
 from marft.envs.base import Env, Observation, StepResult, env_state, load_env_state, pop_env_metrics, step_all
 from marft.rollout.backends import GenerationBackend
+from marft.rollout.rewards import team_reward_vector
 from marft.rollout.streams import draw_keys, env_stream
 from marft.rollout.trajectory import Prompts, Trajectory, TrajectoryBuilder
 from marft.team.graph import Agent, TeamGraph
 from marft.team.prompts import build_messages
-from marft.team.schedule import Schedule, StaticSchedule
+from marft.team.schedule import Schedule, Step, outputs_of, route_of, schedule_for
 
 log = logging.getLogger(__name__)
 
 
-def team_reward_vector(
-    rewards, roles: list[str], acting_roles: list[str], assignment: str
-) -> tuple[list[float], float]:
-    """Split one step's env reward over the agents that acted.
+@dataclass
+class _TeamStep:
+    """One env copy's team step in the collector: the schedule's step, the (trajectory step,
+    agent) slot of each of its actions, the trajectory step where it ends, and the prompts of its
+    actions when its transcript is kept."""
 
-    Returns:
-        ``(per-agent rewards in the order of acting_roles, team reward)``.
-    """
-    if isinstance(rewards, (int, float)):
-        team = float(rewards)
-        if assignment == "per_agent":
-            raise ValueError(
-                "env.reward_assignment is per_agent but the env returned one team reward; "
-                "return a mapping role -> reward or use 'last' or 'shared'"
-            )
-        if assignment == "last":
-            return [0.0] * (len(acting_roles) - 1) + [team], team
-        return [team] * len(acting_roles), team
-    unknown = set(rewards) - set(roles)
-    if unknown:
-        raise ValueError(f"env returned rewards for unknown roles {sorted(unknown)}; roles: {roles}")
-    team = float(sum(rewards.values()))
-    if assignment == "per_agent":
-        return [float(rewards.get(r, 0.0)) for r in acting_roles], team
-    if assignment == "last":
-        return [0.0] * (len(acting_roles) - 1) + [team], team
-    return [team] * len(acting_roles), team
+    step: Step
+    end: int
+    kept: list | None = None
+    slots: list[tuple[int, int]] = field(default_factory=list)
 
 
 class Collector:
@@ -83,7 +68,7 @@ class Collector:
         transcripts_per_iter: finished episodes kept as full conversations per call.
         adapter_of: adapter name per role (default: the role); ``"__base__"`` runs that agent on
             the bare base model (evaluation's per-agent ablation).
-        schedule: who acts next (default: the static dependency graph).
+        schedule: who acts next (default: the team's, :func:`~marft.team.schedule.schedule_for`).
         env_offset: the global index of the first env copy (a rollout worker's slice of the run).
     """
 
@@ -108,7 +93,7 @@ class Collector:
         self.episodic, self.group_size = episodic, group_size
         self.transcripts_per_iter = transcripts_per_iter
         self.adapter_of = adapter_of or {}
-        self.schedule = schedule or StaticSchedule(graph)
+        self.schedule = schedule or schedule_for(graph)
         self._index = {a.role: a.index for a in graph.agents}
         self.device = backend.device
         self.env_offset = env_offset
@@ -159,8 +144,17 @@ class Collector:
 
     def _first_agent_prompts(self, observations: Sequence[Observation]) -> Prompts:
         """The first agent's prompts of some observations (what a critic bootstraps from)."""
-        first = self.graph.agents[0]
-        return self._encode([build_messages(first, o, {}, self.graph.message_format) for o in observations])
+        fmt = self.graph.message_format
+        return self._encode([build_messages(self._opener(o), o, [], fmt) for o in observations])
+
+    def _opener(self, observation: Observation) -> Agent:
+        """The agent that acts first on an observation: the first of a routing team's start (or
+        of the agents the env names), else the first in acting order."""
+        routing = self.graph.routing
+        if routing is None:
+            return self.graph.agents[0]
+        start = observation.next_agents if observation.next_agents is not None else routing.start
+        return self.graph.agent(start[0]) if start else self.graph.agents[0]
 
     def _reset_groups(self, problems: list[int] | None = None) -> None:
         G = self.group_size
@@ -185,49 +179,68 @@ class Collector:
         fills = dict(
             prompt_ids=pad, prompt_mask=0, response_ids=pad, response_mask=0, logprobs=0.0, entropy=0.0
         )
+        # A team step takes one acting round, or (routing) up to max_actions when agents act again.
+        rounds = self.graph.routing.max_actions if self.graph.routing is not None else 1
         buf = TrajectoryBuilder(
-            len(self.envs), steps, self.graph.n_agents, {**fills, "words": 1.0}, self.device
+            len(self.envs), steps * rounds, self.graph.n_agents, {**fills, "words": 1.0}, self.device
         )
         finished = [False] * len(self.envs)
         if self.episodic:
             self._reset_groups(problems)
-        for t in range(steps):
+        for _ in range(steps):
             active = [b for b in range(len(self.envs)) if not finished[b]]
             if not active:
                 break
-            buf.taken += 1
-            outputs, kept = self._act(t, active, buf)
-            buf.close_step(t)
+            acts = self._act(active, buf)
             t0 = time.perf_counter()
-            results = step_all([self.envs[b] for b in active], [outputs[b] for b in active])
+            results = step_all([self.envs[b] for b in active], [outputs_of(acts[b].step) for b in active])
             for b, result in zip(active, results, strict=True):
-                finished[b] = self._step_env(b, t, outputs[b], kept.get(b), buf, result)
+                finished[b] = self._step_env(b, acts[b], buf, result)
             buf.timings["env"] += time.perf_counter() - t0
         self.backend.release()
         return self._assemble(buf)
 
-    def _act(self, t: int, active: list[int], buf: TrajectoryBuilder) -> tuple[dict, dict]:
-        """Generate every turn of step t: ``(outputs by env copy and role, kept prompts)``."""
-        outputs: dict[int, dict[str, str]] = {b: {} for b in active}
-        keep = self.transcripts_per_iter
-        kept: dict[int, dict[str, list]] = {b: {} for b in active if self.env_offset + b < keep}
-        turn = 0
-        while True:
-            ready = {
-                b: {a.role for a in self.schedule.ready(self.env_offset + b, outputs[b])} for b in active
-            }
-            rows = [(a, b) for a in self.graph.agents for b in active if a.role in ready[b]]
-            if not rows:
-                return outputs, kept
-            self._generate_turn(t, turn, rows, outputs, kept, buf)
-            turn += 1
+    def _act(self, active: list[int], buf: TrajectoryBuilder) -> dict[int, _TeamStep]:
+        """Generate every turn of one team step in the active env copies.
 
-    def _generate_turn(
-        self, t, turn, rows: list[tuple[Agent, int]], outputs, kept, buf: TrajectoryBuilder
-    ) -> None:
+        Each turn is one batched call over every ready (agent, env copy) pair. An env copy whose
+        ready agents include one that already acted in its current round moves to a new round
+        (the next index of the trajectory's step axis), so that every (step, agent) holds at most
+        one action; the static graph never needs one.
+        """
+        base, keep = buf.taken, self.transcripts_per_iter
+        acts = {
+            b: _TeamStep(
+                self.schedule.begin(self.env_offset + b, self.obs[b], self._streams[b]),
+                end=base,
+                kept=[] if self.env_offset + b < keep else None,
+            )
+            for b in active
+        }
+        in_round: dict[int, set[str]] = {b: set() for b in active}
+        while True:
+            rows = []
+            for b in active:
+                agents = acts[b].step.ready()
+                if any(a.role in in_round[b] for a in agents):
+                    acts[b].end, in_round[b] = acts[b].end + 1, set()
+                in_round[b].update(a.role for a in agents)
+                rows.extend((a, b) for a in agents)
+            if not rows:
+                break
+            rows.sort(key=lambda row: row[0].index)  # agents in acting order, env copies ascending
+            self._generate_turn(rows, acts, buf)
+            buf.calls += 1
+        buf.taken = max(x.end for x in acts.values()) + 1
+        for t in range(base, buf.taken):
+            buf.close_step(t)
+        return acts
+
+    def _generate_turn(self, rows: list[tuple[Agent, int]], acts: dict[int, _TeamStep], buf) -> None:
         """One batched generation over (agent, env copy) rows, agents in acting order."""
         t0 = time.perf_counter()
-        convs = [build_messages(a, self.obs[b], outputs[b], self.graph.message_format) for a, b in rows]
+        fmt = self.graph.message_format
+        convs = [build_messages(a, self.obs[b], acts[b].step.seen(a), fmt) for a, b in rows]
         prompts = self._encode(convs)
         adapters = [self.adapter_of.get(a.role, a.role) for a, _ in rows]
         limits = [a.max_new_tokens or self.sampling.max_new_tokens for a, _ in rows]
@@ -245,7 +258,6 @@ class Collector:
                 continue
             sl = slice(start, start + len(envs))
             start += len(envs)
-            words = [max(1, len(x.split())) for x in texts[sl]]
             values = dict(
                 prompt_ids=prompts.ids[sl],
                 prompt_mask=prompts.mask[sl],
@@ -253,28 +265,26 @@ class Collector:
                 response_mask=gen.response_mask[sl],
                 logprobs=gen.logprobs[sl],
                 entropy=gen.entropy[sl] if gen.entropy is not None else torch.zeros_like(gen.logprobs[sl]),
-                words=torch.tensor(words, dtype=torch.float32, device=self.device),
+                words=torch.tensor([max(1, len(x.split())) for x in texts[sl]], dtype=torch.float32),
             )
-            buf.record(agent.index, t, envs, values)
-            buf.turns[envs, t, agent.index] = turn
+            for t in sorted({acts[b].end for b in envs}):  # env copies in different rounds
+                sel = [j for j, b in enumerate(envs) if acts[b].end == t]
+                part = values if len(sel) == len(envs) else {k: v[sel] for k, v in values.items()}
+                buf.record(agent.index, t, [envs[j] for j in sel], part)
+                buf.turns[[envs[j] for j in sel], t, agent.index] = buf.calls
             for j, b in enumerate(envs):
-                outputs[b][agent.role] = texts[sl.start + j].strip()
-                if b in kept:
-                    kept[b][agent.role] = convs[sl.start + j]
+                acts[b].step.record(agent, texts[sl.start + j].strip())
+                acts[b].slots.append((acts[b].end, agent.index))
+                if acts[b].kept is not None:
+                    acts[b].kept.append(convs[sl.start + j])
         buf.timings["env"] += time.perf_counter() - t0
 
     def _step_env(
-        self,
-        b: int,
-        t: int,
-        actions: dict[str, str],
-        kept,
-        buf: TrajectoryBuilder,
-        result: StepResult | Exception,
+        self, b: int, act: _TeamStep, buf: TrajectoryBuilder, result: StepResult | Exception
     ) -> bool:
         """Record env copy b's step on its joint action; returns whether it finished (episodic mode)."""
-        env, roles = self.envs[b], self.graph.roles
-        acting = [r for r in roles if r in actions]
+        env, roles, t = self.envs[b], self.graph.roles, act.end
+        acting = [a.role for a in act.step.actions]
         try:
             if isinstance(result, Exception):
                 raise result
@@ -291,14 +301,15 @@ class Collector:
             if not self.episodic:
                 self.obs[b] = env.reset(seed=self._streams[b].getrandbits(31))
             return self.episodic
-        for role, r in zip(acting, r_vec, strict=True):
-            buf.rewards[b][t][self._index[role]] = r
-            buf.acted[b][t][self._index[role]] = 1.0
-        buf.team_rewards[b][t] = team_r
+        for (tt, n), r in zip(act.slots, r_vec, strict=True):
+            buf.rewards[b][tt][n] = r
+            buf.acted[b][tt][n] = 1.0
+        buf.team_rewards[b][t], buf.step_ends[b][t] = team_r, 1.0
+        self._count_route(act.step, buf)
         self._ep_return[b] += team_r
         self._ep_len[b] += 1
-        if kept is not None:
-            self._ep_turns[b].append(self._turn_record(b, acting, actions, kept, team_r, result))
+        if act.kept is not None:
+            self._ep_turns[b].append(self._turn_record(b, act, team_r, result))
         done = result.done or self._ep_len[b] >= self.env_cfg.horizon
         if done and not result.done and not self.episodic:
             # Cut by the horizon, not ended by the env: keep the next observation so that a critic
@@ -310,19 +321,32 @@ class Collector:
         self._end_episode(b, t, buf)
         return self.episodic
 
-    def _turn_record(
-        self, b: int, acting, actions, kept, team_r: float, result: StepResult
-    ) -> dict[str, Any]:
-        """One step of a transcript: each acting agent's prompt and response, the reward, and
-        whether the team was right (``StepResult.correct``)."""
-        return {
+    def _count_route(self, step, buf: TrajectoryBuilder) -> None:
+        """Routing teams: the step's route and the router counters."""
+        if self.graph.routing is None:
+            return
+        buf.routes.append(route_of(step))
+        buf.route_metrics["router_actions"] += step.router_actions
+        buf.route_metrics["route_invalid"] += step.invalid
+        buf.route_metrics["route_cut"] += step.cut
+
+    def _turn_record(self, b: int, act: _TeamStep, team_r: float, result: StepResult) -> dict[str, Any]:
+        """One step of a transcript: each action's prompt and response in acting order (and the
+        route, for routing teams), the reward, and whether the team was right."""
+        record = {
             "step": self._ep_len[b] - 1,
-            "agents": [{"role": r, "messages": kept[r], "response": actions[r]} for r in acting],
+            "agents": [
+                {"role": a.role, "messages": msgs, "response": a.text}
+                for a, msgs in zip(act.step.actions, act.kept, strict=True)
+            ],
             "reward": team_r,
             "correct": result.correct,
             "answer": result.answer,
             "info": result.info,
         }
+        if self.graph.routing is not None:
+            record["route"] = route_of(act.step)
+        return record
 
     def _end_episode(self, b: int, t: int, buf: TrajectoryBuilder) -> None:
         buf.dones[b][t] = 1.0
@@ -353,6 +377,7 @@ class Collector:
             dones=torch.tensor(buf.dones)[:, :T].to(device),
             action_mask=torch.tensor(buf.acted)[:, :T].to(device),
             turns=buf.turns[:, :T].to(device),
+            step_ends=torch.tensor(buf.step_ends)[:, :T].to(device),
             truncated=truncated[:, :T].to(device),
             cut_index=cut_index.to(device),
             cut_prompts=cut_prompts,
@@ -364,4 +389,6 @@ class Collector:
             transcripts=buf.transcripts,
             timings=dict(buf.timings),
             env_metrics=pop_env_metrics(self.envs),
+            routes=buf.routes,
+            route_metrics=dict(buf.route_metrics),
         )

@@ -104,6 +104,7 @@ def merge_trajectories(parts: Sequence[Trajectory], offsets: Sequence[int], pad_
         dones=cat("dones", 0.0),
         action_mask=cat("action_mask", 0.0),
         turns=cat("turns", -1),
+        step_ends=cat("step_ends", 0.0),
         truncated=cat("truncated", 0.0),
         cut_index=cuts,
         cut_prompts=cut_prompts,
@@ -115,6 +116,8 @@ def merge_trajectories(parts: Sequence[Trajectory], offsets: Sequence[int], pad_
         transcripts=[t for p in parts for t in p.transcripts],
         timings=timings,
         env_metrics=metrics,
+        routes=[r for p in parts for r in p.routes],
+        route_metrics={k: sum(p.route_metrics.get(k, 0.0) for p in parts) for k in parts[0].route_metrics},
         version=parts[0].version,
     )
 

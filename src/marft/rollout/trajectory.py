@@ -7,13 +7,15 @@ log-probs: those come from the scoring phase). Every field is a plain tensor or 
 trajectory can be sent between processes as it is.
 
 Shapes: ``B`` env copies, ``T`` steps, ``N`` agents in acting order; per agent, row ``b * T + t``
-holds env copy b's action at step t; ``P`` prompt and ``L`` response tokens.
+holds env copy b's action at step t; ``P`` prompt and ``L`` response tokens. A "step" of the ``T``
+axis is an acting round: one team step of the env, unless an agent acts again within the team step
+(dynamic routing), which opens a new round; ``step_ends`` marks where team steps end.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -72,9 +74,12 @@ class Trajectory:
         team_rewards: ``[B, T]`` the team's reward at each step.
         dones: ``[B, T]`` 1 where the episode ended after step t (or was dropped).
         action_mask: ``[B, T, N]`` 1 where the agent acted and the env stepped on its action.
-        turns: ``[B, T, N]`` in which generation call of step t the agent acted (0, 1, ...; -1: it
-            did not act). Rows of one step and turn were generated in one batch, agents in acting
-            order and env copies ascending; scoring rebuilds exactly those batches.
+        turns: ``[B, T, N]`` the generation call of this collection in which the agent acted at
+            step t (0, 1, ... in time order; -1: it did not act). Rows of one call were generated
+            in one batch, agents in acting order and env copies ascending; scoring rebuilds exactly
+            those batches, and credit follows this order (:func:`~marft.algorithms.action_order`).
+        step_ends: ``[B, T]`` 1 where a team step of env copy b ended at step t and the env stepped
+            on the joint action (all of them, unless the team routes and an agent acts twice).
         truncated: ``[B, T]`` 1 where ``env.horizon`` cut an episode that the env had not ended.
         cut_index: ``[C, 2]`` (env copy, step) of each such cut.
         cut_prompts: the first agent's prompts of the next observation at each cut (what a critic
@@ -87,6 +92,9 @@ class Trajectory:
         transcripts: full conversations of some finished episodes.
         timings: seconds inside collection (``generate``, ``env``).
         env_metrics: the envs' own counters (``pop_metrics``), summed over copies.
+        routes: routing teams: the route of each team step taken (``lead>solver>lead``).
+        route_metrics: routing teams: ``router_actions``, ``route_invalid`` (router outputs that
+            named no route), ``route_cut`` (steps cut at ``team.routing.max_actions``).
         version: the adapter version it was sampled with (checked by distributed rollouts).
     """
 
@@ -96,6 +104,7 @@ class Trajectory:
     dones: Tensor
     action_mask: Tensor
     turns: Tensor
+    step_ends: Tensor
     truncated: Tensor
     cut_index: Tensor
     cut_prompts: Prompts | None = None
@@ -107,6 +116,8 @@ class Trajectory:
     transcripts: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     env_metrics: dict[str, float] = field(default_factory=dict)
+    routes: list[str] = field(default_factory=list)
+    route_metrics: dict[str, float] = field(default_factory=dict)
     version: int = 0
 
     @property
@@ -120,10 +131,25 @@ class Trajectory:
         moved = {f.name: _move(getattr(self, f.name), device) for f in dataclasses.fields(self)}
         return Trajectory(**moved)
 
+    def route_summary(self) -> dict[str, float]:
+        """Routing teams' metrics: the share of team steps that took each route
+        (``route_share/<route>``), router outputs that named no route (``route_invalid``, a share
+        of router actions), steps cut at ``max_actions`` (``route_cut``) and actions per team step
+        (``actions_per_step``); empty for static teams."""
+        if not self.route_metrics:
+            return {}
+        n = max(len(self.routes), 1)
+        out = {f"route_share/{r}": c / n for r, c in sorted(Counter(self.routes).items())}
+        routers = self.route_metrics.get("router_actions", 0.0)
+        out["route_invalid"] = self.route_metrics.get("route_invalid", 0.0) / routers if routers else 0.0
+        out["route_cut"] = self.route_metrics.get("route_cut", 0.0) / n
+        out["actions_per_step"] = float((self.turns >= 0).sum()) / max(self.env_steps, 1)
+        return out
+
     @property
     def env_steps(self) -> int:
         """Team steps actually taken (idle steps of finished episodes do not count)."""
-        return int(self.action_mask[:, :, 0].sum())
+        return int(self.step_ends.sum())
 
 
 def _move(value: Any, device: torch.device | str) -> Any:
@@ -167,7 +193,8 @@ class TrajectoryBuilder:
     """What one collection gathers, step by step, before it becomes a :class:`Trajectory`.
 
     Per agent and step it keeps ``[B, ...]`` tensors (rows of env copies that did not act are
-    padding), and ``[B, steps, ...]`` rewards, dones, who acted and in which turn.
+    padding), and ``[B, steps, ...]`` rewards, dones, who acted and in which call; ``steps`` is the
+    capacity (team steps x the most rounds a team step may take), ``taken`` the steps used.
     """
 
     B: int
@@ -181,6 +208,7 @@ class TrajectoryBuilder:
     rewards: list[list[list[float]]] = field(init=False)
     team_rewards: list[list[float]] = field(init=False)
     dones: list[list[float]] = field(init=False)
+    step_ends: list[list[float]] = field(init=False)
     acted: list[list[list[float]]] = field(init=False)
     turns: Tensor = field(init=False)
     cuts: list[tuple[int, int, Observation]] = field(default_factory=list)
@@ -188,8 +216,11 @@ class TrajectoryBuilder:
     episode_lengths: list[int] = field(default_factory=list)
     transcripts: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    routes: list[str] = field(default_factory=list)
+    route_metrics: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     failed: int = 0
     taken: int = 0
+    calls: int = 0
 
     def __post_init__(self) -> None:
         B, T, N = self.B, self.steps, self.N
@@ -197,13 +228,23 @@ class TrajectoryBuilder:
         self.rewards = [[[0.0] * N for _ in range(T)] for _ in range(B)]
         self.acted = [[[0.0] * N for _ in range(T)] for _ in range(B)]
         self.team_rewards, self.dones = [[0.0] * T for _ in range(B)], [[0.0] * T for _ in range(B)]
+        self.step_ends = [[0.0] * T for _ in range(B)]
         self.turns = torch.full((B, T, N), -1, dtype=torch.long)
 
+    def _pad_to(self, store: dict[str, list[Tensor]], t: int) -> None:
+        """Give an agent all-padding entries up to step t (exclusive), so steps stay aligned."""
+        while len(store["words"]) < t:
+            for name in _FIELDS:
+                shape = (self.B,) if name == "words" else (self.B, 1)
+                dtype = torch.float32 if name in ("logprobs", "entropy", "words") else torch.long
+                store[name].append(torch.full(shape, self.fills[name], dtype=dtype, device=self.device))
+
     def record(self, agent: int, t: int, envs: list[int], values: dict[str, Tensor]) -> None:
-        """One agent's actions in some env copies at step t. An agent may act in different turns
+        """One agent's actions in some env copies at step t. An agent may act in different calls
         in different env copies (a schedule that routes): its rows of one step are merged."""
         rows = torch.tensor(envs, device=self.device)
         store = self.per_agent[agent]
+        self._pad_to(store, t)
         for name, value in values.items():
             full = _scatter(self.B, rows, value, self.fills[name])
             if len(store[name]) == t:
@@ -219,11 +260,7 @@ class TrajectoryBuilder:
     def close_step(self, t: int) -> None:
         """Give agents that did not act at step t an all-padding entry, so steps stay aligned."""
         for store in self.per_agent:
-            if len(store["words"]) == t:
-                for name in _FIELDS:
-                    shape = (self.B,) if name == "words" else (self.B, 1)
-                    dtype = torch.float32 if name in ("logprobs", "entropy", "words") else torch.long
-                    store[name].append(torch.full(shape, self.fills[name], dtype=dtype, device=self.device))
+            self._pad_to(store, t + 1)
 
     def agent_actions(self, agent: int) -> AgentActions:
         store, fills = self.per_agent[agent], self.fills

@@ -2,6 +2,16 @@
 
 from marft.team.graph import Agent, TeamGraph
 from marft.team.prompts import build_messages
-from marft.team.schedule import Schedule, StaticSchedule
+from marft.team.schedule import Action, RoutedSchedule, Schedule, StaticSchedule, Step, schedule_for
 
-__all__ = ["Agent", "Schedule", "StaticSchedule", "TeamGraph", "build_messages"]
+__all__ = [
+    "Action",
+    "Agent",
+    "RoutedSchedule",
+    "Schedule",
+    "StaticSchedule",
+    "Step",
+    "TeamGraph",
+    "build_messages",
+    "schedule_for",
+]

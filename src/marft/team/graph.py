@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from marft.config import ConfigError, TeamConfig
+from marft.config import DONE, RANDOM, ConfigError, RoutingConfig, TeamConfig
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,17 @@ class Agent:
     """Position in acting order (the N axis of ``[B, T, N]`` buffers)."""
     max_new_tokens: int | None = None
     """This agent's longest action (None: the sampling default)."""
+    routes: tuple[str, ...] = ()
+    """Routing teams: the choices of a router (roles, or ``done``); empty: not a router."""
+    route_words: tuple[tuple[str, str], ...] = ()
+    """A router's ``(word, choice)`` pairs: the words its output may name (the choices themselves,
+    unless the config maps words to choices)."""
+    default_route: str = DONE
+    """A router's choice when its output names none of ``routes``."""
+    route_by: str = "output"
+    """``output``: read the choice from the output; ``uniform``: draw it uniformly at random."""
+    next: tuple[str, ...] = ()
+    """Routing teams: the agents that act after this one (non-routers)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,8 @@ class TeamGraph:
 
     agents: tuple[Agent, ...]
     message_format: str = "{role}: {content}"
+    routing: RoutingConfig | None = None
+    """Dynamic routing; None: the static graph (agents act by depth)."""
 
     @property
     def roles(self) -> list[str]:
@@ -63,8 +76,12 @@ class TeamGraph:
     def from_config(cls, team: TeamConfig) -> TeamGraph:
         """Resolve defaults, check the graph and order it.
 
+        With ``team.routing``, ``observes`` only adds what an agent sees (it does not order the
+        agents: routes do), so acting order is declaration order and cycles are allowed.
+
         Raises:
-            ConfigError: on a duplicate role, an unknown observed role, self-observation or a cycle.
+            ConfigError: on a duplicate role, an unknown observed role, self-observation, a cycle
+                (static graphs), or a route to an unknown role.
         """
         declared = [a.role for a in team.agents]
         seen: set[str] = set()
@@ -74,7 +91,8 @@ class TeamGraph:
             seen.add(a.role)
         deps: dict[str, tuple[str, ...]] = {}
         for i, a in enumerate(team.agents):
-            obs = tuple(declared[:i]) if a.observes is None else tuple(a.observes)
+            default = () if team.routing is not None else tuple(declared[:i])
+            obs = default if a.observes is None else tuple(a.observes)
             for j, r in enumerate(obs):
                 key = f"team.agents.{i}.observes.{j}"
                 if r not in seen:
@@ -85,23 +103,8 @@ class TeamGraph:
                 raise ConfigError(f"team.agents.{i}.observes", "lists a role twice")
             deps[a.role] = obs
 
-        depth: dict[str, int] = {}
-        state: dict[str, int] = {}  # 1 = on the DFS stack, 2 = done
-
-        def visit(role: str, stack: list[str]) -> int:
-            if state.get(role) == 2:
-                return depth[role]
-            if state.get(role) == 1:
-                cycle = stack[stack.index(role) :] + [role]
-                raise ConfigError("team.agents", "the dependency graph has a cycle: " + " -> ".join(cycle))
-            state[role] = 1
-            d = 1 + max((visit(r, stack + [r]) for r in deps[role]), default=-1)
-            state[role] = 2
-            depth[role] = d
-            return d
-
-        for r in declared:
-            visit(r, [r])
+        _check_routes(team, declared)
+        depth = dict.fromkeys(declared, 0) if team.routing is not None else _depths(declared, deps)
         order = sorted(range(len(declared)), key=lambda i: (depth[declared[i]], i))
         agents = tuple(
             Agent(
@@ -113,7 +116,72 @@ class TeamGraph:
                 depth=depth[team.agents[i].role],
                 index=k,
                 max_new_tokens=team.agents[i].max_new_tokens,
+                routes=tuple(dict.fromkeys(_route_words(team.agents[i]).values())),
+                route_words=tuple(_route_words(team.agents[i]).items()),
+                default_route=team.agents[i].default_route,
+                route_by=team.agents[i].route_by,
+                next=tuple(team.agents[i].next),
             )
             for k, i in enumerate(order)
         )
-        return cls(agents=agents, message_format=team.message_format)
+        return cls(agents=agents, message_format=team.message_format, routing=team.routing)
+
+
+def _depths(declared: list[str], deps: dict[str, tuple[str, ...]]) -> dict[str, int]:
+    """Depth of each role in the static dependency DAG; ConfigError on a cycle."""
+    depth: dict[str, int] = {}
+    state: dict[str, int] = {}  # 1 = on the DFS stack, 2 = done
+
+    def visit(role: str, stack: list[str]) -> int:
+        if state.get(role) == 2:
+            return depth[role]
+        if state.get(role) == 1:
+            cycle = stack[stack.index(role) :] + [role]
+            raise ConfigError("team.agents", "the dependency graph has a cycle: " + " -> ".join(cycle))
+        state[role] = 1
+        d = 1 + max((visit(r, stack + [r]) for r in deps[role]), default=-1)
+        state[role] = 2
+        depth[role] = d
+        return d
+
+    for r in declared:
+        visit(r, [r])
+    return depth
+
+
+def _route_words(agent) -> dict[str, str]:
+    """A router's words -> choices (a list of routes maps each to itself)."""
+    routes = agent.routes or ()
+    return dict(routes) if isinstance(routes, dict) else {r: r for r in routes}
+
+
+def _check_routes(team: TeamConfig, declared: list[str]) -> None:
+    """Routes, ``next`` and ``start`` name known roles, and only routing teams have them."""
+    if team.routing is None:
+        for i, a in enumerate(team.agents):
+            for key in ("routes", "next"):
+                if getattr(a, key):
+                    raise ConfigError(
+                        f"team.agents.{i}.{key}",
+                        "only a routing team has routes; set team.routing (docs/team.md)",
+                    )
+        return
+    known = ", ".join(declared)
+    for j, r in enumerate(team.routing.start):
+        if r not in declared:
+            raise ConfigError(f"team.routing.start.{j}", f"unknown role {r!r}; roles: {known}")
+    for i, a in enumerate(team.agents):
+        for j, (word, r) in enumerate(_route_words(a).items()):
+            j = word if isinstance(a.routes, dict) else j
+            if r not in declared and r != DONE:
+                raise ConfigError(
+                    f"team.agents.{i}.routes.{j}", f"unknown role {r!r}; roles: {known}, or {DONE}"
+                )
+        if a.routes and a.default_route not in declared and a.default_route not in (DONE, RANDOM):
+            raise ConfigError(
+                f"team.agents.{i}.default_route",
+                f"unknown role {a.default_route!r}; roles: {known}, or {DONE}, or {RANDOM}",
+            )
+        for j, r in enumerate(a.next):
+            if r not in declared:
+                raise ConfigError(f"team.agents.{i}.next.{j}", f"unknown role {r!r}; roles: {known}")

@@ -7,22 +7,22 @@ message.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 
 from marft.envs.base import Observation
 from marft.team.graph import Agent
 
 
 def build_messages(
-    agent: Agent, observation: Observation, outputs: Mapping[str, str], message_format: str
+    agent: Agent, observation: Observation, seen: Sequence[tuple[str, str]], message_format: str
 ) -> list[dict[str, str]]:
     """Chat messages for ``agent`` at one step.
 
     Args:
         agent: the acting agent.
         observation: the env's observation at this step (shared text plus private per-role text).
-        outputs: this step's outputs of agents that already acted, by role (observed agents that
-            did not act are left out).
+        seen: the ``(role, output)`` pairs of this step it sees, in order (the schedule's
+            :meth:`~marft.team.schedule.Step.seen`: observed agents that acted, or its route).
         message_format: how one observed output is quoted, e.g. ``"{role}: {content}"``.
 
     Returns:
@@ -32,8 +32,7 @@ def build_messages(
     private = observation.private.get(agent.role)
     if private:
         parts.append(private)
-    # Observed agents that did not act this step (a schedule that routes may skip them) add nothing.
-    parts.extend(message_format.format(role=r, content=outputs[r]) for r in agent.observes if r in outputs)
+    parts.extend(message_format.format(role=r, content=text) for r, text in seen)
     messages = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
     messages.append({"role": "user", "content": "\n".join(parts)})
     return messages

@@ -256,6 +256,7 @@ class Trainer:
             **self._carried,
             **step.memory,
             **traj.env_metrics,
+            **traj.route_summary(),
             **step.update.metrics,
         }
 

@@ -251,7 +251,9 @@ class CodeEnv(ProblemEpisodes):
         if not self.graded_roles:
             raise RuntimeError("CodeEnv.bind_team was not called: the env does not know which agent codes")
         task, n = self.task, len(self.task.tests)
-        code = extract_code(actions[self.graded_roles[-1]], task.entry_point)
+        # The graded agent that acted last (a routing team may skip one): no program when none did.
+        coder = next((r for r in reversed(list(actions)) if r in self.graded_roles), None)
+        code = extract_code(actions[coder], task.entry_point) if coder is not None else None
         extra = (
             assert_lines(actions.get(self.cfg.tester_role, ""), self.cfg.tester_asserts)
             if self.cfg.tester_role

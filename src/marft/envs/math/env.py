@@ -241,10 +241,12 @@ class MathEnv(ProblemEpisodes):
             raise RuntimeError(
                 "MathEnv.bind_team was not called: the env does not know which agents are graded"
             )
-        correct = {role: self._grade(actions[role], self.reference) for role in self.graded_roles}
+        # Graded agents that acted (a routing team may skip some), in the order they last acted.
+        graded = [role for role in actions if role in self.graded_roles]
+        correct = {role: self._grade(actions[role], self.reference) for role in graded}
         warn_if_unreliable(self.cfg.grader_warn_share)
-        final = self.graded_roles[-1]
-        solved = correct[final]
+        final = graded[-1] if graded else None
+        solved = correct[final] if final is not None else False
         self.attempt += 1
         done = solved or self.attempt >= self.cfg.max_attempts
         info = {
@@ -254,14 +256,14 @@ class MathEnv(ProblemEpisodes):
             "attempt": self.attempt,
         }
         if not done:
-            shown = extract_answer(actions[final]) or "(none)"
+            shown = (extract_answer(actions[final]) if final is not None else None) or "(none)"
             self.history.append(self.cfg.feedback.format(answer=shown))
         rewards: float | dict[str, float]
         if self.cfg.reward == "each":
             rewards = {role: float(ok) for role, ok in correct.items()}
         else:
             rewards = float(solved)
-        answer = extract_answer(actions[final])
+        answer = extract_answer(actions[final]) if final is not None else None
         return StepResult(
             observation=self._observe(), rewards=rewards, done=done, info=info, correct=solved, answer=answer
         )

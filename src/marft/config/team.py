@@ -1,0 +1,130 @@
+"""The team's sections: agents, how they see each other, and (optionally) dynamic routing."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from marft.config.errors import ConfigError, _check
+
+DONE = "done"
+"""The route that ends the step (a router's choice; nobody acts after it)."""
+RANDOM = "random"
+"""As ``default_route``: a route drawn uniformly from the router's routes."""
+
+
+@dataclass
+class AgentConfig:
+    """One member of the team: a role, a prompt and a LoRA adapter of its own."""
+
+    role: str
+    """Unique name; also the adapter's name and its checkpoint folder."""
+    system_prompt: str = ""
+    """The role prompt, sent as the system message through the tokenizer's chat template."""
+    observes: list[str] | None = None
+    """Roles whose outputs this agent sees (the Flex-MG dependency function D). Default: every
+    agent declared before it (with ``team.routing``: none beyond its route). ``[]`` means it sees
+    only the environment."""
+    trainable: bool = True
+    """Whether RL updates this agent's adapter."""
+    graded: bool = False
+    """Whether the environment grades this agent's output (envs that grade read this)."""
+    max_new_tokens: int | None = None
+    """This agent's longest action in tokens (None: ``sampling.max_new_tokens``)."""
+    routes: list[str] | dict[str, str] | None = None
+    """Routing teams only: this agent is a router; its output chooses one of these (roles, or
+    ``done``) to act next (``team.routing.choice_pattern``). A mapping ``{word: role or done}``
+    routes by words of your choosing, several words to one target allowed (e.g.
+    ``{answer: done, help: solver}``)."""
+    default_route: str = DONE
+    """A router's choice when its output names none of its routes (counted as ``route_invalid``):
+    a role, ``done``, or ``random`` (a route drawn uniformly: invalid outputs still explore)."""
+    route_by: Literal["output", "uniform"] = "output"
+    """``uniform``: the router's choice is drawn uniformly from its routes, whatever it writes (the
+    random-router baseline)."""
+    next: list[str] = field(default_factory=list)
+    """Routing teams only, not for routers: the agents that act after this one (none: the step
+    ends after it, once no other agent is pending)."""
+
+    def __post_init__(self) -> None:
+        _check(
+            bool(re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,63}", self.role))
+            and self.role not in ("default", DONE, RANDOM)
+            and self.role not in "lora_",  # PEFT mistakes such adapter names for its own prefix
+            "role",
+            "must be an identifier (letters, digits, _; not 'default', 'done', 'random' nor part of "
+            "'lora_'), "
+            f"got {self.role!r}",
+        )
+        _check(
+            self.max_new_tokens is None or self.max_new_tokens > 0,
+            "max_new_tokens",
+            "must be a positive integer or null",
+        )
+        _check(self.routes is None or len(self.routes) > 0, "routes", "a router needs at least one route")
+        words = self.routes or ()
+        _check(
+            all(isinstance(w, str) and w.strip() for w in words),
+            "routes",
+            "route words must be non-empty text",
+        )
+        if isinstance(self.routes, dict):
+            _check(
+                all(isinstance(t, str) for t in self.routes.values()),
+                "routes",
+                "each word maps to a role or done",
+            )
+        _check(not (self.routes and self.next), "next", "a router chooses who acts next: give routes or next")
+        _check(
+            self.route_by == "output" or bool(self.routes), "route_by", "only a router (with routes) has one"
+        )
+
+
+@dataclass
+class RoutingConfig:
+    """Dynamic routing (Flex-MG with a dependency function that changes as the team works).
+
+    In each team step the ``start`` agents act first (or the agents the env's observation names,
+    ``Observation.next_agents``); after an agent acts, its router choice or its ``next`` agents act;
+    the step ends when nobody is pending (or at ``max_actions``). Agents pending at the same time
+    act in one batched generation.
+    """
+
+    start: list[str] = field(default_factory=list)
+    """The agents that act first in each step, unless the env's observation names them."""
+    max_actions: int = 8
+    """The most actions of one env copy in one step; the route is cut there (``route_cut``)."""
+    choice_pattern: str = r"\b({routes})\b"
+    """How a router's choice is read from its output: a regular expression (case-insensitive)
+    whose first group is the choice; ``{routes}`` stands for the router's routes as alternatives.
+    The first match counts. The default takes the first route named anywhere in the output;
+    ``"^\\W*({routes})\\b"`` demands it first, ``"ROUTE:\\s*({routes})"`` a tag."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_actions > 0, "max_actions", "must be a positive integer")
+        _check("{routes}" in self.choice_pattern, "choice_pattern", "must contain {routes}")
+        try:
+            pattern = re.compile(self.choice_pattern.replace("{routes}", "a|b"))
+        except re.error as e:
+            raise ConfigError("choice_pattern", f"is not a regular expression ({e})") from None
+        _check(pattern.groups >= 1, "choice_pattern", "needs a group, e.g. ({routes})")
+
+
+@dataclass
+class TeamConfig:
+    """The LaMAS: agents in declaration order and how they see each other."""
+
+    agents: list[AgentConfig] = field(default_factory=list)
+    """The agents. Acting order is a topological order of the dependency graph."""
+    message_format: str = "{role}: {content}"
+    """How an observed agent's output is quoted in a prompt; fields ``{role}`` and ``{content}``."""
+    routing: RoutingConfig | None = None
+    """Dynamic routing (``docs/team.md``); null: the static dependency graph of ``observes``."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.agents) > 0, "agents", "the team needs at least one agent")
+        try:
+            self.message_format.format(role="r", content="c")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError("message_format", f"only {{role}} and {{content}} may be used ({e})") from None
