@@ -152,3 +152,20 @@ def test_greedy_eval_gives_every_sample_the_same_answer(tmp_path):
         if t["turns"]:
             answers.setdefault(t["problem_index"], set()).add(t["turns"][0]["agents"][-1]["response"])
     assert len(answers) == 4 and all(len(a) == 1 for a in answers.values())
+
+
+def test_routing_teams_get_each_routes_share_and_accuracy():
+    from types import SimpleNamespace
+
+    from marft.trainer.evaluate import Evaluator, ProblemResult, format_table
+
+    results = [
+        ProblemResult(0, [True], ["4"], [10], ["lead"]),
+        ProblemResult(1, [False], ["5"], [30], ["lead>solver>verifier>lead"]),
+        ProblemResult(2, [True], ["6"], [30], ["lead>solver>verifier>lead"]),
+    ]
+    got = Evaluator.summarize(SimpleNamespace(samples=1, same_answer=str.__eq__), results)
+    assert got["route_share/lead"] == pytest.approx(1 / 3) and got["route_accuracy/lead"] == 1.0
+    assert got["route_accuracy/lead>solver>verifier>lead"] == 0.5
+    table = format_table({"team": got, "ablation": {}, "checkpoint": None})
+    assert "route lead>solver>verifier>lead: share 0.667, accuracy 0.500" in table

@@ -84,3 +84,34 @@ def test_the_page_renders_in_headless_chromium(runs, tmp_path):
     dom = subprocess.run([*cmd, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0 and all(f'id="plot-{k}"' in dom.stdout for k in PLOTS)
     assert dom.stdout.count("<svg") >= len(PLOTS)
+
+
+def test_a_routing_run_gets_a_route_plot_and_routes_in_its_transcripts(tmp_path):
+    import json
+
+    run = tmp_path / "routed"
+    run.mkdir()
+    rows = [
+        {"iteration": 0, "episode_return": 0.1, "route_share/lead": 1.0},
+        {
+            "iteration": 1,
+            "episode_return": 0.2,
+            "route_share/lead": 0.25,
+            "route_share/lead>solver>lead": 0.75,
+        },
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    turn = {
+        "step": 0,
+        "reward": 1.0,
+        "route": "lead>solver>lead",
+        "agents": [{"role": "lead", "response": "4"}],
+    }
+    (run / "transcripts.jsonl").write_text(
+        json.dumps({"iteration": 1, "env": 0, "episode_return": 1.0, "turns": [turn]}) + "\n"
+    )
+    page = write_report([run]).read_text()
+    assert "Routes taken per iteration" in page and "route lead&gt;solver&gt;lead" in page
+    from marft.reporting.report import _route_series
+
+    assert _route_series(rows, "lead>solver>lead") == ([0, 1], [0.0, 0.75])  # not taken: share 0

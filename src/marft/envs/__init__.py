@@ -1,5 +1,6 @@
 """Environments: the protocol, the registry and the built-in envs."""
 
+from marft.envs import experts as _experts  # noqa: F401  (registration)
 from marft.envs import signal as _signal  # noqa: F401  (registration)
 from marft.envs.base import ENVS, Env, Observation, StepResult, env_config_class, make_env
 from marft.envs.code import env as _code  # noqa: F401  (registration)

@@ -102,6 +102,12 @@ def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float
     return xs, ys
 
 
+def _route_series(rows: list[dict[str, Any]], route: str) -> tuple[list[int], list[float]]:
+    """Share of ``route`` per iteration of a routing team (0 where another route was taken)."""
+    routed = [r for r in rows if any(k.startswith("route_share/") for k in r)]
+    return [r["iteration"] for r in routed], [float(r.get(f"route_share/{route}", 0.0)) for r in routed]
+
+
 def _svg(fig) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
@@ -155,6 +161,16 @@ def plots(runs: list[RunData]) -> dict[str, tuple[str, str]]:
             (role, [(_label(r, many), *_series(r.rows, f"{key}/{role}")) for r in runs]) for role in roles
         ]
         out[key] = (title, _figure(panels, key.replace("_", " ")))
+    routes = sorted({name for r in runs for name in r.names("route_share")})
+    if routes:  # routing teams: a route missing from an iteration's row was not taken (share 0)
+        panels = [
+            (
+                r.name if many else "share of team steps",
+                [(route, *_route_series(r.rows, route)) for route in routes],
+            )
+            for r in runs
+        ]
+        out["routes"] = ("Routes taken per iteration", _figure(panels, "share"))
     critic = [r for r in runs if any("value_loss" in row for row in r.rows)]
     if critic:
         lines = [(_label(r, many), *_series(r.rows, "value_loss")) for r in critic]
@@ -182,6 +198,7 @@ def _summary(run: RunData) -> dict[str, str]:
         cfg = yaml.safe_load(run.config_text) or {}
     except yaml.YAMLError:
         cfg = {}
+    cfg = cfg if isinstance(cfg, dict) else {}  # "(no config.yaml)"
     return {
         "run": run.name,
         "algorithm": str(cfg.get("algorithm", {}).get("name", "?")),
@@ -203,7 +220,9 @@ def _transcript_html(t: dict[str, Any]) -> str:
     ]
     for turn in t.get("turns", []):
         parts.append(
-            f'<div class="step">step {e(str(turn.get("step")))} · reward {e(str(turn.get("reward")))}</div>'
+            f'<div class="step">step {e(str(turn.get("step")))} · reward {e(str(turn.get("reward")))}'
+            + (f" · route {e(str(turn['route']))}" if turn.get("route") else "")
+            + "</div>"
         )
         for agent in turn.get("agents", []):
             prompt = "\n\n".join(f"[{m.get('role')}] {m.get('content')}" for m in agent.get("messages", []))

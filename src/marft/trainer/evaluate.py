@@ -73,6 +73,8 @@ class ProblemResult:
     correct: list[bool]
     answers: list[str | None]
     tokens: list[int] = field(default_factory=list)
+    routes: list[str | None] = field(default_factory=list)
+    """Routing teams: each sample's route at its last step (None for static teams)."""
 
 
 @dataclass
@@ -182,17 +184,26 @@ class Evaluator:
             [bool(turn["correct"]) for turn in last],
             [turn["answer"] for turn in last],
             [t["generated_tokens"] for t in samples],
+            [turn.get("route") for turn in last],
         )
 
     def summarize(self, results: list[ProblemResult]) -> dict[str, float]:
         """accuracy (mean over all samples), pass@1, pass@K, maj@K (the majority answer's
-        sample was right) and the team's generated tokens per sample."""
+        sample was right), the team's generated tokens per sample, and for routing teams each
+        route's share of samples and accuracy (``route_share/<route>``, ``route_accuracy/<route>``)."""
         K = self.samples
         out = {
             "accuracy": sum(sum(r.correct) for r in results) / (K * len(results)),
             "pass@1": sum(pass_at_k(K, sum(r.correct), 1) for r in results) / len(results),
             "generated_tokens": sum(sum(r.tokens) for r in results) / (K * len(results)),
         }
+        routes = [
+            (route, ok) for r in results for route, ok in zip(r.routes, r.correct, strict=True) if route
+        ]
+        for route in sorted({route for route, _ in routes}):  # routing teams: each route's share and accuracy
+            oks = [ok for rt, ok in routes if rt == route]
+            out[f"route_share/{route}"] = len(oks) / len(routes)
+            out[f"route_accuracy/{route}"] = sum(oks) / len(oks)
         if K > 1:
             out[f"pass@{K}"] = sum(pass_at_k(K, sum(r.correct), K) for r in results) / len(results)
             if not any(a is not None for r in results for a in r.answers):
@@ -257,16 +268,19 @@ def evaluate(
 def format_table(summary: dict[str, Any]) -> str:
     """The summary as a plain-text table (what ``marft eval`` prints)."""
     team = summary["team"]
-    keys = list(team)
+    keys = [k for k in team if "/" not in k]  # per-route figures get lines of their own
     lines = [f"{'team':<28}" + "".join(f"{k:>12}" for k in keys + ["drop"])]
     name = "trained team" if summary.get("checkpoint") else "base team"
     lines.append(f"{name:<28}" + "".join(f"{team[k]:>12.3f}" for k in keys) + f"{'':>12}")
     for role, m in summary["ablation"].items():
         lines.append(
             f"{role + ' -> base':<28}"
-            + "".join(f"{m[k]:>12.3f}" for k in keys)
+            + "".join(f"{m.get(k, float('nan')):>12.3f}" for k in keys)
             + f"{m['accuracy_drop']:>12.3f}"
         )
+    for key in (k for k in team if k.startswith("route_share/")):
+        route = key.split("/", 1)[1]
+        lines.append(f"route {route}: share {team[key]:.3f}, accuracy {team['route_accuracy/' + route]:.3f}")
     counters = summary.get("env_metrics")
     if counters:
         lines.append("env counters: " + ", ".join(f"{k} {v:g}" for k, v in counters.items()))

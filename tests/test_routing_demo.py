@@ -1,0 +1,40 @@
+"""End to end on the routing demo (preset ``routing``): the router learns which expert serves which
+kind of task and the experts learn to report what they alone see; a uniformly random router
+cannot do better than its expected return."""
+
+import json
+import statistics
+
+from marft.compose import load_config
+from marft.trainer import train
+
+QUIET = ["run.progress=false", "run.tensorboard=false", "run.report=false"]
+
+
+def returns(result):
+    return [r["episode_return"] for r in result.rows]
+
+
+def test_the_router_and_the_experts_learn(tmp_path):
+    result = train(load_config("routing", QUIET), tmp_path / "routing")
+    r = returns(result)
+    assert statistics.mean(r[:3]) < 0.2, r
+    assert statistics.mean(r[-5:]) >= 0.9, r
+    last = result.rows[-1]
+    assert last["route_invalid"] < 0.1  # the router names an expert
+    assert last["actions_per_step"] == 2.0  # router, then one expert
+    # The router's choice follows the kind of task: check the last transcripts.
+    lines = (tmp_path / "routing" / "transcripts.jsonl").read_text().splitlines()
+    experts = {"sun": "north", "rain": "south", "snow": "east"}
+    turns = [t["turns"][0] for t in map(json.loads, lines[-10:])]
+    assert sum(turn["info"]["expert"] == experts[turn["info"]["kind"]] for turn in turns) >= 8
+
+
+def test_a_uniformly_random_router_stays_near_its_expected_return(tmp_path):
+    # Perfect experts behind a random router earn 1/3 + 2/3 * 1/4 = 0.5 (less while they learn).
+    cfg = load_config("routing", [*QUIET, "team.agents.0.route_by=uniform"])
+    result = train(cfg, tmp_path / "uniform")
+    late = statistics.mean(returns(result)[-10:])
+    assert 0.3 < late < 0.6, returns(result)
+    shares = [v for k, v in result.rows[-1].items() if k.startswith("route_share/")]
+    assert len(shares) == 3 and all(0.15 < s < 0.5 for s in shares)
