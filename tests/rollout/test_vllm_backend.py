@@ -232,3 +232,17 @@ def test_a_shared_adapter_team_trains_with_vllm(tmp_path):
     last = result.rows[-1]
     assert last["logprob_gap_max/speaker"] < 1e-3 and last["logprob_gap_max/listener"] < 1e-3
     assert "policy_loss/shared" in last
+
+
+def test_a_routing_team_trains_with_vllm(tmp_path):
+    """Dynamic routing on vLLM: rows of one turn hold the experts that different env copies'
+    routers chose (one adapter per row), and the learner's log-probs agree with the sampler's."""
+    cfg = load_config("routing", [*TINY, "env.n_envs=8", "run.iterations=3"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.setup()
+    result = trainer.train()
+    last = result.rows[-1]
+    assert sum(v for k, v in last.items() if k.startswith("route_share/")) == pytest.approx(1.0)
+    assert last["actions_per_step"] == 2.0  # the router, then one expert
+    gaps = [v for k, v in last.items() if k.startswith("logprob_gap_max/")]
+    assert gaps and max(gaps) < 1e-3

@@ -91,7 +91,7 @@ def test_routing_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="give routes or next"):
         AgentConfig(role="x", routes=["y"], next=["y"])
     with pytest.raises(ConfigError, match="choice_pattern"):
-        RoutingConfig(choice_pattern="no group")
+        RoutingConfig(start=["x"], choice_pattern="no routes here")
     with pytest.raises(ConfigError, match="env.reward_assignment"):
         load_config("routing", ["env.reward_assignment=shared"])  # GAE would favour longer routes
     validate(load_config("routing", ["env.reward_assignment=shared", "algorithm.name=grpo"]))
@@ -287,3 +287,42 @@ def test_route_words_map_to_choices():
     assert [a.role for a in step.actions] == ["lead", "solver", "lead"] and step.invalid == 1
     with pytest.raises(ConfigError, match=r"team.agents.0.routes.answer: unknown role 'nobody'"):
         graph({"role": "lead", "routes": {"answer": "nobody"}}, start=["lead"])
+
+
+def test_env_copy_slices_merge_into_what_one_collector_collects(tmp_path):
+    # What Ray rollout workers rely on: each copy's layout (rounds) and call ids depend only on its
+    # own history, so slices collected apart merge into one collector's trajectory, tensor for tensor.
+    from collections import Counter
+
+    from marft.compose import build_envs
+    from marft.rollout.merge import merge_trajectories
+
+    trainer = routed_trainer(tmp_path)
+    tok, cfg = trainer.model.tokenizer, trainer.cfg
+
+    def collector(n, offset):
+        envs = build_envs(cfg, trainer.graph, n)
+        return Collector(
+            envs, trainer.graph, tok, ScriptedBackend(tok), cfg.env, cfg.sampling, seed=5, env_offset=offset
+        )
+
+    whole = collector(12, 0).collect(2)
+    merged = merge_trajectories(
+        [collector(6, 0).collect(2), collector(6, 6).collect(2)], [0, 6], tok.pad_token_id
+    )
+    assert whole.shape[1] > 2  # some copies took two rounds in a team step
+    for name in ("turns", "rewards", "team_rewards", "dones", "step_ends", "action_mask"):
+        assert torch.equal(getattr(merged, name), getattr(whole, name)), name
+    for a, b in zip(merged.agents, whole.agents, strict=True):
+        assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.prompt_ids, b.prompt_ids)
+    assert Counter(merged.routes) == Counter(whole.routes) and merged.route_metrics == whole.route_metrics
+
+
+def test_a_step_needs_someone_to_act():
+    with pytest.raises(ConfigError, match="team.routing.start|start: name the agents"):
+        RoutingConfig(start=[])
+    g = graph(LEAD, {"role": "solver"}, start=["lead"])
+    with pytest.raises(ValueError, match="named no agent"):
+        RoutedSchedule(g).begin(0, Observation("task", next_agents=[]), random.Random(0))
+    with pytest.raises(ValueError, match="unknown agents"):
+        RoutedSchedule(g).begin(0, Observation("task", next_agents=["ghost"]), random.Random(0))

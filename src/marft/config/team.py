@@ -92,23 +92,24 @@ class RoutingConfig:
     """
 
     start: list[str] = field(default_factory=list)
-    """The agents that act first in each step, unless the env's observation names them."""
+    """The agents that act first in each step, unless the env's observation names them
+    (``Observation.next_agents``)."""
     max_actions: int = 8
     """The most actions of one env copy in one step; the route is cut there (``route_cut``)."""
-    choice_pattern: str = r"\b({routes})\b"
-    """How a router's choice is read from its output: a regular expression (case-insensitive)
-    whose first group is the choice; ``{routes}`` stands for the router's routes as alternatives.
-    The first match counts. The default takes the first route named anywhere in the output;
-    ``"^\\W*({routes})\\b"`` demands it first, ``"ROUTE:\\s*({routes})"`` a tag."""
+    choice_pattern: str = r"\b{routes}\b"
+    """How a router's choice is read from its output: a regular expression (case-insensitive) in
+    which ``{routes}`` stands for the router's route words as alternatives; the word it matches
+    is the choice, and the first match counts. The default takes the first route named anywhere
+    in the output; ``"^\\W*{routes}\\b"`` demands it first, ``"ROUTE:\\s*{routes}"`` a tag."""
 
     def __post_init__(self) -> None:
         _check(self.max_actions > 0, "max_actions", "must be a positive integer")
-        _check("{routes}" in self.choice_pattern, "choice_pattern", "must contain {routes}")
+        _check(len(self.start) > 0, "start", "name the agents that act first in each step")
+        _check(self.choice_pattern.count("{routes}") == 1, "choice_pattern", "must contain {routes} once")
         try:
-            pattern = re.compile(self.choice_pattern.replace("{routes}", "a|b"))
+            re.compile(self.choice_pattern.replace("{routes}", "(?P<route>a|b)"))
         except re.error as e:
             raise ConfigError("choice_pattern", f"is not a regular expression ({e})") from None
-        _check(pattern.groups >= 1, "choice_pattern", "needs a group, e.g. ({routes})")
 
 
 @dataclass

@@ -17,6 +17,7 @@ model: critic features and reference log-probs are the scoring phase's work.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import traceback
@@ -94,6 +95,9 @@ class Collector:
         self.transcripts_per_iter = transcripts_per_iter
         self.adapter_of = adapter_of or {}
         self.schedule = schedule or schedule_for(graph)
+        # Generation calls one team step may take (call ids are step * this + turn): a routed
+        # step takes at most max_actions; a static one as many as its graph's levels.
+        self._turns_per_step = graph.routing.max_actions if graph.routing is not None else graph.n_agents
         self._index = {a.role: a.index for a in graph.agents}
         self.device = backend.device
         self.env_offset = env_offset
@@ -148,13 +152,14 @@ class Collector:
         return self._encode([build_messages(self._opener(o), o, [], fmt) for o in observations])
 
     def _opener(self, observation: Observation) -> Agent:
-        """The agent that acts first on an observation: the first of a routing team's start (or
-        of the agents the env names), else the first in acting order."""
+        """The agent whose value a critic bootstraps from on an observation: the first in acting
+        order of a routing team's start (or of the agents the env names), else the first agent."""
         routing = self.graph.routing
         if routing is None:
             return self.graph.agents[0]
         start = observation.next_agents if observation.next_agents is not None else routing.start
-        return self.graph.agent(start[0]) if start else self.graph.agents[0]
+        # the first action in credit order: the start agent first in acting order
+        return min((self.graph.agent(r) for r in start), key=lambda a: a.index, default=self.graph.agents[0])
 
     def _reset_groups(self, problems: list[int] | None = None) -> None:
         G = self.group_size
@@ -187,11 +192,11 @@ class Collector:
         finished = [False] * len(self.envs)
         if self.episodic:
             self._reset_groups(problems)
-        for _ in range(steps):
+        for step in range(steps):
             active = [b for b in range(len(self.envs)) if not finished[b]]
             if not active:
                 break
-            acts = self._act(active, buf)
+            acts = self._act(step, active, buf)
             t0 = time.perf_counter()
             results = step_all([self.envs[b] for b in active], [outputs_of(acts[b].step) for b in active])
             for b, result in zip(active, results, strict=True):
@@ -200,25 +205,28 @@ class Collector:
         self.backend.release()
         return self._assemble(buf)
 
-    def _act(self, active: list[int], buf: TrajectoryBuilder) -> dict[int, _TeamStep]:
-        """Generate every turn of one team step in the active env copies.
+    def _act(self, step: int, active: list[int], buf: TrajectoryBuilder) -> dict[int, _TeamStep]:
+        """Generate every turn of team step ``step`` in the active env copies.
 
-        Each turn is one batched call over every ready (agent, env copy) pair. An env copy whose
-        ready agents include one that already acted in its current round moves to a new round
-        (the next index of the trajectory's step axis), so that every (step, agent) holds at most
-        one action; the static graph never needs one.
+        Each turn is one batched call over every ready (agent, env copy) pair; its call id is
+        ``step * turns_per_step + turn``, so the calls of env-copy slices (rollout workers) line up
+        with those of one collector. A team step of env copy b starts at b's next free index of
+        the trajectory's step axis; when its ready agents include one that already acted in its
+        current round, b moves on to a new round (the next index), so that every (step, agent)
+        holds at most one action. The layout of a copy depends only on its own history; the
+        static graph never needs a second round.
         """
-        base, keep = buf.taken, self.transcripts_per_iter
+        keep = self.transcripts_per_iter
         acts = {
             b: _TeamStep(
                 self.schedule.begin(self.env_offset + b, self.obs[b], self._streams[b]),
-                end=base,
+                end=buf.next_step[b],
                 kept=[] if self.env_offset + b < keep else None,
             )
             for b in active
         }
         in_round: dict[int, set[str]] = {b: set() for b in active}
-        while True:
+        for turn in itertools.count():
             rows = []
             for b in active:
                 agents = acts[b].step.ready()
@@ -229,11 +237,11 @@ class Collector:
             if not rows:
                 break
             rows.sort(key=lambda row: row[0].index)  # agents in acting order, env copies ascending
+            buf.call = step * self._turns_per_step + turn
             self._generate_turn(rows, acts, buf)
-            buf.calls += 1
-        buf.taken = max(x.end for x in acts.values()) + 1
-        for t in range(base, buf.taken):
-            buf.close_step(t)
+        for b in active:
+            buf.next_step[b] = acts[b].end + 1
+        buf.taken = max(buf.next_step)
         return acts
 
     def _generate_turn(self, rows: list[tuple[Agent, int]], acts: dict[int, _TeamStep], buf) -> None:
@@ -265,13 +273,15 @@ class Collector:
                 response_mask=gen.response_mask[sl],
                 logprobs=gen.logprobs[sl],
                 entropy=gen.entropy[sl] if gen.entropy is not None else torch.zeros_like(gen.logprobs[sl]),
-                words=torch.tensor([max(1, len(x.split())) for x in texts[sl]], dtype=torch.float32),
+                words=torch.tensor(
+                    [max(1, len(x.split())) for x in texts[sl]], dtype=torch.float32, device=self.device
+                ),
             )
             for t in sorted({acts[b].end for b in envs}):  # env copies in different rounds
                 sel = [j for j, b in enumerate(envs) if acts[b].end == t]
                 part = values if len(sel) == len(envs) else {k: v[sel] for k, v in values.items()}
                 buf.record(agent.index, t, [envs[j] for j in sel], part)
-                buf.turns[[envs[j] for j in sel], t, agent.index] = buf.calls
+                buf.turns[[envs[j] for j in sel], t, agent.index] = buf.call
             for j, b in enumerate(envs):
                 acts[b].step.record(agent, texts[sl.start + j].strip())
                 acts[b].slots.append((acts[b].end, agent.index))

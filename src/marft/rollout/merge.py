@@ -117,7 +117,10 @@ def merge_trajectories(parts: Sequence[Trajectory], offsets: Sequence[int], pad_
         timings=timings,
         env_metrics=metrics,
         routes=[r for p in parts for r in p.routes],
-        route_metrics={k: sum(p.route_metrics.get(k, 0.0) for p in parts) for k in parts[0].route_metrics},
+        route_metrics={
+            k: sum(p.route_metrics.get(k, 0.0) for p in parts)
+            for k in sorted({k for p in parts for k in p.route_metrics})
+        },
         version=parts[0].version,
     )
 

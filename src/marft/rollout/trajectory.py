@@ -74,10 +74,11 @@ class Trajectory:
         team_rewards: ``[B, T]`` the team's reward at each step.
         dones: ``[B, T]`` 1 where the episode ended after step t (or was dropped).
         action_mask: ``[B, T, N]`` 1 where the agent acted and the env stepped on its action.
-        turns: ``[B, T, N]`` the generation call of this collection in which the agent acted at
-            step t (0, 1, ... in time order; -1: it did not act). Rows of one call were generated
-            in one batch, agents in acting order and env copies ascending; scoring rebuilds exactly
-            those batches, and credit follows this order (:func:`~marft.algorithms.action_order`).
+        turns: ``[B, T, N]`` the id of the generation call in which the agent acted at step t
+            (``team step * turns per step + turn``, increasing in time; -1: it did not act). Rows
+            of one call were generated in one batch, agents in acting order and env copies
+            ascending; scoring rebuilds exactly those batches, and credit follows this order
+            (:func:`~marft.algorithms.advantages.action_order`).
         step_ends: ``[B, T]`` 1 where a team step of env copy b ended at step t and the env stepped
             on the joint action (all of them, unless the team routes and an agent acts twice).
         truncated: ``[B, T]`` 1 where ``env.horizon`` cut an episode that the env had not ended.
@@ -143,7 +144,7 @@ class Trajectory:
         routers = self.route_metrics.get("router_actions", 0.0)
         out["route_invalid"] = self.route_metrics.get("route_invalid", 0.0) / routers if routers else 0.0
         out["route_cut"] = self.route_metrics.get("route_cut", 0.0) / n
-        out["actions_per_step"] = float((self.turns >= 0).sum()) / max(self.env_steps, 1)
+        out["actions_per_step"] = float(self.action_mask.sum()) / max(self.env_steps, 1)
         return out
 
     @property
@@ -220,10 +221,14 @@ class TrajectoryBuilder:
     route_metrics: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     failed: int = 0
     taken: int = 0
-    calls: int = 0
+    call: int = 0
+    """The id of the generation call being recorded."""
+    next_step: list[int] = field(init=False)
+    """Per env copy, the next free index of the step axis."""
 
     def __post_init__(self) -> None:
         B, T, N = self.B, self.steps, self.N
+        self.next_step = [0] * B
         self.per_agent = [defaultdict(list) for _ in range(N)]
         self.rewards = [[[0.0] * N for _ in range(T)] for _ in range(B)]
         self.acted = [[[0.0] * N for _ in range(T)] for _ in range(B)]
@@ -257,13 +262,10 @@ class TrajectoryBuilder:
             merged[rows] = full[rows]
             store[name][t] = merged
 
-    def close_step(self, t: int) -> None:
-        """Give agents that did not act at step t an all-padding entry, so steps stay aligned."""
-        for store in self.per_agent:
-            self._pad_to(store, t + 1)
-
     def agent_actions(self, agent: int) -> AgentActions:
+        """One agent's actions over the ``taken`` steps (padding where it did not act)."""
         store, fills = self.per_agent[agent], self.fills
+        self._pad_to(store, self.taken)
 
         def stacked(name: str, left: bool = False) -> Tensor:
             return pad_stack(store[name], fills[name], left=left).flatten(0, 1)

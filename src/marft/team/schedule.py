@@ -13,7 +13,8 @@ pairs are generated in one batch (one adapter per row), and each output is recor
   (``Observation.next_agents``: env routing); after an agent acts, a router's choice
   (``routes``, read from its output with ``team.routing.choice_pattern``) or its ``next`` agents
   act. An agent sees the outputs of the actions it was routed after in this step (its ancestors on
-  the route, its own earlier ones included) and of the roles it ``observes`` that acted before it.
+  the route: its own earlier actions too, when the route came back through them) and of the roles
+  it ``observes`` that acted before it.
   An agent may act several times in a step (a verifier that sends work back).
 """
 
@@ -50,7 +51,8 @@ class Step(Protocol):
         ...
 
     def seen(self, agent: Agent) -> list[tuple[str, str]]:
-        """``(role, output)`` pairs ``agent`` sees when it acts now, in acting order."""
+        """``(role, output)`` pairs ``agent`` sees when it acts now (routed: in acting order;
+        static: in the order of its ``observes``)."""
         ...
 
     def record(self, agent: Agent, text: str) -> None:
@@ -142,7 +144,7 @@ class RoutedSchedule:
         self._patterns = {
             a.role: re.compile(
                 self.routing.choice_pattern.replace(
-                    "{routes}", "|".join(re.escape(w) for w, _ in a.route_words)
+                    "{routes}", "(?P<route>" + "|".join(re.escape(w) for w, _ in a.route_words) + ")"
                 ),
                 re.IGNORECASE,
             )
@@ -155,6 +157,8 @@ class RoutedSchedule:
 
     def begin(self, env: int, observation: Observation, rng: random.Random) -> _RoutedStep:
         start = observation.next_agents if observation.next_agents is not None else self.routing.start
+        if not start:
+            raise ValueError("the env named no agent to act next (Observation.next_agents is empty)")
         unknown = [r for r in start if r not in self._by_role]
         if unknown:
             raise ValueError(
@@ -171,7 +175,7 @@ class RoutedSchedule:
         match = self._patterns[agent.role].search(text)
         if match is None:
             return (rng.choice(agent.routes) if agent.default_route == RANDOM else agent.default_route), False
-        chosen = match.group(1).lower()
+        chosen = match.group("route").lower()
         return next(r for w, r in agent.route_words if w.lower() == chosen), True
 
 
