@@ -326,3 +326,24 @@ def test_a_step_needs_someone_to_act():
         RoutedSchedule(g).begin(0, Observation("task", next_agents=[]), random.Random(0))
     with pytest.raises(ValueError, match="unknown agents"):
         RoutedSchedule(g).begin(0, Observation("task", next_agents=["ghost"]), random.Random(0))
+
+
+def test_a_routing_run_resumes_exactly(tmp_path):
+    # Routers draw random routes (default_route: random) from the env copies' streams: a resumed
+    # run must draw the same ones.
+    from marft.reporting.metrics import read_metrics, reproducible
+    from marft.trainer import train
+
+    quiet = [
+        "run.progress=false",
+        "run.tensorboard=false",
+        "run.report=false",
+        "env.n_envs=16",
+        "run.checkpoint_every=2",
+    ]
+    train(load_config("routing", [*quiet, "run.iterations=4"]), tmp_path / "whole")
+    train(load_config("routing", [*quiet, "run.iterations=2"]), tmp_path / "split")
+    train(load_config("routing", [*quiet, "run.iterations=4"]), tmp_path / "split", resume=True)
+    a, b = (read_metrics(tmp_path / d) for d in ("whole", "split"))
+    assert [reproducible(r) for r in a] == [reproducible(r) for r in b]
+    assert any(k.startswith("route_share/") for k in a[-1])
