@@ -206,16 +206,11 @@ class Collector:
         return self._assemble(buf)
 
     def _act(self, step: int, active: list[int], buf: TrajectoryBuilder) -> dict[int, _TeamStep]:
-        """Generate every turn of team step ``step`` in the active env copies.
-
-        Each turn is one batched call over every ready (agent, env copy) pair; its call id is
-        ``step * turns_per_step + turn``, so the calls of env-copy slices (rollout workers) line up
-        with those of one collector. A team step of env copy b starts at b's next free index of
-        the trajectory's step axis; when its ready agents include one that already acted in its
-        current round, b moves on to a new round (the next index), so that every (step, agent)
-        holds at most one action. The layout of a copy depends only on its own history; the
-        static graph never needs a second round.
-        """
+        """Generate every turn of team step ``step`` in the active env copies: one batched call
+        per turn over every ready (agent, env copy) pair, call id ``step * turns_per_step + turn``
+        (env-copy slices line up with one collector). Copy b's step starts at b's next free index
+        of the step axis and moves to a new round when an agent acts again, so that a (step,
+        agent) holds at most one action and a copy's layout depends only on its own history."""
         keep = self.transcripts_per_iter
         acts = {
             b: _TeamStep(

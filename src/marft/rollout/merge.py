@@ -61,6 +61,15 @@ def _merge_agent(
     )
 
 
+def _summed(counters) -> dict[str, float]:
+    """Counters of several slices added up, key by key (a key any slice has)."""
+    out: dict[str, float] = {}
+    for c in counters:
+        for k, v in c.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
 def merge_trajectories(parts: Sequence[Trajectory], offsets: Sequence[int], pad_id: int) -> Trajectory:
     """The trajectory of all env copies from those of consecutive slices.
 
@@ -91,12 +100,9 @@ def merge_trajectories(parts: Sequence[Trajectory], offsets: Sequence[int], pad_
         cuts = cuts[order]
         cut_prompts = Prompts(cut_prompts.ids[order], cut_prompts.mask[order])
     timings: dict[str, float] = {}
-    metrics: dict[str, float] = {}
     for p in parts:
         for k, v in p.timings.items():
             timings[k] = max(timings.get(k, 0.0), v)  # slices run side by side: the slowest counts
-        for k, v in p.env_metrics.items():
-            metrics[k] = metrics.get(k, 0.0) + v
     return Trajectory(
         agents=[_merge_agent([p.agents[n] for p in parts], shapes, T, pad_id) for n in range(N)],
         rewards=cat("rewards", 0.0),
@@ -115,12 +121,9 @@ def merge_trajectories(parts: Sequence[Trajectory], offsets: Sequence[int], pad_
         episode_lengths=[n for p in parts for n in p.episode_lengths],
         transcripts=[t for p in parts for t in p.transcripts],
         timings=timings,
-        env_metrics=metrics,
+        env_metrics=_summed(p.env_metrics for p in parts),
         routes=[r for p in parts for r in p.routes],
-        route_metrics={
-            k: sum(p.route_metrics.get(k, 0.0) for p in parts)
-            for k in sorted({k for p in parts for k in p.route_metrics})
-        },
+        route_metrics=_summed(p.route_metrics for p in parts),
         version=parts[0].version,
     )
 
