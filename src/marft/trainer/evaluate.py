@@ -198,7 +198,7 @@ class Evaluator:
             "generated_tokens": sum(sum(r.tokens) for r in results) / (K * len(results)),
         }
         routes = [
-            (route, ok) for r in results for route, ok in zip(r.routes, r.correct, strict=True) if route
+            (route, ok) for r in results for route, ok in zip(r.routes, r.correct, strict=False) if route
         ]
         for route in sorted({route for route, _ in routes}):  # routing teams: each route's share and accuracy
             oks = [ok for rt, ok in routes if rt == route]
