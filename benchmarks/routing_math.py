@@ -9,7 +9,7 @@ iteration. Everything lands in ``--out`` (``train/``, ``eval-untrained/``, ``eva
 ``results.json``, ``table.md``); a finished training run and evaluations are reused. Usage::
 
     M=$(python -c "from marft.models.smollm2 import smollm2_path; print(smollm2_path())")
-    python benchmarks/routing_math.py --set model.name=$M --limit 200 --out runs/routing-math
+    python benchmarks/routing_math.py --set model.name=$M --limit 64 --out runs/routing-math
 """
 
 from __future__ import annotations
