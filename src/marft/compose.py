@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from marft.config import Config, ConfigError, from_dict, parse_config
+from marft.config import Config, ConfigError, JudgeConfig, from_dict, parse_config
 from marft.envs.base import Env, env_config_class, make_env
 from marft.learner.learner import Learner
 from marft.learner.parallel import SINGLE, DataParallel
@@ -167,6 +168,8 @@ def _validate_env(cfg: Config) -> None:
     env_kwargs = from_dict(env_cfg_cls, cfg.env.kwargs, "env.kwargs")
     check_team = getattr(env_cfg_cls, "check_team", None)
     problem = check_team(env_kwargs, cfg.team) if check_team is not None else None
+    check_reward = getattr(env_cfg_cls, "check_reward", None)  # envs scored by a judge model
+    problem = problem or (check_reward(env_kwargs, cfg.reward) if check_reward is not None else None)
     if problem:
         raise ConfigError(problem[0], problem[1])
 
@@ -193,6 +196,11 @@ def tiny_corpus(cfg: Config, env) -> list[str]:
     vocab = getattr(env, "vocabulary", None)
     if vocab is not None:
         corpus.extend(vocab())
+    if hasattr(env, "bind_judge"):  # the judge's prompts are read by the same tiny model
+        for judge in (cfg.reward.judge, cfg.reward.heldout_judge):
+            if judge is not None:
+                corpus += [judge.system_prompt, judge.template, judge.pairwise_template, judge.answer_prefix]
+                corpus.append(judge.pairwise_answer_prefix)
     return corpus
 
 
@@ -225,6 +233,45 @@ def build_team_model(cfg: Config, graph: TeamGraph, env, with_critic: bool) -> T
         logit_chunk_tokens=cfg.model.logit_chunk_tokens,
         gradient_checkpointing=cfg.model.gradient_checkpointing,
     )
+
+
+def build_judge(
+    cfg: Config, judge: JudgeConfig, model: TeamModel, loaded: dict | None = None, prefix: str = "judge"
+):
+    """A :class:`~marft.models.judge.Judge`: the team's base with adapters disabled
+    (``judge.model: null``), or another model loaded frozen in ``model.dtype`` (``loaded`` keeps
+    models already loaded by name, so a judge and a held-out judge share one)."""
+    from marft.models.judge import Judge
+
+    if judge.model is None:
+        return Judge(
+            judge,
+            model.policy,
+            model.tokenizer,
+            name="base",
+            frozen=lambda: model.adapter(None),
+            prefix=prefix,
+        )
+    loaded = {} if loaded is None else loaded
+    if judge.model not in loaded:
+        spec = dataclasses.replace(cfg.model, name=judge.model, gguf_file=None)
+        base, tokenizer = load_base(spec, dtype=next(p.dtype for _, p in model.base_parameters()))
+        loaded[judge.model] = (base.to(model.device).eval().requires_grad_(False), tokenizer)
+    base, tokenizer = loaded[judge.model]
+    return Judge(judge, base, tokenizer, name=judge.model, prefix=prefix)
+
+
+def bind_judges(cfg: Config, envs: list[Env], model: TeamModel) -> None:
+    """Envs scored by a judge model (a ``bind_judge`` method: ``judged``) get ``reward.judge`` and
+    ``reward.heldout_judge``, built once and shared by every copy; other envs are left alone."""
+    if not envs or not hasattr(envs[0], "bind_judge"):
+        return
+    loaded: dict = {}
+    judge = build_judge(cfg, cfg.reward.judge, model, loaded)
+    held = cfg.reward.heldout_judge
+    heldout = build_judge(cfg, held, model, loaded, "heldout_judge") if held is not None else None
+    for i, env in enumerate(envs):
+        env.bind_judge(judge, heldout, owner=i == 0)
 
 
 def build_backend(cfg: Config, model: TeamModel, env=None) -> GenerationBackend:
@@ -294,6 +341,7 @@ def build_training(
     envs = envs if envs is not None else build_envs(cfg, graph, cfg.env.n_envs)
     algorithm = resolve_algorithm(cfg.algorithm)
     model = build_team_model(cfg, graph, envs[0], with_critic=algorithm.critic)
+    bind_judges(cfg, envs, model)
     if remote_sampler is not None:
         backend = collector = remote_sampler(model, cfg.algorithm.group_size if algorithm.episodic else 1)
     else:

@@ -14,6 +14,7 @@ Example:
 """
 
 from marft.config.loading import apply_override, from_dict, parse_config, preset_names, to_dict
+from marft.config.reward import GuardConfig, JudgeConfig, RewardConfig
 from marft.config.scale import RayConfig
 from marft.config.sections import (
     AgentConfig,
@@ -39,9 +40,12 @@ __all__ = [
     "DONE",
     "RANDOM",
     "EnvConfig",
+    "GuardConfig",
+    "JudgeConfig",
     "LoraSettings",
     "ModelConfig",
     "RayConfig",
+    "RewardConfig",
     "RoutingConfig",
     "RunConfig",
     "SamplingConfig",

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from marft.config.errors import ConfigError, _check
+from marft.config.reward import RewardConfig
 from marft.config.scale import RayConfig
 from marft.config.team import AgentConfig, RoutingConfig, TeamConfig
 
-__all__ = ["AgentConfig", "ConfigError", "RayConfig", "RoutingConfig", "TeamConfig", "_check"]
+__all__ = ["AgentConfig", "ConfigError", "RayConfig", "RewardConfig", "RoutingConfig", "TeamConfig", "_check"]
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -347,3 +348,4 @@ class Config:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)

@@ -47,7 +47,7 @@ class RolloutWorker(ActorProcess):
     """
 
     def __init__(self, cfg: Config, lo: int, hi: int, threads: int) -> None:
-        from marft.compose import build_backend, build_collector, build_envs, build_team_model
+        from marft.compose import bind_judges, build_backend, build_collector, build_envs, build_team_model
         from marft.distributed.cluster import actor_config
         from marft.learner.spec import resolve_algorithm
         from marft.runtime import configure_threads
@@ -59,6 +59,7 @@ class RolloutWorker(ActorProcess):
         envs = build_envs(cfg, graph, hi - lo)
         algorithm = resolve_algorithm(cfg.algorithm)
         self.model = build_team_model(cfg, graph, envs[0], with_critic=False)
+        bind_judges(cfg, envs, self.model)
         self.backend = build_backend(cfg, self.model, envs[0])
         self.collector = build_collector(
             cfg, graph, envs, self.model.tokenizer, self.backend, algorithm, env_offset=lo

@@ -7,9 +7,11 @@ An environment is any object with
 
 and optionally ``concurrent_steps = True`` (copies may step at once, on threads: :func:`step_all`),
 ``state_dict() -> dict`` / ``load_state_dict(state)`` for exact resume (without
-them, checkpoints pickle the env's attributes) and ``pop_metrics() -> dict[str, float]``: counters
+them, checkpoints pickle the env's attributes), ``pop_metrics() -> dict[str, float]``: counters
 since the last call (summed over env copies into each iteration's metrics row, e.g. the math env's
-``grader_timeouts``). Envs are found by registered name (``env.name: signal``) or by ``package.module:Class``. An env class may
+``grader_timeouts``; a pair ``X.sum`` / ``X.n`` becomes the mean ``X``: :func:`summarize_metrics`),
+and a classmethod ``step_batch(envs, actions)`` that steps many copies at once (an env that
+batches work across copies, such as a judge model's forward). Envs are found by registered name (``env.name: signal``) or by ``package.module:Class``. An env class may
 carry a ``Config`` dataclass: its ``env.kwargs`` are then validated against it before any model
 loads, and the instance is built as ``Class(config)``; otherwise as ``Class(**kwargs)``.
 
@@ -89,7 +91,8 @@ MAX_STEP_THREADS = 64
 def step_all(envs: Sequence[Env], actions: Sequence[Mapping[str, str]]) -> list[StepResult | Exception]:
     """Step each env copy on its joint action; an env's exception is returned, not raised.
 
-    Copies step one after another, or on threads when every copy's class sets
+    Copies of one class with a ``step_batch`` classmethod step in one call of it (it returns a
+    result or an exception per copy). Otherwise copies step one after another, or on threads when every copy's class sets
     ``concurrent_steps = True`` (an env whose step waits on other processes, such as the code env's
     sandbox; the results keep the copies' order, and each copy is stepped by one thread).
     """
@@ -100,6 +103,9 @@ def step_all(envs: Sequence[Env], actions: Sequence[Mapping[str, str]]) -> list[
         except Exception as e:  # noqa: BLE001 (a user env: the caller drops the episode, not the run)
             return e
 
+    batch = getattr(type(envs[0]), "step_batch", None) if envs else None
+    if batch is not None and all(type(env) is type(envs[0]) for env in envs):
+        return list(batch(envs, actions))
     if len(envs) > 1 and all(getattr(env, "concurrent_steps", False) for env in envs):
         with ThreadPoolExecutor(max_workers=min(len(envs), MAX_STEP_THREADS)) as pool:
             return list(pool.map(one, range(len(envs))))
@@ -121,6 +127,19 @@ def pop_env_metrics(envs: Iterable[Any]) -> dict[str, float]:
         for key, value in (env.pop_metrics() if hasattr(env, "pop_metrics") else {}).items():
             total[key] = total.get(key, 0.0) + float(value)
     return total
+
+
+def summarize_metrics(counters: Mapping[str, float]) -> dict[str, float]:
+    """Env counters for a metrics row: each ``X.sum`` / ``X.n`` pair becomes the mean ``X``;
+    other counters stay as they are."""
+    out: dict[str, float] = {}
+    for key, value in counters.items():
+        if key.endswith(".sum") and key[:-4] + ".n" in counters:
+            n = counters[key[:-4] + ".n"]
+            out[key[:-4]] = value / n if n else float("nan")
+        elif not (key.endswith(".n") and key[:-2] + ".sum" in counters):
+            out[key] = value
+    return out
 
 
 def load_env_state(env: Any, state: Any) -> None:

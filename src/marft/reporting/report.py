@@ -171,6 +171,14 @@ def plots(runs: list[RunData]) -> dict[str, tuple[str, str]]:
             for r in runs
         ]
         out["routes"] = ("Routes taken per iteration", _figure(panels, "share"))
+    judged = [r for r in runs if any("judge_score" in row for row in r.rows)]
+    if judged:  # judged work: the training judge beside the held-out one (the guard's view)
+        keys = {"judge_score": "judge", "heldout_score": "held-out judge", "rules_pass": "rules kept"}
+        panels = [
+            (r.name if many else "mean per iteration", [(n, *_series(r.rows, k)) for k, n in keys.items()])
+            for r in judged
+        ]
+        out["judge"] = ("Judge scores and rule checks", _figure(panels, "score / share"))
     critic = [r for r in runs if any("value_loss" in row for row in r.rows)]
     if critic:
         lines = [(_label(r, many), *_series(r.rows, "value_loss")) for r in critic]
@@ -199,7 +207,7 @@ def _summary(run: RunData) -> dict[str, str]:
     except yaml.YAMLError:
         cfg = {}
     cfg = cfg if isinstance(cfg, dict) else {}  # "(no config.yaml)"
-    return {
+    out = {
         "run": run.name,
         "algorithm": str(cfg.get("algorithm", {}).get("name", "?")),
         "model": str(cfg.get("model", {}).get("name", "?")),
@@ -210,6 +218,10 @@ def _summary(run: RunData) -> dict[str, str]:
         "training time": f"{run.rows[-1].get('time_s', 0.0):.0f} s" if run.rows else "n/a",
         "failed episodes": str(sum(r.get("episodes_failed", 0) or 0 for r in run.rows)),
     }
+    if any("reward_hacking" in r for r in run.rows):  # judged work with a held-out judge: the guard
+        flagged = [r["iteration"] for r in run.rows if r.get("reward_hacking") == 1.0]
+        out["reward hacking"] = f"flagged at iteration {flagged[0]}" if flagged else "not flagged"
+    return out
 
 
 def _transcript_html(t: dict[str, Any]) -> str:
@@ -270,10 +282,10 @@ def render(runs: list[RunData]) -> str:
     e = html.escape
     figs = plots(runs)
     summaries = [_summary(r) for r in runs]
-    head = list(summaries[0])
+    head = list(dict.fromkeys(h for s in summaries for h in s))
     table = "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"
     table += (
-        "".join("<tr>" + "".join(f"<td>{e(s[h])}</td>" for h in head) + "</tr>" for s in summaries)
+        "".join("<tr>" + "".join(f"<td>{e(s.get(h, ''))}</td>" for h in head) + "</tr>" for s in summaries)
         + "</table>"
     )
     body = [f"<h1>marft report: {e(', '.join(r.name for r in runs))}</h1>", table]

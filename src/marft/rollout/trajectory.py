@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from marft.envs.base import summarize_metrics
+
 if TYPE_CHECKING:
     from marft.envs.base import Observation
 
@@ -146,6 +148,11 @@ class Trajectory:
         out["route_cut"] = self.route_metrics.get("route_cut", 0.0) / n
         out["actions_per_step"] = float(self.action_mask.sum()) / max(self.env_steps, 1)
         return out
+
+    def env_summary(self) -> dict[str, float]:
+        """The envs' counters for a metrics row (``X.sum`` / ``X.n`` pairs as means:
+        :func:`~marft.envs.base.summarize_metrics`)."""
+        return summarize_metrics(self.env_metrics)
 
     @property
     def env_steps(self) -> int:

@@ -1,4 +1,5 @@
-"""Evaluation of a team on a problem set: accuracy, pass@k, majority vote, per-agent ablation.
+"""Evaluation of a team on a problem set: accuracy, pass@k, majority vote, per-agent ablation;
+on judged work also judge scores and the win rate against the untrained team.
 
 Every problem is attempted ``samples`` times by the whole team (multi-turn up to ``env.horizon``,
 as in training). The ablation re-runs the evaluation once per agent with that agent swapped back
@@ -17,14 +18,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from marft.compose import build_backend, build_envs, build_team_model, validate
+from marft.compose import bind_judges, build_backend, build_envs, build_team_model, validate
 from marft.config import Config, ConfigError
-from marft.envs.base import pop_env_metrics
+from marft.envs.base import pop_env_metrics, summarize_metrics
 from marft.rollout.backends import BASE
 from marft.rollout.collector import Collector
 from marft.runtime import configure_threads
 from marft.team.graph import TeamGraph
 from marft.trainer.checkpoint import load_adapter_weights, resolve_checkpoint
+from marft.trainer.judged import compare_with_untrained
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -75,6 +77,11 @@ class ProblemResult:
     tokens: list[int] = field(default_factory=list)
     routes: list[str | None] = field(default_factory=list)
     """Routing teams: each sample's route at its last step (None for static teams)."""
+    metrics: list[dict[str, float]] = field(default_factory=list)
+    """Each sample's scores from the env (``StepResult.info["metrics"]``: judged envs' judge score,
+    rule pass, words), averaged by :meth:`Evaluator.summarize`."""
+    responses: list[str | None] = field(default_factory=list)
+    """Judged envs: each sample's judged response (``info["judged_role"]``'s output)."""
 
 
 @dataclass
@@ -127,11 +134,16 @@ class Evaluator:
         self.threads = configure_threads(cfg.run.torch_threads)
         self.model = build_team_model(cfg, self.graph, probe, with_critic=False)
         self.checkpoint = load_adapters(self.model, checkpoint) if checkpoint is not None else None
+        bind_judges(cfg, self.envs, self.model)
         self.backend = build_backend(cfg, self.model, probe)
 
     @torch.no_grad()
-    def run(self, swap_to_base: str | None = None) -> EvalRun:
-        """Evaluate every problem; ``swap_to_base`` runs that agent on the bare base model."""
+    def run(self, swap_to_base: str | None = None, untrained: bool = False) -> EvalRun:
+        """Evaluate every problem; ``swap_to_base`` runs that agent on the bare base model,
+        ``untrained`` every agent (the untrained team)."""
+        adapter_of = {swap_to_base: BASE} if swap_to_base else None
+        if untrained:
+            adapter_of = dict.fromkeys(self.graph.roles, BASE)
         K, n_envs = self.samples, len(self.envs)
         collector = Collector(
             self.envs,
@@ -144,10 +156,12 @@ class Evaluator:
             episodic=True,
             group_size=K,
             transcripts_per_iter=n_envs,
-            adapter_of={swap_to_base: BASE} if swap_to_base else None,
+            adapter_of=adapter_of,
         )
         out = EvalRun([], [])
-        desc = "marft eval" + (f" ({swap_to_base} -> base)" if swap_to_base else "")
+        desc = "marft eval" + (
+            f" ({swap_to_base} -> base)" if swap_to_base else " (untrained)" if untrained else ""
+        )
         bar = tqdm(total=self.n_problems, desc=desc, disable=not self.progress, dynamic_ncols=True)
         for start in range(0, self.n_problems, self.per_chunk):
             idx = list(range(start, min(start + self.per_chunk, self.n_problems)))
@@ -165,7 +179,13 @@ class Evaluator:
                 samples = [by_env[b] for b in range(j * K, (j + 1) * K)]
                 out.results.append(self._result(p, samples))
                 out.transcripts += [
-                    {"problem_index": p, "sample": k, "swap_to_base": swap_to_base, **t}
+                    {
+                        "problem_index": p,
+                        "sample": k,
+                        "swap_to_base": swap_to_base,
+                        "untrained": untrained,
+                        **t,
+                    }
                     for k, t in enumerate(samples)
                 ]
             bar.update(len(idx))
@@ -185,6 +205,8 @@ class Evaluator:
             [turn["answer"] for turn in last],
             [t["generated_tokens"] for t in samples],
             [turn.get("route") for turn in last],
+            [dict(turn["info"].get("metrics", {})) for turn in last],
+            [_judged_response(turn) for turn in last],
         )
 
     def summarize(self, results: list[ProblemResult]) -> dict[str, float]:
@@ -204,6 +226,10 @@ class Evaluator:
             oks = [ok for rt, ok in routes if rt == route]
             out[f"route_share/{route}"] = len(oks) / len(routes)
             out[f"route_accuracy/{route}"] = sum(oks) / len(oks)
+        scored = [m for r in results for m in r.metrics]
+        for key in sorted({k for m in scored for k in m}):  # judged envs: judge score, rules, words
+            values = [m[key] for m in scored if key in m]
+            out[key] = sum(values) / len(values)
         if K > 1:
             out[f"pass@{K}"] = sum(pass_at_k(K, sum(r.correct), K) for r in results) / len(results)
             if not any(a is not None for r in results for a in r.answers):
@@ -211,6 +237,12 @@ class Evaluator:
             tops = [(r, majority(r.answers, self.same_answer)) for r in results]
             out[f"maj@{K}"] = sum(r.correct[top] for r, top in tops if top is not None) / len(results)
         return out
+
+
+def _judged_response(turn: dict[str, Any]) -> str | None:
+    """The judged agent's response of a transcript step (None outside judged envs)."""
+    role = turn.get("info", {}).get("judged_role")
+    return next((a["response"] for a in reversed(turn["agents"]) if a["role"] == role), None)
 
 
 def evaluate(
@@ -224,11 +256,12 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate, run the per-agent ablation (when a checkpoint is given), and write
-    ``summary.json`` and ``transcripts.jsonl`` into ``out_dir``.
+    ``summary.json`` and ``transcripts.jsonl`` into ``out_dir``. On judged work (an env with a
+    judge) with a checkpoint, the untrained team is evaluated too and compared pairwise.
 
     Returns:
-        The summary: metrics of the trained team, and per agent the metrics with that agent
-        swapped back to the base model and the accuracy drop.
+        The summary: the trained team's metrics, per agent those with it swapped back to the base
+        and the drops, and on judged work ``untrained`` and ``vs_untrained`` (win rate, gains).
     """
     ev = Evaluator(cfg, checkpoint, samples, limit, batch, progress)
     out = Path(out_dir)
@@ -243,21 +276,30 @@ def evaluate(
         "team": ev.summarize(team.results),
         "ablation": {},
     }
-    env_metrics, transcripts = dict(team.env_metrics), team.transcripts
+    runs = [team]
     if ablation and ev.checkpoint is not None and len(ev.graph.roles) > 1:
         for role in ev.graph.roles:
-            swapped = ev.run(swap_to_base=role)
-            metrics = ev.summarize(swapped.results)
+            runs.append(ev.run(swap_to_base=role))
+            metrics = ev.summarize(runs[-1].results)
             metrics["accuracy_drop"] = summary["team"]["accuracy"] - metrics["accuracy"]
+            if "judge_score" in metrics:
+                metrics["judge_score_drop"] = summary["team"]["judge_score"] - metrics["judge_score"]
             summary["ablation"][role] = metrics
-            transcripts += swapped.transcripts
-            for key, value in swapped.env_metrics.items():
-                env_metrics[key] = env_metrics.get(key, 0.0) + value
-    # The envs' own counters (the math grader's time-outs and failures, scored as wrong answers),
-    # including the majority vote's comparisons.
-    for key, value in pop_env_metrics(ev.envs).items():
-        env_metrics[key] = env_metrics.get(key, 0.0) + value
-    summary["env_metrics"] = env_metrics
+    judge = getattr(ev.envs[0], "judge", None)
+    if judge is not None and ev.checkpoint is not None:  # judged work: against the untrained team
+        runs.append(ev.run(untrained=True))
+        summary["untrained"] = ev.summarize(runs[-1].results)
+        summary["vs_untrained"] = compare_with_untrained(
+            judge, ev.envs[0].problems, team.results, runs[-1].results
+        )
+    # The envs' own counters (the math grader's time-outs and failures, scored as wrong answers;
+    # the judge's calls), including the majority vote's comparisons.
+    env_metrics: dict[str, float] = {}
+    for counters in [*(r.env_metrics for r in runs), pop_env_metrics(ev.envs)]:
+        for key, value in counters.items():
+            env_metrics[key] = env_metrics.get(key, 0.0) + value
+    summary["env_metrics"] = summarize_metrics(env_metrics)
+    transcripts = [t for r in runs for t in r.transcripts]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     with (out / "transcripts.jsonl").open("w") as f:
         for t in transcripts:
@@ -277,6 +319,16 @@ def format_table(summary: dict[str, Any]) -> str:
             f"{role + ' -> base':<28}"
             + "".join(f"{m.get(k, float('nan')):>12.3f}" for k in keys)
             + f"{m['accuracy_drop']:>12.3f}"
+        )
+    if "untrained" in summary:
+        base = summary["untrained"]
+        lines.insert(
+            2, f"{'untrained team':<28}" + "".join(f"{base.get(k, float('nan')):>12.3f}" for k in keys)
+        )
+        v = summary["vs_untrained"]
+        lines.append(
+            f"vs untrained (pairwise judge): win rate {v['win_rate']:.3f}, wins {v['wins']:.3f}; judge score "
+            f"gain {v['raw_gain']:.3f}, at equal length {v['length_controlled_gain']:.3f}"
         )
     for key in (k for k in team if k.startswith("route_share/")):
         route = key.split("/", 1)[1]

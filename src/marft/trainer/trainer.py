@@ -1,10 +1,9 @@
 """The training loop as timed phases: collect, score, advantages, critic, policy, log, checkpoint.
 
-A run directory receives ``config.yaml`` (the resolved config), ``metrics.jsonl`` (each phase's
-seconds among the metrics), TensorBoard events, ``transcripts.jsonl`` and ``checkpoints/`` (see
-:mod:`marft.trainer.checkpoint`). A run resumes exactly from its newest complete checkpoint
-(``Trainer(cfg, run_dir, resume=True)``); SIGINT and SIGTERM save a checkpoint at the end of the
-current iteration and stop.
+A run directory receives ``config.yaml`` (the resolved config), ``metrics.jsonl`` (each phase's seconds
+among the metrics), TensorBoard events, ``transcripts.jsonl`` and ``checkpoints/`` (see
+:mod:`marft.trainer.checkpoint`). A run resumes exactly from its newest complete checkpoint (``Trainer(cfg,
+run_dir, resume=True)``); SIGINT and SIGTERM save a checkpoint at the end of the iteration and stop.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 from marft.compose import build_envs, build_training, validate
 from marft.config import Config, to_dict
 from marft.learner.parallel import SINGLE
+from marft.reporting.guard import guard_metrics
 from marft.reporting.metrics import MetricsSink
 from marft.rollout.trajectory import Trajectory
 from marft.runtime import configure_threads
@@ -255,7 +255,7 @@ class Trainer:
             **{f"time_{k}_s": v for k, v in traj.timings.items()},
             **self._carried,
             **step.memory,
-            **traj.env_metrics,
+            **traj.env_summary(),
             **traj.route_summary(),
             **step.update.metrics,
         }
@@ -286,6 +286,7 @@ class Trainer:
             self.generated_tokens += sum(int(a.response_mask.sum()) for a in step.trajectory.agents)
             self._elapsed_before = time.perf_counter() - start
             row = self._row(it, step, self._elapsed_before)
+            row.update(guard_metrics(self.rows, row, cfg.reward.guard))
             t0 = time.perf_counter()
             self.rows.append(row)
             self.sink.log(row)
