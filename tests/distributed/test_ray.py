@@ -1,7 +1,8 @@
 """Rollout workers and learners on a local Ray instance (2 CPUs): K = 1 and K = 2 rollout workers
 give the same run, a worker killed with SIGKILL mid-collection is restarted and its iteration
 redone, a run resumes under Ray (from a checkpoint written with another K), G = 2 data-parallel
-learners give the adapters of one, and a learner that dies stops the run with its checkpoint."""
+learners give the adapters of one, a learner that dies stops the run with its checkpoint, and each
+rollout worker judges judged work with its own judge."""
 
 import os
 import signal
@@ -157,6 +158,20 @@ def test_a_routing_team_gives_the_same_run_with_two_workers(tmp_path):
     )
     assert_same_run(one, two)
     assert any(k.startswith("route_share/") for k in two[2][-1])
+
+
+def test_a_judged_team_is_judged_on_each_rollout_worker(tmp_path):
+    # Each worker judges its own slice with its own copy of the judge (the base with adapters off).
+    # A judge batch of other prompts pads differently, so scores agree to float rounding, not bit
+    # for bit: judged runs under Ray are not bit-identical to one process (docs/judged.md).
+    judged = ["model.tiny.initializer_range=0.2", "run.checkpoint_every=0", "algorithm.micro_batch_tokens=0"]
+    judged += ["team.agents.0.max_new_tokens=4", "team.agents.1.max_new_tokens=6", "model.name=tiny"]
+    one = train(tmp_path, "j1", "run.ray.rollout_workers=1", *judged, iterations=1, preset="slides_team")
+    two = train(tmp_path, "j2", "run.ray.rollout_workers=2", *judged, iterations=1, preset="slides_team")
+    a, b = one[1].rows[0], two[1].rows[0]
+    for key in ("judge_score", "heldout_score", "rules_pass", "response_words"):
+        assert a[key] == pytest.approx(b[key], abs=1e-5), key
+    assert a["judge_calls"] + a["judge_cache_hits"] == b["judge_calls"] + b["judge_cache_hits"] == 8
 
 
 def test_too_many_workers_for_the_env_copies_is_a_config_error():
