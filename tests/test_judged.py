@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from marft.compose import load_config
 from marft.reporting.guard import guard_metrics, hacking_gap
 from marft.reporting.metrics import read_metrics, reproducible
+from marft.trainer.checkpoint import load_trainer_files
 from marft.trainer.evaluate import evaluate, format_table
 from marft.trainer.judged import length_controlled_gain
 from marft.trainer.trainer import Trainer
@@ -66,6 +67,14 @@ def test_the_slides_team_trains_against_the_judge_and_resumes_exactly(tmp_path):
         "titles",
         "bullets",
     }
+
+    # the judges' caches travel in the checkpoint, in the first env copy's state only
+    _, state, _ = load_trainer_files(tmp_path / "whole" / "checkpoints" / "iter-000002")
+    envs = state["collector"]["envs"]
+    assert [len(j["cache"]) for j in envs[0]["judges"]] == [
+        rows[0]["judge_calls"] + rows[1]["judge_calls"]
+    ] * 2
+    assert not any("judges" in e for e in envs[1:])
 
     train(tiny("slides_team", "run.iterations=2", "run.checkpoint_every=2"), tmp_path / "split")
     rest = train(cfg, tmp_path / "split", resume=True)

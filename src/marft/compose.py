@@ -341,10 +341,10 @@ def build_training(
     envs = envs if envs is not None else build_envs(cfg, graph, cfg.env.n_envs)
     algorithm = resolve_algorithm(cfg.algorithm)
     model = build_team_model(cfg, graph, envs[0], with_critic=algorithm.critic)
-    bind_judges(cfg, envs, model)
-    if remote_sampler is not None:
+    if remote_sampler is not None:  # the rollout workers judge their own env copies
         backend = collector = remote_sampler(model, cfg.algorithm.group_size if algorithm.episodic else 1)
     else:
+        bind_judges(cfg, envs, model)
         backend = build_backend(cfg, model, envs[0])
         collector = build_collector(cfg, graph, envs, model.tokenizer, backend, algorithm)
     # The learner recomputes old log-probs when the sampler's forward is not its own: a half-

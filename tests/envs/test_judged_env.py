@@ -76,6 +76,7 @@ def test_a_format_breaking_response_fails_the_rule_checks(text, broken):
 
 def test_words_required_and_forbidden_text():
     assert count_words("## Title\n- two words") == 3  # markdown marks are not words
+    assert split_slides("#hashtag line\n# 1 tip\n- a") == [("1 tip", ["- a"])]  # "#hashtag" is no heading
     rules = Rules(min_words=3, required=["Limitations"], forbidden=["great question"])
     assert check_rules("Answer: yes. limitations: cost.", rules) == {
         "min_words": True,
@@ -119,6 +120,19 @@ def test_pairwise_judging_needs_a_reference_in_every_task():
         ConfigError, match="reward.judge.mode: pairwise judging compares with each task's reference"
     ):
         load_config("slides_team", ["model.name=tiny", "reward.judge.mode=pairwise"])
+    with pytest.raises(ConfigError, match="reward.heldout_judge.mode: pairwise judging compares"):
+        load_config("slides_team", ["model.name=tiny", "reward.heldout_judge.mode=pairwise"])
+
+
+def test_judge_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"^env.kwargs.data: task file"):
+        load_config("slides_team", ["model.name=tiny", f"env.kwargs.data={tmp_path}/missing.jsonl"])
+    with pytest.raises(ConfigError, match=r"^env.kwargs.length_penalty: must be >= 0"):
+        load_config("slides_team", ["model.name=tiny", "env.kwargs.length_penalty=-1"])
+    with pytest.raises(ConfigError, match=r"^reward.judge.template: may use only"):
+        load_config("slides_team", ["model.name=tiny", "reward.judge.template='{max_score'"])
+    with pytest.raises(ConfigError, match="required: must be a list of strings"):
+        Rules(required="limitation")
 
 
 def test_the_reward_formula_and_one_judge_call_for_all_copies(tmp_path):
@@ -153,6 +167,11 @@ def test_the_reward_formula_and_one_judge_call_for_all_copies(tmp_path):
             counters[k] = counters.get(k, 0.0) + v
     row = summarize_metrics(counters)
     assert row["judge_score"] == pytest.approx((0.8 + 0.4 + 0.0) / 3)
+    # the copy with no response scores 0 with both judges: both means are over the same copies
+    assert results[2].info["metrics"]["heldout_score"] == 0.0 and row["heldout_score"] == pytest.approx(
+        0.1 / 3
+    )
+    assert row["graded_missing"] == 1.0
     assert row["judge_calls"] == 2.0  # counted once (by the owner copy), not once per copy
 
 

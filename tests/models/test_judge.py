@@ -13,7 +13,6 @@ from marft.envs.judged import JudgeRequest
 from marft.envs.judged.env import SCORE_WORDS
 from marft.models import TeamModel, load_base
 from marft.models.judge import Judge, expected_score
-from marft.models.team_model import position_ids_from_mask
 
 CORPUS = [
     "write a deck on tides for sailors",
@@ -90,6 +89,21 @@ def test_the_score_is_deterministic_and_cached(team):
 def test_pairwise_averages_both_orders(team):
     judge = base_judge(team)
     ab = judge.score([JudgeRequest(TASK, RUBRIC, GOOD, reference="cats are nice")])[0]
+    tok = team.tokenizer
+
+    def p_a(first, second):  # naive: P("A") / (P("A") + P("B")) after one prompt, one forward
+        text = judge._prompt(judge._pairwise(TASK, RUBRIC, first, second), True)
+        with torch.no_grad(), team.adapter(None):
+            probs = team.policy(input_ids=torch.tensor([tok.encode(text, add_special_tokens=False)])).logits[
+                0, -1
+            ]
+        probs = probs.softmax(-1)
+        a, b = (probs[tok.encode(x, add_special_tokens=False)[0]] for x in "AB")
+        return float(a / (a + b))
+
+    # the response wins as A in the first order and as B in the second
+    naive = 0.5 * (p_a(GOOD, "cats are nice") + 1 - p_a("cats are nice", GOOD))
+    assert ab == pytest.approx(naive, abs=1e-5)
     ba = judge.score([JudgeRequest(TASK, RUBRIC, "cats are nice", reference=GOOD)])[0]
     assert 0.0 < ab < 1.0
     assert ab + ba == pytest.approx(1.0)  # P(a beats b) + P(b beats a) = 1: no position bias left
@@ -131,11 +145,19 @@ def test_a_judge_model_loaded_by_name(tmp_path, team):
     assert named.score(request) == pytest.approx(ours.score(request), abs=1e-5)  # same weights, same score
 
 
-def test_score_tokens_must_be_single_tokens(team):
-    tok = team.tokenizer
-    ids = tok(["x"], return_tensors="pt")
-    assert position_ids_from_mask(ids["attention_mask"]).shape == ids["input_ids"].shape
-    with pytest.raises(ValueError, match="several tokens"):
-        from marft.models.judge import option_token_ids
+def test_score_tokens_must_be_single_known_tokens(team):
+    from marft.models.judge import option_token_ids
 
-        option_token_ids(tok, ["nonexistentword"])
+    ids, valid = option_token_ids(team.tokenizer, ["1", "A"])
+    assert ids.shape == valid.shape and valid[:, 0].all()
+    assert ids[0, 0] == team.tokenizer.convert_tokens_to_ids("1")
+    with pytest.raises(ValueError, match="no single token for the score 'nonexistentword'"):
+        option_token_ids(team.tokenizer, ["nonexistentword"])
+
+
+def test_an_option_the_judge_finds_very_unlikely_does_not_underflow():
+    # every option below exp(-100): exp() underflows, the softmax over the options does not
+    expected, mass = expected_score(torch.tensor([[-120.0, -121.0, -119.0]]), torch.tensor([1.0, 2.0, 3.0]))
+    p = torch.tensor([-120.0, -121.0, -119.0]).softmax(-1)
+    assert expected.item() == pytest.approx(float((p * torch.tensor([1.0, 2.0, 3.0])).sum()))
+    assert 1.0 <= expected.item() <= 3.0 and mass.item() >= 0.0

@@ -25,8 +25,12 @@ HELDOUT_TEMPLATE = (
 )
 
 
-def _fields(template: str) -> set[str]:
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+def _fields(template: str) -> set[str] | None:
+    """The ``{names}`` a template uses; None when it is not a valid format string."""
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -57,8 +61,10 @@ class JudgeConfig:
     """Prompts per judge forward."""
     max_response_tokens: int = 512
     """Longer responses are cut to this many tokens before judging (the cut is counted)."""
-    cache_size: int = 100_000
-    """Judge scores kept by content hash (a repeated prompt costs no forward)."""
+    cache_size: int = 20_000
+    """Judge scores kept by content hash (a repeated prompt costs no forward). The cache is saved in
+    checkpoints (about 40 bytes a score) and, under Ray, sent with each rollout worker's state every
+    iteration: keep it moderate."""
 
     def __post_init__(self) -> None:
         _check(2 <= self.max_score <= 9, "max_score", "must be between 2 and 9 (one token per score)")
@@ -66,14 +72,16 @@ class JudgeConfig:
         _check(self.max_response_tokens >= 1, "max_response_tokens", "must be a positive integer")
         _check(self.cache_size >= 0, "cache_size", "must be >= 0 (0: no cache)")
         allowed = {"task", "rubric", "response", "max_score"}
+        used = _fields(self.template)
         _check(
-            _fields(self.template) <= allowed and "response" in _fields(self.template),
+            used is not None and used <= allowed and "response" in used,
             "template",
             f"may use only {{{'}, {'.join(sorted(allowed))}}} and must use {{response}}",
         )
         pair = {"task", "rubric", "a", "b"}
+        used = _fields(self.pairwise_template)
         _check(
-            _fields(self.pairwise_template) <= pair and {"a", "b"} <= _fields(self.pairwise_template),
+            used is not None and used <= pair and {"a", "b"} <= used,
             "pairwise_template",
             "may use only {task}, {rubric}, {a}, {b} and must use {a} and {b}",
         )

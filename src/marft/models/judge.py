@@ -22,7 +22,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -48,32 +47,45 @@ def expected_score(option_logprobs: Tensor, values: Tensor) -> tuple[Tensor, Ten
         ``(expected [B], mass [B])``: the expected value, and the probability the judge put on the
         options at all (low mass: the judge wanted to say something else; the score is then weak).
     """
-    probs = option_logprobs.float().exp()
-    mass = probs.sum(-1)
-    return (probs * values.float()).sum(-1) / mass.clamp_min(1e-30), mass
+    logp = option_logprobs.float()
+    # renormalise in log space: exp() of very unlikely options underflows to 0 (then 0 / 0)
+    expected = (logp.softmax(-1) * values.float()).sum(-1)
+    return expected, logp.logsumexp(-1).exp()
 
 
-def option_token_ids(tokenizer, options: Sequence[str]) -> Tensor:
-    """``[K, 2]`` token ids for each option at the start of the reply: the token of the option
-    alone and of the option after a space (tokenizers may write either); one spelling repeats.
+def option_token_ids(tokenizer, options: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """Every token id that writes each option as the first token of the reply: the option alone,
+    after a space, and the vocabulary's own token for it (SentencePiece tokenizers encode ``"1"``
+    as ``"▁", "1"``, yet have a ``"1"`` token).
+
+    Returns:
+        ``(ids [K, M], valid [K, M])``: option k's spellings, padded with its first.
 
     Raises:
-        ValueError: an option that is not a single known token (its score could not be read in one step).
+        ValueError: an option that no single known token writes (its score could not be read in
+            one step).
     """
     rows = []
     for option in options:
-        ids = []
+        ids: list[int] = []
         for text in (option, " " + option):
             tokens = tokenizer.encode(text, add_special_tokens=False)
-            if len(tokens) == 1 and tokens[0] != tokenizer.unk_token_id:
+            if len(tokens) == 1:
                 ids.append(tokens[0])
+        for token in (option, "▁" + option, "Ġ" + option):
+            found = tokenizer.convert_tokens_to_ids(token)
+            if isinstance(found, int):
+                ids.append(found)
+        ids = sorted({i for i in ids if i != tokenizer.unk_token_id})
         if not ids:
             raise ValueError(
-                f"the judge's tokenizer writes the score {option!r} as several tokens; use a model "
-                "whose tokenizer has a token per digit/letter, or lower reward.judge.max_score"
+                f"the judge's tokenizer has no single token for the score {option!r}; use a model "
+                "whose tokenizer has a token per digit and letter, or lower reward.judge.max_score"
             )
-        rows.append(ids + ids[:1] if len(ids) == 1 else ids)
-    return torch.tensor(rows, dtype=torch.long)
+        rows.append(ids)
+    width = max(map(len, rows))
+    valid = torch.tensor([[j < len(r) for j in range(width)] for r in rows])
+    return torch.tensor([r + r[:1] * (width - len(r)) for r in rows]), valid
 
 
 class Judge:
@@ -103,11 +115,14 @@ class Judge:
         self.pairwise = cfg.mode == "pairwise"
         self.device = next(model.parameters()).device
         scores = [str(k) for k in range(1, cfg.max_score + 1)]
-        self._score_ids = option_token_ids(tokenizer, scores).to(self.device)
+        self._score_ids = [t.to(self.device) for t in option_token_ids(tokenizer, scores)]
         self._score_values = torch.arange(1, cfg.max_score + 1, device=self.device)
-        self._pair_ids = option_token_ids(tokenizer, ["A", "B"]).to(self.device)
+        self._pair_ids = [t.to(self.device) for t in option_token_ids(tokenizer, ["A", "B"])]
         self._pair_values = torch.tensor([1.0, 0.0], device=self.device)
-        self._cache: OrderedDict[str, float] = OrderedDict()
+        # what a cached score depends on besides the prompt: the model and the options read
+        spellings = (self._score_ids[0].tolist(), self._pair_ids[0].tolist())
+        self._fingerprint = f"{name}\0{cfg.max_score}\0{spellings}"
+        self._cache: OrderedDict[bytes, float] = OrderedDict()
         self._counters = self._zero()
 
     def _zero(self) -> dict[str, float]:
@@ -117,11 +132,15 @@ class Judge:
 
     def state_dict(self) -> dict:
         """The score cache (a resumed run then scores, batches and counts exactly as before)."""
-        return {"name": self.name, "cache": list(self._cache.items())}
+        return {"fingerprint": self._fingerprint, "cache": list(self._cache.items())}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["name"] == self.name:  # another judge's scores are not this one's
-            self._cache = OrderedDict(state["cache"])
+        """Add a saved cache to this one (several rollout workers' caches merge into one judge);
+        another judge's scores (other model or options) are ignored."""
+        if state.get("fingerprint") == self._fingerprint:
+            self._cache.update(state["cache"])
+            while len(self._cache) > self.cfg.cache_size:
+                self._cache.popitem(last=False)
 
     def pop_metrics(self) -> dict[str, float]:
         """Since the last call (names start with the prefix): prompts forwarded (``judge_calls``),
@@ -200,14 +219,15 @@ class Judge:
                 self._cache.popitem(last=False)
         return [found[key] for key in keys]
 
-    def _key(self, prompt: str, pairwise: bool) -> str:
-        key = hashlib.sha256(f"{self.name}\0{int(pairwise)}\0{prompt}".encode()).hexdigest()
+    def _key(self, prompt: str, pairwise: bool) -> bytes:
+        text = f"{self._fingerprint}\0{int(pairwise)}\0{prompt}".encode()
+        key = hashlib.blake2b(text, digest_size=16).digest()  # 16 bytes: a small cache to checkpoint
         if key in self._cache:
             self._cache.move_to_end(key)
         return key
 
     @torch.no_grad()
-    def _forward(self, part: list[tuple[str, str]], pairwise: bool) -> dict[str, float]:
+    def _forward(self, part: list[tuple[bytes, str]], pairwise: bool) -> dict[bytes, float]:
         """One batched forward: the expected option value of each ``(key, prompt)``."""
         enc = self.tokenizer(
             [p for _, p in part], return_tensors="pt", padding=True, add_special_tokens=False
@@ -224,12 +244,11 @@ class Judge:
             ).logits[:, -1]
         self.model.train(training)
         logp = logits.float().log_softmax(-1)  # [b, V]: freed at once, only [b, K] is kept
-        ids, values = (
+        (ids, valid), values = (
             (self._pair_ids, self._pair_values) if pairwise else (self._score_ids, self._score_values)
         )
-        option_logprobs = logp[:, ids].logsumexp(-1)  # [b, K]: both spellings of each option
-        # an option with one spelling is listed twice, and logsumexp counted it twice: take it once
-        option_logprobs = option_logprobs - (ids[:, 0] == ids[:, 1]).to(logp.dtype) * math.log(2.0)
+        # [b, K]: every spelling of each option (the padding spellings masked out)
+        option_logprobs = logp[:, ids].masked_fill(~valid, float("-inf")).logsumexp(-1)
         expected, mass = expected_score(option_logprobs, values)
         self._counters[f"{self.prefix}_option_mass.sum"] += float(mass.sum())
         self._counters[f"{self.prefix}_option_mass.n"] += len(part)

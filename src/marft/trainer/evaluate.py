@@ -292,10 +292,10 @@ def evaluate(
         summary["vs_untrained"] = compare_with_untrained(
             judge, ev.envs[0].problems, team.results, runs[-1].results
         )
-    # The envs' own counters (the math grader's time-outs and failures, scored as wrong answers;
-    # the judge's calls), including the majority vote's comparisons.
+    # The envs' counters (grader time-outs, judge calls of every run and of the comparison)
     env_metrics: dict[str, float] = {}
-    for counters in [*(r.env_metrics for r in runs), pop_env_metrics(ev.envs)]:
+    compared = judge.pop_metrics() if judge is not None else {}
+    for counters in [*(r.env_metrics for r in runs), pop_env_metrics(ev.envs), compared]:
         for key, value in counters.items():
             env_metrics[key] = env_metrics.get(key, 0.0) + value
     summary["env_metrics"] = summarize_metrics(env_metrics)
@@ -335,5 +335,7 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"route {route}: share {team[key]:.3f}, accuracy {team['route_accuracy/' + route]:.3f}")
     counters = summary.get("env_metrics")
     if counters:
-        lines.append("env counters: " + ", ".join(f"{k} {v:g}" for k, v in counters.items()))
+        lines.append(
+            "env counters (every run above): " + ", ".join(f"{k} {v:g}" for k, v in counters.items())
+        )
     return "\n".join(lines)

@@ -48,16 +48,19 @@ def compare_with_untrained(judge, tasks, trained, untrained) -> dict[str, float]
         (share of pairs it wins, probability > 0.5), and the length-controlled gain of the
         pointwise judge score (:func:`length_controlled_gain`).
     """
-    requests, scores, words, flags = [], [], [], []
+    requests, fixed, scores, words, flags = [], [], [], [], []
     for a, b in zip(trained, untrained, strict=True):
         task = tasks[a.index]
         for ra, rb in zip(a.responses, b.responses, strict=True):
-            requests.append(JudgeRequest(task.prompt, task.rubric, ra or "", rb or ""))
+            if ra and rb:
+                requests.append(JudgeRequest(task.prompt, task.rubric, ra, rb))
+            else:  # a team whose graded agent did not answer loses (both silent: a tie), as in training
+                fixed.append(0.5 if not (ra or rb) else float(bool(ra)))
         for result, flag in ((a, True), (b, False)):
             for m in result.metrics:
                 scores.append(m["judge_score"])
                 words.append(m["response_words"])
                 flags.append(flag)
-    p = judge.score(requests)
+    p = judge.score(requests) + fixed
     out = {"win_rate": sum(p) / len(p), "wins": sum(x > 0.5 for x in p) / len(p)}
     return out | length_controlled_gain(scores, words, flags)

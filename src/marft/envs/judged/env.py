@@ -3,7 +3,7 @@
 Each episode is one task and one team step. The graded agent's output (the last graded agent that
 acted) is the response. Its reward (``docs/judged.md``)::
 
-    reward = judge_weight * s_judge                      # judge score in [0, 1] (gated: 0 when a rule fails)
+    reward = judge_weight * s_judge                      # judge score in [0, 1] (rules_gate: 0 when a rule fails)
            + rules_weight * (rules kept / rules set)     # left out when the task sets no rules
            - length_penalty * max(0, words / target - 1) # target: length_target or the task's max_words
 
@@ -86,13 +86,17 @@ class JudgedConfig:
             raise ConfigError("split", f"must be one of {', '.join(SPLITS)} for the built-in sets")
         if self.limit is not None and self.limit < 1:
             raise ConfigError("limit", "must be a positive integer or null")
-        if min(self.judge_weight, self.rules_weight, self.length_penalty) < 0:
-            raise ConfigError("judge_weight", "judge_weight, rules_weight and length_penalty must be >= 0")
+        for name in ("judge_weight", "rules_weight", "length_penalty"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, "must be >= 0")
         if self.length_target is not None and self.length_target < 1:
             raise ConfigError("length_target", "must be a positive integer or null")
         if "{prompt}" not in self.instruction:
             raise ConfigError("instruction", "must contain {prompt}")
-        load_tasks(self.data, self.split)  # a bad file fails here, before any model loads
+        try:
+            load_tasks(self.data, self.split)  # a bad file fails here, before any model loads
+        except ConfigError as e:  # named relative to env.kwargs (the caller adds the prefix)
+            raise ConfigError(e.key.removeprefix("env.kwargs."), e.message) from None
 
     @staticmethod
     def check_team(cfg: JudgedConfig, team) -> tuple[str, str] | None:
@@ -106,15 +110,21 @@ class JudgedConfig:
 
     @staticmethod
     def check_reward(cfg: JudgedConfig, reward) -> tuple[str, str] | None:
-        if reward.judge.mode == "pairwise":
-            tasks = load_tasks(cfg.data, cfg.split)[: cfg.limit]
-            missing = sum(t.reference is None for t in tasks)
-            if missing:
+        tasks = load_tasks(cfg.data, cfg.split)[: cfg.limit]
+        missing = sum(t.reference is None for t in tasks)
+        for key, judge in (("reward.judge", reward.judge), ("reward.heldout_judge", reward.heldout_judge)):
+            if judge is not None and judge.mode == "pairwise" and missing:
                 return (
-                    "reward.judge.mode",
+                    f"{key}.mode",
                     f"pairwise judging compares with each task's reference, but {missing} of {len(tasks)} "
                     f"tasks in {cfg.data!r} have none; add 'reference' to each task or use pointwise",
                 )
+        held = reward.heldout_judge
+        if held is not None and held.mode != reward.judge.mode:
+            return (
+                "reward.heldout_judge.mode",
+                f"must be the training judge's mode ({reward.judge.mode}): the guard compares their scores",
+            )
         return None
 
 
@@ -232,6 +242,7 @@ class JudgedEnv(ProblemEpisodes):
         if heldout is not None:
             metrics["heldout_score"] = heldout
         self._add(metrics)
+        self._add({"graded_missing": float(p.role is None)}, mean=False)
         info = {
             "task_index": self.index,
             "judged_role": p.role,
@@ -270,13 +281,19 @@ class JudgedEnv(ProblemEpisodes):
             ]
             return {id(p): s for (_, p), s in zip(asked, j.score(requests), strict=True)}
 
-        scores = scores_of(judge)
-        held = scores_of(heldout) if heldout is not None else {}
+        try:
+            scores = scores_of(judge)
+            held = scores_of(heldout) if heldout is not None else {}
+        except Exception as e:  # noqa: BLE001 (the judge failed: every judged episode fails, the run decides)
+            return [p if isinstance(p, Exception) else e for p in pending]
         counters = live[0][0]  # the shared judges' counters go to one copy (copies' counters are summed)
         counters._add(judge.pop_metrics(), mean=False)
         if heldout is not None:
             counters._add(heldout.pop_metrics(), mean=False)
         return [
-            p if isinstance(p, Exception) else env._finish(p, scores.get(id(p), 0.0), held.get(id(p)))
+            # a copy whose graded agent did not act scores 0 with both judges (means over the same copies)
+            p
+            if isinstance(p, Exception)
+            else env._finish(p, scores.get(id(p), 0.0), held.get(id(p), 0.0) if heldout else None)
             for env, p in zip(envs, pending, strict=True)
         ]

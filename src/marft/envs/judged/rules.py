@@ -2,8 +2,9 @@
 Markdown slide deck. Each check is a plain function of the text, so a response that breaks the
 format fails whatever a judge model thinks of it.
 
-A slide deck is Markdown in which every slide starts with a heading line (``# Title`` or
-``## Title``); its bullets are lines starting with ``-``, ``*`` or ``+``.
+A slide deck is Markdown in which every slide starts with a heading line (``#``, ``##`` or ``###``,
+a space and the title; ``#hashtag`` is not a heading); its bullets are lines starting with ``-``,
+``*`` or ``+``.
 
 Example:
     >>> rules = Rules(slides=2, min_bullets=1, max_bullets=3)
@@ -16,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-_HEADING = re.compile(r"^\s{0,3}#{1,3}\s*(.*)$")
+_HEADING = re.compile(r"^\s{0,3}#{1,3}(?:\s+(.*))?$")
 _BULLET = re.compile(r"^\s*[-*+]\s+\S")
 
 
@@ -48,6 +49,12 @@ class Rules:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ConfigError(name, f"must be a non-negative integer or null, got {value!r}")
+        for name in ("required", "forbidden"):
+            value = getattr(self, name)
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(name, f"must be a list of strings, got {value!r}")
+        if self.titles is not None and not isinstance(self.titles, bool):
+            raise ConfigError("titles", f"must be true, false or null, got {self.titles!r}")
         if self.min_words is not None and self.max_words is not None and self.min_words > self.max_words:
             raise ConfigError("min_words", "must not exceed max_words")
         if self.titles is None and self.slides is not None:
@@ -71,7 +78,7 @@ def split_slides(text: str) -> list[tuple[str, list[str]]]:
     for line in text.splitlines():
         heading = _HEADING.match(line)
         if heading:
-            slides.append((heading.group(1).strip(), []))
+            slides.append(((heading.group(1) or "").strip(), []))
         elif slides and _BULLET.match(line):
             slides[-1][1].append(line.strip())
     return slides
