@@ -246,3 +246,26 @@ def test_a_routing_team_trains_with_vllm(tmp_path):
     assert last["actions_per_step"] == 2.0  # the router, then one expert
     gaps = [v for k, v in last.items() if k.startswith("logprob_gap_max/")]
     assert gaps and max(gaps) < 1e-3
+
+
+def test_a_judged_team_trains_with_vllm(tmp_path):
+    """vLLM samples, the judge (the learner's HF base with adapters off) scores: the same judge
+    scores as an HF-sampled run would give for these responses, and the adapters train."""
+    small = [
+        "team.agents.0.max_new_tokens=6",
+        "team.agents.1.max_new_tokens=8",
+        "algorithm.micro_batch_tokens=0",
+    ]
+    cfg = load_config("slides_team", [*TINY, "model.name=tiny", "run.iterations=2", *small])
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.setup()
+    result = trainer.train()
+    for row in result.rows:
+        assert 0.0 <= row["judge_score"] <= 1.0 and row["judge_calls"] + row["judge_cache_hits"] == 8
+    env = trainer.collector.envs[0]
+    assert env.judge.model is trainer.model.policy  # the learner's model, not the vLLM engine
+    record = json.loads((tmp_path / "run" / "transcripts.jsonl").read_text().splitlines()[-1])
+    turn = record["turns"][-1]
+    env.reset_to(turn["info"]["task_index"])
+    writer = next(a["response"] for a in turn["agents"] if a["role"] == "writer")
+    assert env.judge.score([env.request(writer)]) == [turn["info"]["metrics"]["judge_score"]]

@@ -311,20 +311,18 @@ def format_table(summary: dict[str, Any]) -> str:
     """The summary as a plain-text table (what ``marft eval`` prints)."""
     team = summary["team"]
     keys = [k for k in team if "/" not in k]  # per-route figures get lines of their own
-    lines = [f"{'team':<28}" + "".join(f"{k:>12}" for k in keys + ["drop"])]
-    name = "trained team" if summary.get("checkpoint") else "base team"
-    lines.append(f"{name:<28}" + "".join(f"{team[k]:>12.3f}" for k in keys) + f"{'':>12}")
+    w = max([12, *(len(k) + 2 for k in keys)])  # judged work's metric names are long
+
+    def row(name: str, m: dict[str, float], drop: str = "") -> str:
+        return f"{name:<28}" + "".join(f"{m.get(k, float('nan')):>{w}.3f}" for k in keys) + f"{drop:>{w}}"
+
+    lines = [f"{'team':<28}" + "".join(f"{k:>{w}}" for k in keys + ["drop"])]
+    lines.append(row("trained team" if summary.get("checkpoint") else "base team", team))
     for role, m in summary["ablation"].items():
-        lines.append(
-            f"{role + ' -> base':<28}"
-            + "".join(f"{m.get(k, float('nan')):>12.3f}" for k in keys)
-            + f"{m['accuracy_drop']:>12.3f}"
-        )
+        lines.append(row(role + " -> base", m, f"{m['accuracy_drop']:.3f}"))
     if "untrained" in summary:
         base = summary["untrained"]
-        lines.insert(
-            2, f"{'untrained team':<28}" + "".join(f"{base.get(k, float('nan')):>12.3f}" for k in keys)
-        )
+        lines.insert(2, row("untrained team", base))
         v = summary["vs_untrained"]
         lines.append(
             f"vs untrained (pairwise judge): win rate {v['win_rate']:.3f}, wins {v['wins']:.3f}; judge score "
@@ -335,7 +333,5 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"route {route}: share {team[key]:.3f}, accuracy {team['route_accuracy/' + route]:.3f}")
     counters = summary.get("env_metrics")
     if counters:
-        lines.append(
-            "env counters (every run above): " + ", ".join(f"{k} {v:g}" for k, v in counters.items())
-        )
+        lines.append("env counters: " + ", ".join(f"{k} {v:g}" for k, v in counters.items()))
     return "\n".join(lines)
