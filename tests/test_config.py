@@ -31,7 +31,7 @@ def test_demo_preset_loads_and_overrides_apply():
         ("algorithm.name=sac", "algorithm.name: unknown algorithm 'sac'; choose one of: appo"),
         ("sampling.top_p=0", "sampling.top_p: must be in (0, 1]"),
         ("sampling.backend=vllm9", "sampling.backend: unknown backend"),
-        ("env.name=nope", "env.name: unknown env 'nope'; choose one of: code, experts, math, signal"),
+        ("env.name=nope", "env.name: unknown env 'nope'; choose one of: code, experts, judged, math, signal"),
         ("env.name=no.such.module:Env", "env.name: cannot import env module"),
         ("env.kwargs.symbols=[red]", "env.kwargs.symbols: needs at least two distinct symbols"),
         ("env.kwargs.colour=1", "env.kwargs.colour: unknown key"),
