@@ -1,7 +1,8 @@
 """What does a judge reward? Score hand-written responses of known quality to one slides task:
 a good deck, a vague one, an off-topic one, headings without content, the good deck with a line of
 flattery aimed at the judge, the good deck padded to twice its length, and the good content as
-prose (no slide format). Prints each judge's score (the presets' training judge and held-out
+prose (no slide format). Prints each judge's score, the pairwise judge's probability that the good
+deck beats each other response, (the presets' training judge and held-out
 judge, or any config's) and how much probability it put on the score tokens.
 
     M=$(python -c "from marft.models.smollm2 import smollm2_path; print(smollm2_path())")
@@ -77,6 +78,16 @@ def main() -> None:
         m = j.pop_metrics()
         mass = m[f"{j.prefix}_option_mass.sum"] / max(m[f"{j.prefix}_option_mass.n"], 1)
         print(f"{name}: mean probability on the score tokens {mass:.3f}")
+
+    others = [label for label in RESPONSES if label != "good deck"]
+    pairs = judges["judge"].score([JudgeRequest(TASK, RUBRIC, GOOD, RESPONSES[label]) for label in others])
+    print("pairwise (the training judge's pairwise prompt): P(good deck beats ...), both orders averaged")
+    for label, p_win in zip(others, pairs, strict=True):
+        print(f"  {label:<18}{p_win:.3f}")
+    m = judges["judge"].pop_metrics()
+    print(
+        f"pairwise: mean probability on A and B {m['judge_option_mass.sum'] / max(m['judge_option_mass.n'], 1):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,22 @@ def pearson(x: list[float], y: list[float]) -> float:
     return sxy / (sx * sy) if sx and sy else float("nan")
 
 
+def paired(rows: list[dict], key: str) -> str:
+    """Trained minus untrained ``key``, per problem (mean over its samples), paired: the mean
+    difference, its standard error over problems, and on how many problems the trained team led."""
+    by: dict[tuple[str, int], list[float]] = {}
+    for r in rows:
+        by.setdefault((r["team"], r["problem"]), []).append(r[key])
+    problems = sorted(p for team, p in by if team == "trained" and ("untrained", p) in by)
+    if len(problems) < 2:
+        return "-"
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    diffs = [mean(by[("trained", p)]) - mean(by[("untrained", p)]) for p in problems]
+    mu = mean(diffs)
+    se = math.sqrt(sum((x - mu) ** 2 for x in diffs) / (len(diffs) - 1) / len(diffs))
+    return f"{mu:+.4f} +- {se:.4f} (standard error over {len(diffs)} problems; trained ahead on {sum(x > 0 for x in diffs)})"
+
+
 def responses(eval_dir: Path) -> list[dict]:
     """One record per judged response: team, score, held-out score, words, rules, text."""
     out = []
@@ -39,7 +55,15 @@ def responses(eval_dir: Path) -> list[dict]:
             if t.get("untrained")
             else (f"{t['swap_to_base']}->base" if t.get("swap_to_base") else "trained")
         )
-        out.append({"team": team, "text": text, "rules": info["rules"], **info["metrics"]})
+        out.append(
+            {
+                "team": team,
+                "problem": t["problem_index"],
+                "text": text,
+                "rules": info["rules"],
+                **info["metrics"],
+            }
+        )
     return out
 
 
@@ -64,6 +88,20 @@ def main() -> None:
         broken = [r["judge_score"] for r in rows if rule in r["rules"] and not r["rules"][rule]]
         mean = lambda xs: f"{sum(xs) / len(xs):.3f} (n={len(xs)})" if xs else "-"  # noqa: E731
         print(f"rule {rule:<10} kept: mean score {mean(kept):<18} broken: {mean(broken)}")
+    print("\ntrained minus untrained, paired by problem:")
+    for key in ("judge_score", "heldout_score", "response_words"):
+        if all(key in r for r in rows):
+            print(f"  {key:<15} {paired(rows, key)}")
+    teams = sorted({r["team"] for r in rows})
+    rules = sorted({k for r in rows for k in r["rules"]})
+    print("\nshare of responses keeping each rule, per team:")
+    print(f"{'team':<18}" + "".join(f"{k:>11}" for k in rules))
+    for team in teams:
+        mine = [r for r in rows if r["team"] == team]
+        print(
+            f"{team:<18}"
+            + "".join(f"{sum(bool(r['rules'].get(k)) for r in mine) / len(mine):>11.3f}" for k in rules)
+        )
     ranked = sorted(rows, key=lambda r: r["judge_score"])
     for title, chosen in (("highest", ranked[::-1][: args.examples]), ("lowest", ranked[: args.examples])):
         for r in chosen:
