@@ -10,6 +10,15 @@ from typing import Any
 from marft.envs.base import Observation
 
 
+def missing_graded(team, who: str) -> tuple[str, str] | None:
+    """``check_team``'s error when no agent of ``team`` is graded (``who``: the agent that should
+    be, in words), else None."""
+    if any(a.graded for a in team.agents):
+        return None
+    roles = ", ".join(a.role for a in team.agents)
+    return "team.agents", f"no agent is graded; set graded: true on {who} (roles: {roles})"
+
+
 class ProblemEpisodes:
     """Episode mechanics of an env over a problem list (``self.problems``): ``reset(seed)`` draws a
     problem with that seed (copies reset with one seed, a group, get one problem), ``reset_to``

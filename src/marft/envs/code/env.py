@@ -31,7 +31,7 @@ from marft.envs.code.extract import extract_code
 from marft.envs.code.sandbox import ExecResult, Job, Limits, Sandbox, Status
 from marft.envs.code.tasks import CodeTask, easy_tasks, task_from_row
 from marft.envs.data import load_hf_rows, read_jsonl
-from marft.envs.problems import ProblemEpisodes
+from marft.envs.problems import ProblemEpisodes, missing_graded
 
 
 @dataclass(frozen=True)
@@ -111,11 +111,8 @@ class CodeConfig:
     @staticmethod
     def check_team(cfg: CodeConfig, team) -> tuple[str, str] | None:
         roles = [a.role for a in team.agents]
-        if not any(a.graded for a in team.agents):
-            return (
-                "team.agents",
-                f"no agent is graded; set graded: true on the coder (roles: {', '.join(roles)})",
-            )
+        if (problem := missing_graded(team, "the coder")) is not None:
+            return problem
         if cfg.tester_role is not None and cfg.tester_role not in roles:
             return (
                 "env.kwargs.tester_role",

@@ -16,14 +16,14 @@ scores the same responses for the reward-hacking guard but never the reward.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 from marft.config import ConfigError
 from marft.envs.base import ENVS, Observation, StepResult
 from marft.envs.judged.rules import check_rules, count_words
 from marft.envs.judged.tasks import BUILT_IN, SPLITS, JudgedTask, load_tasks
-from marft.envs.problems import ProblemEpisodes
+from marft.envs.problems import ProblemEpisodes, missing_graded
 
 SCORE_WORDS = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "A", "B"]
 """Tokens a judge reads its score from (the built-in tiny tokenizer must know them)."""
@@ -100,13 +100,7 @@ class JudgedConfig:
 
     @staticmethod
     def check_team(cfg: JudgedConfig, team) -> tuple[str, str] | None:
-        if not any(a.graded for a in team.agents):
-            roles = ", ".join(a.role for a in team.agents)
-            return (
-                "team.agents",
-                f"no agent is graded; set graded: true on the agent whose work is judged ({roles})",
-            )
-        return None
+        return missing_graded(team, "the agent whose work is judged")
 
     @staticmethod
     def check_reward(cfg: JudgedConfig, reward) -> tuple[str, str] | None:
@@ -136,7 +130,6 @@ class _Pending:
     response: str
     rules: dict[str, bool]
     words: int
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 @ENVS.register("judged")

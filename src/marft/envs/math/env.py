@@ -22,7 +22,7 @@ from marft.config import ConfigError
 from marft.envs.base import ENVS, Observation, StepResult
 from marft.envs.data import load_hf_rows, read_jsonl
 from marft.envs.math.grading import Verdict, extract_answer, judge, normalize, warn_if_unreliable
-from marft.envs.problems import ProblemEpisodes
+from marft.envs.problems import ProblemEpisodes, missing_graded
 
 
 @dataclass
@@ -85,13 +85,7 @@ class MathConfig:
 
     @staticmethod
     def check_team(cfg: MathConfig, team) -> tuple[str, str] | None:
-        if not any(a.graded for a in team.agents):
-            roles = ", ".join(a.role for a in team.agents)
-            return (
-                "team.agents",
-                f"no agent is graded; set graded: true on the agent that answers (roles: {roles})",
-            )
-        return None
+        return missing_graded(team, "the agent that answers")
 
 
 _NAMES = ["Tom", "Ana", "Lee", "Mia", "Sam", "Ivy", "Ben", "Zoe"]
