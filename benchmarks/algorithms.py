@@ -35,7 +35,7 @@ def run_one(algo: str, seed: int, iterations: int, out: str) -> dict:
             f"run.seed={seed}",
             f"run.iterations={iterations}",
             "run.progress=false",
-            "run.tensorboard=false",
+            "run.loggers=[]",
         ],
     )
     t0 = time.perf_counter()

@@ -39,7 +39,7 @@ def run_one(backend: str, iters: int, envs: int) -> dict:
         f"sampling.backend={backend}",
         f"env.n_envs={envs}",
         "run.progress=false",
-        "run.tensorboard=false",
+        "run.loggers=[]",
         "vllm.kv_cache_gb=0.5",
         "vllm.max_model_len=1024",
     ]

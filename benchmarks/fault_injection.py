@@ -35,7 +35,7 @@ def settings(iterations: int) -> list[str]:
         "run.checkpoint_every=1",  # a save every iteration: many kills land inside one
         "run.keep_checkpoints=3",
         "run.progress=false",
-        "run.tensorboard=false",
+        "run.loggers=[]",
         "run.torch_threads=1",
     ]
 

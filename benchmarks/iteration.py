@@ -52,7 +52,7 @@ def run_one(model: str, n_agents: int, iters: int, n_envs: int, max_new_tokens: 
 
     ov = [
         "run.progress=false",
-        "run.tensorboard=false",
+        "run.loggers=[]",
         f"env.n_envs={n_envs}",
         f"sampling.max_new_tokens={max_new_tokens}",
         "algorithm.ppo_epochs=1",

@@ -39,7 +39,7 @@ def run_one(name: str, iters: int) -> dict:
     from marft.trainer import Trainer
 
     preset, ov = CASES[name]
-    ov = [*ov, "run.progress=false", "run.tensorboard=false", "run.report=false", f"run.iterations={iters}"]
+    ov = [*ov, "run.progress=false", "run.loggers=[]", "run.report=false", f"run.iterations={iters}"]
     if preset == "smollm2_arith":
         from marft.models.smollm2 import smollm2_path
 

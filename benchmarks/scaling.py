@@ -34,7 +34,7 @@ def run_one(model: str, setting: str, iters: int) -> dict:
     from marft.compose import load_config
     from marft.trainer import Trainer
 
-    ov = ["run.progress=false", "run.tensorboard=false", "run.report=false", "run.checkpoint_every=0"]
+    ov = ["run.progress=false", "run.loggers=[]", "run.report=false", "run.checkpoint_every=0"]
     ov += [f"run.iterations={iters + 1}"]
     if setting != "one process":
         ov += ["run.ray.address=local", "run.torch_threads=1", *SETTINGS[setting]]

@@ -44,7 +44,7 @@ def write_tiny_config(path: Path, agents: list[dict], env: dict, **sections: Any
     """A YAML config at ``path`` for ``agents`` on ``env`` with the built-in tiny model (a trained
     ``lm_head`` per agent, so that LoRA can peak its distributions); ``run`` (progress and
     TensorBoard off) and the other sections can be extended by keyword."""
-    run = {"iterations": 1, "progress": False, "tensorboard": False, **sections.pop("run", {})}
+    run = {"iterations": 1, "progress": False, "loggers": [], **sections.pop("run", {})}
     cfg = {
         "run": run,
         "model": {"name": "tiny", "tiny": {"initializer_range": 0.2}},
@@ -61,7 +61,7 @@ def small_config(*overrides: str):
     """The demo config shrunk for fast tests (progress bar and TensorBoard off)."""
     base = [
         "run.progress=false",
-        "run.tensorboard=false",
+        "run.loggers=[]",
         "run.report=false",
         "env.n_envs=8",
         "run.iterations=2",

@@ -16,7 +16,7 @@ TINY_MATH = [
     "--set",
     "run.progress=false",
     "--set",
-    "run.tensorboard=false",
+    "run.loggers=[]",
     "--set",
     "env.kwargs.problem_key=problem",
     "--set",

@@ -12,7 +12,7 @@ def returns(result):
 
 
 def test_demo_team_learns_to_cooperate(tmp_path):
-    cfg = load_config("demo", ["run.progress=false", "run.tensorboard=false"])
+    cfg = load_config("demo", ["run.progress=false", "run.loggers=[]"])
     result = train(cfg, tmp_path / "demo")
     r = returns(result)
     assert statistics.mean(r[:3]) < 0.4  # starts at or below chance (1/3)
@@ -26,7 +26,7 @@ def test_demo_team_learns_to_cooperate(tmp_path):
 def test_without_the_dependency_the_team_stays_at_chance(tmp_path):
     cfg = load_config(
         "demo",
-        ["run.progress=false", "run.tensorboard=false", "team.agents.1.observes=[]", "run.iterations=60"],
+        ["run.progress=false", "run.loggers=[]", "team.agents.1.observes=[]", "run.iterations=60"],
     )
     result = train(cfg, tmp_path / "nodep")
     r = returns(result)
@@ -36,7 +36,7 @@ def test_without_the_dependency_the_team_stays_at_chance(tmp_path):
 
 
 def test_critic_free_grpo_learns_the_demo_too(tmp_path):
-    cfg = load_config("demo", ["run.progress=false", "run.tensorboard=false", "algorithm.name=grpo"])
+    cfg = load_config("demo", ["run.progress=false", "run.loggers=[]", "algorithm.name=grpo"])
     result = train(cfg, tmp_path / "grpo")
     assert statistics.mean(returns(result)[-5:]) >= 0.9, returns(result)
     assert result.rows[-1].get("value_loss") is None

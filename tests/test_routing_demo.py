@@ -8,7 +8,7 @@ import statistics
 from marft.compose import load_config
 from marft.trainer import train
 
-QUIET = ["run.progress=false", "run.tensorboard=false", "run.report=false"]
+QUIET = ["run.progress=false", "run.loggers=[]", "run.report=false"]
 
 
 def returns(result):

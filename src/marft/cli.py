@@ -313,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     # PEFT calls a transformers property deprecated in v5; the warning is not the user's to act on.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     from marft.models.loading import ModelLoadError
+    from marft.reporting.trackers import TrackerError
     from marft.trainer.checkpoint import CheckpointError
 
     commands = {"train": _train, "eval": _eval, "export": _export, "report": _report, "plan": _plan}
@@ -320,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except ConfigError as e:
         return _fail(f"config: {e}")
-    except (ModelLoadError, CheckpointError) as e:
+    except (ModelLoadError, CheckpointError, TrackerError) as e:
         return _fail(str(e))
 
 

@@ -68,7 +68,7 @@ def preset_overrides(preset: str) -> list[str]:
         "lora.target_modules=[q_proj,v_proj]",
         "run.iterations=1",
         "run.progress=false",
-        "run.tensorboard=false",
+        "run.loggers=[]",
         "run.report=false",
         f"env.name={__name__}:WrapEnv",
         f"env.kwargs.data={MBPP}",

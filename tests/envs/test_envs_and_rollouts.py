@@ -68,7 +68,7 @@ def test_custom_env_from_module_path_with_per_agent_rewards(tmp_path, monkeypatc
     monkeypatch.syspath_prepend(str(ROOT))
     cfg = load_config(
         str(ROOT / "examples" / "guess_team.yaml"),
-        ["run.iterations=2", "run.progress=false", "run.tensorboard=false", "env.n_envs=4"],
+        ["run.iterations=2", "run.progress=false", "run.loggers=[]", "env.n_envs=4"],
     )
     result = train(cfg, tmp_path / "guess")
     assert len(result.rows) == 2 and result.rows[-1]["env_steps"] == 8

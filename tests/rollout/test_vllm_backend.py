@@ -28,7 +28,7 @@ TINY = [
     "model.tiny.intermediate_size=256",
     "vllm.kv_cache_gb=0.1",
     "run.progress=false",
-    "run.tensorboard=false",
+    "run.loggers=[]",
     "run.report=false",
 ]
 

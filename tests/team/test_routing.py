@@ -139,7 +139,7 @@ def routed_trainer(tmp_path, *extra):
     overrides = [
         *extra,
         "run.progress=false",
-        "run.tensorboard=false",
+        "run.loggers=[]",
         "run.report=false",
         "env.n_envs=12",
         "team.routing.max_actions=3",
@@ -336,7 +336,7 @@ def test_a_routing_run_resumes_exactly(tmp_path):
 
     quiet = [
         "run.progress=false",
-        "run.tensorboard=false",
+        "run.loggers=[]",
         "run.report=false",
         "env.n_envs=8",
         "algorithm.ppo_epochs=1",

@@ -81,7 +81,7 @@ def test_frozen_agent_and_critic_warmup(tmp_path):
 
 
 def test_run_directory_contents_and_standalone_adapters(tmp_path):
-    cfg = small_config("run.tensorboard=true", "run.iterations=2")
+    cfg = small_config("run.loggers=[tensorboard]", "run.iterations=2")
     trainer = Trainer(cfg, tmp_path / "run")
     trainer.setup()
     result = trainer.train()

@@ -197,7 +197,7 @@ def test_resume_after_a_crash_has_no_gap_or_duplicate(tmp_path):
 def test_a_signal_saves_a_checkpoint_and_exits_clearly(tmp_path, sig):
     out = tmp_path / "run"
     args = ["train", "--set", "run.iterations=500", "--set", "env.n_envs=4", "--set", "run.progress=false"]
-    args += ["--set", "run.tensorboard=false", "--set", "run.checkpoint_every=0", "--out", str(out)]
+    args += ["--set", "run.loggers=[]", "--set", "run.checkpoint_every=0", "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "marft.cli", *args], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 2):

@@ -31,6 +31,7 @@ from marft.config.sections import (
     VLLMConfig,
 )
 from marft.config.team import DONE, RANDOM, RoutingConfig
+from marft.config.trackers import LoggerName, MlflowConfig, TrackioConfig, WandbConfig
 
 __all__ = [
     "AgentConfig",
@@ -42,7 +43,9 @@ __all__ = [
     "EnvConfig",
     "GuardConfig",
     "JudgeConfig",
+    "LoggerName",
     "LoraSettings",
+    "MlflowConfig",
     "ModelConfig",
     "RayConfig",
     "RewardConfig",
@@ -51,7 +54,9 @@ __all__ = [
     "SamplingConfig",
     "TeamConfig",
     "TinyModelConfig",
+    "TrackioConfig",
     "VLLMConfig",
+    "WandbConfig",
     "apply_override",
     "from_dict",
     "parse_config",

@@ -5,6 +5,7 @@ The error type :class:`ConfigError` names the dotted key and what is allowed.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -12,6 +13,13 @@ from marft.config.errors import ConfigError, _check
 from marft.config.reward import RewardConfig
 from marft.config.scale import RayConfig
 from marft.config.team import AgentConfig, RoutingConfig, TeamConfig
+from marft.config.trackers import (
+    LoggerName,
+    MlflowConfig,
+    TrackioConfig,
+    WandbConfig,
+    check_logger_names,
+)
 
 __all__ = ["AgentConfig", "ConfigError", "RayConfig", "RewardConfig", "RoutingConfig", "TeamConfig", "_check"]
 
@@ -298,8 +306,21 @@ class RunConfig:
     """Seed of python, numpy, torch, the envs and sampling."""
     transcripts_per_iter: int = 2
     """Finished episodes written to ``transcripts.jsonl`` per iteration."""
-    tensorboard: bool = True
-    """Write TensorBoard event files."""
+    loggers: list[LoggerName] = field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers that receive every metrics row, the config, the transcripts and the
+    report, besides ``metrics.jsonl`` (always written): ``tensorboard``, ``wandb``, ``mlflow``,
+    ``trackio`` (each but TensorBoard an extra: ``pip install 'marft[wandb]'``). See ``docs/runs.md``."""
+    tensorboard: bool | None = None
+    """Replaced by ``loggers`` (kept so that runs of an older marft resume): false takes
+    ``tensorboard`` out of ``loggers``, true puts it in."""
+    name: str | None = None
+    """The run's name in the trackers (null: the run directory's name)."""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Weights & Biases settings (used when ``loggers`` names ``wandb``)."""
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    """MLflow settings (used when ``loggers`` names ``mlflow``)."""
+    trackio: TrackioConfig = field(default_factory=TrackioConfig)
+    """Trackio settings (used when ``loggers`` names ``trackio``)."""
     progress: bool = True
     """Show a progress bar with the live return."""
     torch_threads: int = 0
@@ -329,6 +350,14 @@ class RunConfig:
         _check(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0: only at the end)")
         _check(self.keep_checkpoints >= 0, "keep_checkpoints", "must be >= 0 (0: keep all)")
         _check(self.max_nonfinite_in_row >= 1, "max_nonfinite_in_row", "must be >= 1")
+        check_logger_names(self.loggers)
+        if self.tensorboard is not None:
+            warnings.warn(
+                "run.tensorboard is replaced by run.loggers ([] for none)", FutureWarning, stacklevel=2
+            )
+            rest = [n for n in self.loggers if n != "tensorboard"]
+            self.loggers = ["tensorboard", *rest] if self.tensorboard else rest
+            self.tensorboard = None
         _check(
             self.token_budget is None or self.token_budget > 0,
             "token_budget",

@@ -248,3 +248,13 @@ class RayRollout:
         for w in self.workers:
             ray.kill(w)
         ray.util.remove_placement_group(self._group)
+
+
+def ray_sampler(cfg: Config) -> Callable[[Any, int], RayRollout]:
+    """Under ``run.ray``: a factory of Ray rollout workers for ``build_training`` (they replace the
+    local collector); called with the team model and the group size."""
+
+    def make(model, group_size: int) -> RayRollout:
+        return RayRollout(cfg, model.adapter_weights, model.tokenizer.pad_token_id, group_size)
+
+    return make

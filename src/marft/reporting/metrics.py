@@ -1,4 +1,4 @@
-"""Where a run's numbers go: ``metrics.jsonl``, TensorBoard, ``transcripts.jsonl``."""
+"""Where a run's numbers go: ``metrics.jsonl``, ``transcripts.jsonl`` and the trackers."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+
+from marft.reporting.trackers import TrackerSet
 
 MEASURED = ("time", "memory_", "cuda_memory_")
 """Prefixes of the metrics that are measurements of this machine (seconds, memory), not results."""
@@ -23,29 +25,29 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsSink:
-    """Appends one JSON row per iteration and mirrors scalars to TensorBoard.
+    """Appends one JSON row per iteration to ``metrics.jsonl`` (and the kept episodes to
+    ``transcripts.jsonl``), and sends both to the run's trackers (``run.loggers``).
 
     Args:
         run_dir: the run directory.
-        tensorboard: also write TensorBoard event files under ``run_dir/tensorboard``.
-        start_iteration: when resuming, the checkpoint's iteration: rows (and transcripts and
-            TensorBoard points) of later iterations, written before a crash, are dropped so the
-            redone iterations are neither missing nor duplicated.
+        start_iteration: when resuming, the checkpoint's iteration: rows (and transcripts) of later
+            iterations, written before a crash, are dropped so the redone iterations are neither
+            missing nor duplicated (trackers: see :class:`~marft.reporting.trackers.TrackerSet`).
+        trackers: the run's trackers, already open (None: files only).
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, start_iteration: int = 0) -> None:
+    def __init__(self, run_dir: Path, start_iteration: int = 0, trackers: TrackerSet | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.transcripts_path = self.run_dir / "transcripts.jsonl"
         for path in (self.metrics_path, self.transcripts_path):
             _truncate(path, start_iteration)
-        self._tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        self.trackers = trackers
 
-            self._tb = SummaryWriter(
-                log_dir=str(self.run_dir / "tensorboard"), purge_step=start_iteration or None
-            )
+    @property
+    def run_ids(self) -> dict[str, str]:
+        """Tracker name -> its run id (what a checkpoint keeps so that a resume continues the run)."""
+        return self.trackers.run_ids if self.trackers is not None else {}
 
     def rows_before(self, iteration: int) -> list[dict[str, Any]]:
         """The rows already logged for iterations before ``iteration``."""
@@ -53,28 +55,28 @@ class MetricsSink:
             return []
         return [r for r in read_metrics(self.run_dir) if r["iteration"] < iteration]
 
-    def log(self, row: dict[str, Any]) -> None:
+    def log(self, row: dict[str, Any], transcripts: list[dict[str, Any]] | None = None) -> None:
+        """One iteration: its metrics row and the episodes kept as transcripts."""
         row = {k: _clean(v) for k, v in row.items()}
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
-        if self._tb is not None:
-            step = row["iteration"]
-            for k, v in row.items():
-                if k != "iteration" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(k, v, step)
+        if transcripts:
+            with self.transcripts_path.open("a") as f:
+                for item in transcripts:
+                    f.write(json.dumps({"iteration": row["iteration"], **item}, default=str) + "\n")
+        if self.trackers is not None:
+            self.trackers.log(row, transcripts or [])
 
-    def transcripts(self, iteration: int, items: list[dict[str, Any]]) -> None:
-        if not items:
-            return
-        with self.transcripts_path.open("a") as f:
-            for item in items:
-                f.write(json.dumps({"iteration": iteration, **item}, default=str) + "\n")
+    def artifact(self, path: Path, kind: str) -> None:
+        """Upload a file of the run (``kind``: ``report``) to the trackers."""
+        if self.trackers is not None:
+            self.trackers.artifact(path, kind)
 
-    def close(self) -> None:
-        if self._tb is not None:
-            self._tb.flush()
-            self._tb.close()
+    def close(self, status: str = "finished") -> None:
+        """Close the trackers' runs (``finished``, ``killed`` or ``failed``)."""
+        if self.trackers is not None:
+            self.trackers.close(status)
 
 
 def _truncate(path: Path, iteration: int) -> None:

@@ -314,7 +314,7 @@ class Collector:
         self._ep_return[b] += team_r
         self._ep_len[b] += 1
         if act.kept is not None:
-            self._ep_turns[b].append(self._turn_record(b, act, team_r, result))
+            self._ep_turns[b].append(self._turn_record(b, act, r_vec, team_r, result))
         done = result.done or self._ep_len[b] >= self.env_cfg.horizon
         if done and not result.done and not self.episodic:
             # Cut by the horizon, not ended by the env: keep the next observation so that a critic
@@ -335,14 +335,15 @@ class Collector:
         buf.route_metrics["route_invalid"] += step.invalid
         buf.route_metrics["route_cut"] += step.cut
 
-    def _turn_record(self, b: int, act: _TeamStep, team_r: float, result: StepResult) -> dict[str, Any]:
-        """One step of a transcript: each action's prompt and response in acting order (and the
-        route, for routing teams), the reward, and whether the team was right."""
+    def _turn_record(
+        self, b: int, act: _TeamStep, r_vec: list[float], team_r: float, result: StepResult
+    ) -> dict[str, Any]:
+        """A transcript's step: each action's prompt, response, reward; the team's reward, route."""
         record = {
             "step": self._ep_len[b] - 1,
             "agents": [
-                {"role": a.role, "messages": msgs, "response": a.text}
-                for a, msgs in zip(act.step.actions, act.kept, strict=True)
+                {"role": a.role, "messages": msgs, "response": a.text, "reward": r}
+                for a, msgs, r in zip(act.step.actions, act.kept, r_vec, strict=True)
             ],
             "reward": team_r,
             "correct": result.correct,

@@ -3,7 +3,7 @@
 A run directory holds ``checkpoints/iter-NNNNNN/`` folders, ``NNNNNN`` being the number of
 iterations done. Each holds::
 
-    manifest.json                  # format, iteration, env steps, roles, and every file with its size
+    manifest.json                  # format, iteration, env steps, roles, trackers' run ids, every file and its size
     adapters/<role>/adapter_config.json, adapter_model.safetensors   # PeftModel.from_pretrained loads each
     value_head.pt                  # when the algorithm has a critic
     optimizers.pt                  # every optimizer's state
@@ -67,6 +67,7 @@ def save_checkpoint(
     iteration: int,
     env_steps: int,
     keep: int = 3,
+    loggers: dict[str, str] | None = None,
 ) -> Path:
     """Write ``run_dir/checkpoints/iter-{iteration:06d}`` atomically and keep the newest ``keep``.
 
@@ -78,6 +79,7 @@ def save_checkpoint(
         iteration: iterations done (the next run resumes at this iteration index).
         env_steps: team steps taken so far.
         keep: how many checkpoints to keep (older ones are removed); 0 keeps all.
+        loggers: each tracker's run id (``run.loggers``), so that a resume continues those runs.
 
     Returns:
         The checkpoint folder.
@@ -93,10 +95,6 @@ def save_checkpoint(
         torch.save(model.value_head.state_dict(), tmp / "value_head.pt")
     torch.save(optimizers, tmp / "optimizers.pt")
     torch.save(trainer_state, tmp / "trainer_state.pt")
-    files = {}
-    for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
-        _fsync(f)
-        files[f.relative_to(tmp).as_posix()] = f.stat().st_size
     manifest = {
         "format_version": FORMAT_VERSION,
         "iteration": iteration,
@@ -104,11 +102,10 @@ def save_checkpoint(
         "roles": list(model.roles),
         "adapter_of": dict(model.adapter_of),  # role -> its folder under adapters/
         "value_head": model.value_head is not None,
+        "loggers": dict(loggers or {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "files": files,
     }
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    _fsync(tmp / MANIFEST)
+    _write_manifest(tmp, manifest)
     for d in sorted({p.parent for p in tmp.rglob("*")}, key=lambda p: len(p.parts), reverse=True):
         _fsync(d)
     if final.exists():  # the same iteration saved again (e.g. a signal right after a periodic save)
@@ -119,6 +116,16 @@ def save_checkpoint(
         for old in list_checkpoints(run_dir, verify=False)[:-keep]:
             _discard(old)
     return final
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Fsync every file of ``folder`` and write the manifest listing them with their sizes, last."""
+    files = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        _fsync(f)
+        files[f.relative_to(folder).as_posix()] = f.stat().st_size
+    (folder / MANIFEST).write_text(json.dumps({**manifest, "files": files}, indent=2))
+    _fsync(folder / MANIFEST)
 
 
 def _discard(path: Path) -> None:

@@ -1,8 +1,8 @@
 """The training loop as timed phases: collect, score, advantages, critic, policy, log, checkpoint.
 
 A run directory receives ``config.yaml`` (the resolved config), ``metrics.jsonl`` (each phase's seconds
-among the metrics), TensorBoard events, ``transcripts.jsonl`` and ``checkpoints/`` (see
-:mod:`marft.trainer.checkpoint`). A run resumes exactly from its newest complete checkpoint (``Trainer(cfg,
+among the metrics), ``transcripts.jsonl``, ``checkpoints/`` (see :mod:`marft.trainer.checkpoint`) and
+what the trackers of ``run.loggers`` write (``tensorboard/``, ``wandb/``, ``loggers.json``). A run resumes exactly from its newest complete checkpoint (``Trainer(cfg,
 run_dir, resume=True)``); SIGINT and SIGTERM save a checkpoint at the end of the iteration and stop.
 """
 
@@ -22,9 +22,11 @@ from tqdm.auto import tqdm
 
 from marft.compose import build_envs, build_training, validate
 from marft.config import Config, to_dict
+from marft.distributed.rollout import ray_sampler
 from marft.learner.parallel import SINGLE
 from marft.reporting.guard import guard_metrics
 from marft.reporting.metrics import MetricsSink
+from marft.reporting.trackers import RunInfo, TrackerSet, check_trackers
 from marft.rollout.trajectory import Trajectory
 from marft.runtime import configure_threads
 from marft.team.graph import TeamGraph
@@ -36,7 +38,9 @@ from marft.trainer.checkpoint import (
     load_trainer_files,
     resolve_checkpoint,
     save_checkpoint,
+    verify_checkpoint,
 )
+from marft.trainer.faults import check_faults
 from marft.trainer.phases import Iteration, PhaseMeter, release_free_memory
 from marft.trainer.rng import default_run_dir, rng_state, seed_everything, set_rng_state
 
@@ -93,6 +97,7 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.cfg
         validate(cfg)
+        check_trackers(cfg.run.loggers)
         ckpt = resolve_checkpoint(self.run_dir) if self.resume else None  # fail before loading a model
         if not self.resume and (
             (self.run_dir / "metrics.jsonl").exists() or (self.run_dir / CHECKPOINTS).exists()
@@ -108,6 +113,23 @@ class Trainer:
         envs = build_envs(cfg, self.graph, cfg.env.n_envs)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        manifest = verify_checkpoint(ckpt) if ckpt is not None else {}
+        start = manifest.get("iteration", 0)
+        # Trackers open before the model loads: a tracker that cannot (no W&B login) fails fast.
+        name = cfg.run.name or self.run_dir.resolve().name
+        info = RunInfo(name, self.run_dir, to_dict(cfg), start_iteration=start)
+        trackers = TrackerSet(cfg.run, info, manifest.get("loggers", {}), self.graph.roles)
+        try:
+            self.sink = MetricsSink(self.run_dir, start, trackers)
+            self._build(envs, ckpt)
+        except BaseException as e:
+            self.close()
+            trackers.close("killed" if isinstance(e, KeyboardInterrupt) else "failed")
+            raise
+
+    def _build(self, envs: list, ckpt: Path | None) -> None:
+        """The model, the generation backend, the collector and the learner; a checkpoint restored."""
+        cfg = self.cfg
         self.learners = None  # the other data-parallel learners (run.ray.learners > 1)
         if cfg.run.ray.enabled and cfg.run.ray.learners > 1:
             from marft.distributed.learners import RayLearners
@@ -115,7 +137,9 @@ class Trainer:
 
             self.learners = RayLearners(cfg, resolve_device(cfg.model.device))
         dp = self.learners.dp if self.learners is not None else SINGLE
-        parts = build_training(cfg, envs, remote_sampler=self._remote_sampler(), dp=dp)
+        parts = build_training(
+            cfg, envs, remote_sampler=ray_sampler(cfg) if cfg.run.ray.enabled else None, dp=dp
+        )
         self.model, self.backend, self.collector = parts.model, parts.backend, parts.collector
         self.scorer, self.learner, self.algorithm = parts.scorer, parts.learner, parts.algorithm
         if ckpt is not None:
@@ -125,21 +149,7 @@ class Trainer:
                 raise CheckpointError(f"cannot resume from {ckpt}: {e}") from None
         if self.learners is not None:
             self.learners.sync_from(self.model, self.learner)
-        self.sink = MetricsSink(
-            self.run_dir, tensorboard=cfg.run.tensorboard, start_iteration=self.start_iteration
-        )
         self.rows = self.sink.rows_before(self.start_iteration)
-
-    def _remote_sampler(self):
-        """Under ``run.ray``: a factory of Ray rollout workers (they replace the local collector)."""
-        if not self.cfg.run.ray.enabled:
-            return None
-        from marft.distributed.rollout import RayRollout
-
-        def make(model, group_size: int):
-            return RayRollout(self.cfg, model.adapter_weights, model.tokenizer.pad_token_id, group_size)
-
-        return make
 
     def _restore(self, ckpt: Path) -> None:
         load_adapter_weights(self.model, ckpt)
@@ -183,13 +193,21 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 handlers[sig] = signal.signal(sig, self._on_signal)
+        status = "failed"
         try:
-            return self._loop()
+            result, status = self._loop(), "finished"
+            return result
+        except (TrainingStopped, KeyboardInterrupt) as e:
+            # By a signal (a second Ctrl-C too), or by a fault.
+            status = "failed" if getattr(e, "exit_code", 130) < 128 else "killed"
+            raise
         finally:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
-            self.sink.close()
-            self.close()
+            try:
+                self.close()
+            finally:
+                self.sink.close(status)
 
     def close(self) -> None:
         """Stop what the run started outside this process (rollout workers)."""
@@ -289,8 +307,7 @@ class Trainer:
             row.update(guard_metrics(self.rows, row, cfg.reward.guard))
             t0 = time.perf_counter()
             self.rows.append(row)
-            self.sink.log(row)
-            self.sink.transcripts(it, step.trajectory.transcripts)
+            self.sink.log(row, step.trajectory.transcripts)
             self._carried = {"time_log_s": time.perf_counter() - t0, "time_checkpoint_s": 0.0}
             budget = (
                 {"tokens": f"{self.generated_tokens}/{cfg.run.token_budget}"} if cfg.run.token_budget else {}
@@ -305,7 +322,7 @@ class Trainer:
     def _after_iteration(self, done: int, row: dict[str, Any], traj: Trajectory, bar) -> None:
         """Checkpoint when due (timed into the next row), and stop on a fault or a signal."""
         cfg = self.cfg
-        fault = self._check_faults(row, traj)
+        fault = check_faults(row, traj, self._nonfinite_in_row, cfg)
         every = cfg.run.checkpoint_every
         last = done == cfg.run.iterations or self.budget_spent
         if fault or self._signal is not None or last or (every and done % every == 0):
@@ -344,29 +361,9 @@ class Trainer:
                 warnings.warn(
                     f"could not write the report ({e}); try: marft report {self.run_dir}", stacklevel=2
                 )
+            if report is not None:
+                self.sink.artifact(report, "report")
         return TrainResult(run_dir=self.run_dir, rows=self.rows, checkpoint=self.checkpoint, report=report)
-
-    def _check_faults(self, row: dict[str, Any], traj: Trajectory) -> str | None:
-        """Count non-finite skips in a row per agent and failed episodes; a message when the
-        run must stop."""
-        cfg = self.cfg
-        for key, value in row.items():
-            if key.startswith("nonfinite_skip/"):
-                who = key.split("/", 1)[1]
-                self._nonfinite_in_row[who] = self._nonfinite_in_row.get(who, 0) + 1 if value else 0
-                if self._nonfinite_in_row[who] >= cfg.run.max_nonfinite_in_row:
-                    return (
-                        f"{who}'s loss or gradient was not finite in {self._nonfinite_in_row[who]} iterations "
-                        f"in a row (run.max_nonfinite_in_row); lower algorithm.policy_lr or raise "
-                        f"algorithm.max_grad_norm's strictness, and resume"
-                    )
-        total = len(traj.episode_returns) + traj.failed_episodes
-        if traj.failed_episodes and traj.failed_episodes > cfg.env.max_failure_rate * total:
-            return (
-                f"{traj.failed_episodes} of {total} episodes failed in iteration {row['iteration']} "
-                f"(env.max_failure_rate {cfg.env.max_failure_rate}); the log above shows the env's errors"
-            )
-        return None
 
     def save(self, iteration: int | None = None) -> Path:
         """Write a complete checkpoint after ``iteration`` iterations (default: those done)."""
@@ -388,6 +385,7 @@ class Trainer:
             iteration=iteration,
             env_steps=self.env_steps,
             keep=self.cfg.run.keep_checkpoints,
+            loggers=self.sink.run_ids,
         )
         return self.checkpoint
 

@@ -1,0 +1,55 @@
+"""TensorBoard: scalars as event files under ``run_dir/tensorboard``, the transcripts as text."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from marft.reporting.trackers.base import TRACKERS, RunInfo, Tracker, TrackerSpec, TranscriptTable
+
+
+class TensorBoardTracker(Tracker):
+    """Event files under ``run_dir/tensorboard`` (``tensorboard --logdir runs/``). Its run id is
+    that folder; a resumed run appends new event files there."""
+
+    def start(self, info: RunInfo) -> str:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.log_dir = info.run_dir / "tensorboard"
+        # A run resumed from a checkpoint without tracker ids (written before trackers had them)
+        # drops the points a crashed session wrote after it, as TensorBoard readers allow.
+        purge = info.start_iteration if info.run_id is None and info.start_iteration else None
+        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge)
+        if info.run_id is None:
+            self.writer.add_text("config", _code_block(info.config), 0)
+        return self.log_dir.name  # its folder in the run directory (which may move)
+
+    def log(self, step: int, metrics: Mapping[str, float], table: TranscriptTable | None) -> None:
+        for key, value in metrics.items():
+            if key != "iteration":
+                self.writer.add_scalar(key, value, step)
+        if table is not None and table.rows:
+            head = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
+            body = "".join("| " + " | ".join(_cell(v) for v in row) + " |\n" for row in table.rows)
+            self.writer.add_text("transcripts", head + body, step)
+        self.writer.flush()
+
+    def artifact(self, path: Path, kind: str) -> None:
+        """TensorBoard keeps no files: the report stays in the run directory."""
+
+    def finish(self, status: str) -> None:
+        self.writer.flush()
+        self.writer.close()
+
+
+def _cell(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", "<br>")
+
+
+def _code_block(config: Mapping) -> str:
+    import yaml
+
+    return "    " + yaml.safe_dump(dict(config), sort_keys=False).replace("\n", "\n    ")
+
+
+TRACKERS.register("tensorboard")(TrackerSpec(TensorBoardTracker, module="tensorboard", extra=None))
