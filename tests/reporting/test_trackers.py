@@ -236,3 +236,29 @@ def test_a_tracker_that_cannot_start_says_which_and_what_to_do(recorder, tmp_pat
             TrackerSet(recorder, RunInfo("r", tmp_path, {}), {}, [])
     finally:
         Recorder.fail_start = False
+
+
+def test_a_resumed_tracker_catches_up_on_rows_it_lost_before_the_checkpoint(recorder, tmp_path):
+    info = RunInfo("r", tmp_path, {})
+    first = TrackerSet(recorder, info, {}, [])
+    for it in range(4):
+        first.log({"iteration": it}, [])
+    first.close("killed")
+    assert json.loads((tmp_path / SENT).read_text())["rec"]["step"] == 3
+    # The tracker stored only through iteration 1 (2 and 3 were on their way); the checkpoint is
+    # at 3: iteration 2 comes from metrics.jsonl, 3 is redone.
+    Recorder.stored = 1
+    try:
+        again = TrackerSet(recorder, info, {"rec": "run-1"}, [])
+    finally:
+        Recorder.stored = None
+    item = {"env": 0, "episode_return": 1.0, "turns": [{"step": 0, "reward": 1.0, "agents": []}]}
+    again.catch_up([{"iteration": it} for it in range(3)], {2: [item]})
+    again.log({"iteration": 3}, [])
+    assert Recorder.made[1].steps == [2, 3]
+    assert Recorder.made[1].tables[0] is not None  # iteration 2's transcripts came along
+
+    # A tracker added on resume (no id in the checkpoint) starts at the checkpoint.
+    added = TrackerSet(recorder, info, {}, [])
+    added.catch_up([{"iteration": it} for it in range(3)], {})
+    assert Recorder.made[2].steps == []

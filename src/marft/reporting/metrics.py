@@ -55,6 +55,18 @@ class MetricsSink:
             return []
         return [r for r in read_metrics(self.run_dir) if r["iteration"] < iteration]
 
+    def catch_up(self, rows: list[dict[str, Any]]) -> None:
+        """On resume: the trackers get the rows before the checkpoint that they lost (see
+        :meth:`~marft.reporting.trackers.TrackerSet.catch_up`)."""
+        if self.trackers is None or not self.trackers.resumed or not rows:
+            return
+        kept: dict[int, list[dict[str, Any]]] = {}
+        if self.transcripts_path.exists():
+            for line in self.transcripts_path.read_text().splitlines():
+                item = json.loads(line)
+                kept.setdefault(item.pop("iteration"), []).append(item)
+        self.trackers.catch_up([{k: _clean(v) for k, v in r.items()} for r in rows], kept)
+
     def log(self, row: dict[str, Any], transcripts: list[dict[str, Any]] | None = None) -> None:
         """One iteration: its metrics row and the episodes kept as transcripts."""
         row = {k: _clean(v) for k, v in row.items()}

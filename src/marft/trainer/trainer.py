@@ -150,6 +150,7 @@ class Trainer:
         if self.learners is not None:
             self.learners.sync_from(self.model, self.learner)
         self.rows = self.sink.rows_before(self.start_iteration)
+        self.sink.catch_up(self.rows)
 
     def _restore(self, ckpt: Path) -> None:
         load_adapter_weights(self.model, ckpt)

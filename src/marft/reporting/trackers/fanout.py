@@ -31,8 +31,8 @@ class TrackerSet:
     (rewritten atomically after every row), and those iterations are not sent again: each step
     reaches a tracker once, with the values it first received (exact resume makes them equal to
     the redone ones, except measured times and memory). A tracker that can say which steps it
-    stored (W&B online, Trackio) is asked instead: a step sent in the background when the kill
-    came may never have been stored, and is then sent again.
+    stored (W&B, Trackio) is asked instead: a step sent in the background when the kill came may
+    never have been stored; it is sent again (:meth:`catch_up` for those before the checkpoint).
 
     Args:
         run: the ``run`` config section (``loggers`` and each tracker's settings).
@@ -50,6 +50,7 @@ class TrackerSet:
         sent = _read(self.path)
         self.trackers: dict[str, Tracker] = {}
         self.state: dict[str, dict[str, Any]] = {}
+        self.resumed: set[str] = set()  # trackers that continue the checkpoint's run
         for name in run.loggers:
             tracker = TRACKERS.get(name).cls(run)
             run_id = run_ids.get(name)
@@ -72,6 +73,7 @@ class TrackerSet:
                 recorded = before.get("step", -1) if before.get("id") == new_id else -1
                 stored = tracker.stored_through()
                 step = recorded if stored is None else stored
+                self.resumed.add(name)
             self.state[name] = {"id": new_id, "step": step}
         self._write()
 
@@ -80,17 +82,20 @@ class TrackerSet:
         """Tracker name -> its run id (saved in checkpoints)."""
         return {name: s["id"] for name, s in self.state.items()}
 
-    def log(self, row: Mapping[str, Any], transcripts: list[dict[str, Any]]) -> None:
-        """Send one metrics row and its iteration's transcripts to every tracker that has not
-        received this iteration yet. A tracker that fails is warned about and dropped for the
-        rest of the session (``metrics.jsonl`` keeps everything; a resume reopens it)."""
+    def log(
+        self, row: Mapping[str, Any], transcripts: list[dict[str, Any]], only: set[str] | None = None
+    ) -> None:
+        """Send one metrics row and its iteration's transcripts to every tracker (of ``only``)
+        that has not received this iteration yet. A tracker that fails is warned about and
+        dropped for the rest of the session (``metrics.jsonl`` keeps everything; a resume
+        reopens it)."""
         if not self.trackers:
             return
         step = int(row["iteration"])
         metrics = tracker_metrics(row, self.roles)
         table = transcript_table(step, transcripts) if transcripts else None
         for name, tracker in list(self.trackers.items()):
-            if step <= self.state[name]["step"]:
+            if step <= self.state[name]["step"] or (only is not None and name not in only):
                 continue
             try:
                 tracker.log(step, metrics, table)
@@ -98,7 +103,15 @@ class TrackerSet:
                 self._drop(name, e)
                 continue
             self.state[name]["step"] = step
-        self._write()
+            self._write()  # at once: a kill before the next tracker's turn leaves this one right
+
+    def catch_up(self, rows: list[dict[str, Any]], transcripts: Mapping[int, list[dict[str, Any]]]) -> None:
+        """On resume: send the rows before the checkpoint (from ``metrics.jsonl``) that a resumed
+        tracker says it never stored; a killed session's last rows may have been on their way
+        (W&B writes its offline file in 32 KiB blocks, Trackio every half second). A tracker
+        added on resume starts at the checkpoint."""
+        for row in rows:
+            self.log(row, list(transcripts.get(row["iteration"], [])), only=self.resumed)
 
     def artifact(self, path: Path, kind: str) -> None:
         """Upload a file (the HTML report) to every tracker; a failed upload is only warned about."""

@@ -93,6 +93,10 @@ class MlflowTracker(Tracker):
                 raise
             return exp.experiment_id
 
+    def stored_through(self) -> int | None:
+        # Every row has env_steps: its last step is the last row MLflow stored.
+        return max((m.step for m in self.client.get_metric_history(self.run_id, "env_steps")), default=-1)
+
     def log(self, step: int, metrics: Mapping[str, float], table: TranscriptTable | None) -> None:
         from mlflow.entities import Metric
 

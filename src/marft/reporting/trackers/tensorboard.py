@@ -16,6 +16,7 @@ class TensorBoardTracker(Tracker):
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = info.run_dir / "tensorboard"
+        self._stored = _last_step(self.log_dir) if info.run_id is not None else None
         # A run resumed from a checkpoint without tracker ids (written before trackers had them)
         # drops the points a crashed session wrote after it, as TensorBoard readers allow.
         purge = info.start_iteration if info.run_id is None and info.start_iteration else None
@@ -23,6 +24,9 @@ class TensorBoardTracker(Tracker):
         if info.run_id is None:
             self.writer.add_text("config", _code_block(info.config), 0)
         return self.log_dir.name  # its folder in the run directory (which may move)
+
+    def stored_through(self) -> int | None:
+        return self._stored
 
     def log(self, step: int, metrics: Mapping[str, float], table: TranscriptTable | None) -> None:
         for key, value in metrics.items():
@@ -40,6 +44,18 @@ class TensorBoardTracker(Tracker):
     def finish(self, status: str) -> None:
         self.writer.flush()
         self.writer.close()
+
+
+def _last_step(log_dir: Path) -> int:
+    """The last step of a scalar in the event files of earlier sessions (-1: none)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    last = -1
+    for f in log_dir.glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(f)).Load():  # stops at a record cut by a kill
+            if event.summary.value:
+                last = max(last, event.step)
+    return last
 
 
 def _cell(value: object) -> str:

@@ -22,7 +22,7 @@ class WandbTracker(Tracker):
     def start(self, info: RunInfo) -> str:
         import wandb
 
-        self.wandb = wandb
+        self.wandb, self.run_dir = wandb, info.run_dir
         self.run = wandb.init(
             project=self.cfg.project,
             entity=self.cfg.entity,
@@ -42,10 +42,24 @@ class WandbTracker(Tracker):
         return self.run.id
 
     def stored_through(self) -> int | None:
+        if self.run.offline:
+            # What the earlier sessions' offline files hold (W&B writes them in 32 KiB blocks:
+            # a kill loses the last few steps).
+            from marft.reporting.trackers.readback import wandb_records
+
+            last = -1
+            for f in self.run_dir.glob(f"wandb/offline-run-*-{self.run.id}/run-{self.run.id}.wandb"):
+                for rec in wandb_records(f):
+                    if rec.WhichOneof("record_type") == "history":
+                        items = rec.history.item
+                        step = next(
+                            (i.value_json for i in items if (i.key or "/".join(i.nested_key)) == "_step"),
+                            None,
+                        )
+                        last = max(last, int(step)) if step is not None else last
+            return last
         # A resumed online run continues at W&B's own next step (what its server stored).
-        if self.run.resumed and self.run.step > 0:
-            return self.run.step - 1
-        return None
+        return self.run.step - 1 if self.run.resumed else None
 
     def log(self, step: int, metrics: Mapping[str, float], table: TranscriptTable | None) -> None:
         data: dict = dict(metrics)
