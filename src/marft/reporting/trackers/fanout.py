@@ -31,7 +31,7 @@ class TrackerSet:
     (rewritten atomically after every row), and those iterations are not sent again: each step
     reaches a tracker once, with the values it first received (exact resume makes them equal to
     the redone ones, except measured times and memory). A tracker that can say which steps it
-    stored (W&B, Trackio) is asked instead: a step sent in the background when the kill came may
+    stored (all four can) is asked instead: a step sent in the background when the kill came may
     never have been stored; it is sent again (:meth:`catch_up` for those before the checkpoint).
 
     Args:
@@ -56,6 +56,8 @@ class TrackerSet:
             run_id = run_ids.get(name)
             try:
                 new_id = tracker.start(replace(info, run_id=run_id))
+                resumed = run_id is not None and run_id == new_id
+                stored = tracker.stored_through() if resumed else None
             except BaseException as e:
                 with contextlib.suppress(Exception):  # what it opened before failing
                     tracker.finish("failed")
@@ -68,10 +70,9 @@ class TrackerSet:
                 ) from e
             self.trackers[name] = tracker
             step = -1
-            if run_id is not None and run_id == new_id:
+            if resumed:
                 before = sent.get(name, {})
                 recorded = before.get("step", -1) if before.get("id") == new_id else -1
-                stored = tracker.stored_through()
                 step = recorded if stored is None else stored
                 self.resumed.add(name)
             self.state[name] = {"id": new_id, "step": step}

@@ -18,6 +18,8 @@ from marft.reporting.trackers.base import (
     flat_params,
 )
 
+MARKER = "env_steps"
+"""A metric of every row, sent last: the last step it has is the last whole row MLflow stored."""
 STATUS = {"finished": "FINISHED", "killed": "KILLED", "failed": "FAILED"}
 BATCH = 1000
 """The most metrics (and parameters: 100) MLflow takes in one ``log_batch``."""
@@ -94,16 +96,11 @@ class MlflowTracker(Tracker):
             return exp.experiment_id
 
     def stored_through(self) -> int | None:
-        # Every row has env_steps: its last step is the last row MLflow stored.
-        return max((m.step for m in self.client.get_metric_history(self.run_id, "env_steps")), default=-1)
+        return max((m.step for m in self.client.get_metric_history(self.run_id, MARKER)), default=-1)
 
     def log(self, step: int, metrics: Mapping[str, float], table: TranscriptTable | None) -> None:
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        batch = [Metric(mlflow_name(k), v, now, step) for k, v in metrics.items()]
-        for i in range(0, len(batch), BATCH):
-            self.client.log_batch(self.run_id, metrics=batch[i : i + BATCH])
         if table is not None and table.rows:
             # The layout of MLflow's table artifacts (pandas "split": mlflow.load_table reads it),
             # written with log_dict: log_table also lists every table in one run tag of at most
@@ -113,6 +110,13 @@ class MlflowTracker(Tracker):
                 {"columns": list(table.columns), "data": table.rows},
                 f"transcripts/iter-{step:06d}.json",
             )
+        # The table first and env_steps in the last batch: MLflow has a step (stored_through) only
+        # once all of it is there.
+        now = int(time.time() * 1000)
+        batch = [Metric(mlflow_name(k), v, now, step) for k, v in metrics.items() if k != MARKER]
+        batch += [Metric(MARKER, metrics[MARKER], now, step)] if MARKER in metrics else []
+        for i in range(0, len(batch), BATCH):
+            self.client.log_batch(self.run_id, metrics=batch[i : i + BATCH])
 
     def artifact(self, path: Path, kind: str) -> None:
         self.client.log_artifact(self.run_id, str(path))

@@ -17,12 +17,12 @@ class TensorBoardTracker(Tracker):
 
         self.log_dir = info.run_dir / "tensorboard"
         self._stored = _last_step(self.log_dir) if info.run_id is not None else None
-        # A run resumed from a checkpoint without tracker ids (written before trackers had them)
-        # drops the points a crashed session wrote after it, as TensorBoard readers allow.
-        purge = info.start_iteration if info.run_id is None and info.start_iteration else None
+        # TensorBoard readers drop the points of earlier sessions at and after ``purge_step``: a
+        # step a kill cut halfway (resent whole), or, for a run resumed from a checkpoint without
+        # tracker ids (an older marft), what the crashed session wrote after the checkpoint.
+        purge = self._stored + 1 if self._stored is not None else (info.start_iteration or None)
         self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge)
-        if info.run_id is None:
-            self.writer.add_text("config", _code_block(info.config), 0)
+        self.writer.add_text("config", _code_block(info.config), info.start_iteration)
         return self.log_dir.name  # its folder in the run directory (which may move)
 
     def stored_through(self) -> int | None:
@@ -30,12 +30,13 @@ class TensorBoardTracker(Tracker):
 
     def log(self, step: int, metrics: Mapping[str, float], table: TranscriptTable | None) -> None:
         for key, value in metrics.items():
-            if key != "iteration":
+            if key != MARKER:
                 self.writer.add_scalar(key, value, step)
         if table is not None and table.rows:
             head = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
             body = "".join("| " + " | ".join(_cell(v) for v in row) + " |\n" for row in table.rows)
             self.writer.add_text("transcripts", head + body, step)
+        self.writer.add_scalar(MARKER, step, step)  # last: the step is whole once this is there
         self.writer.flush()
 
     def artifact(self, path: Path, kind: str) -> None:
@@ -46,14 +47,18 @@ class TensorBoardTracker(Tracker):
         self.writer.close()
 
 
+MARKER = "iteration"
+"""The scalar written last for each step: a step whose marker is in the files is whole."""
+
+
 def _last_step(log_dir: Path) -> int:
-    """The last step of a scalar in the event files of earlier sessions (-1: none)."""
+    """The last whole step in the event files of earlier sessions (-1: none)."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
     last = -1
     for f in log_dir.glob("events.out.tfevents.*"):
         for event in EventFileLoader(str(f)).Load():  # stops at a record cut by a kill
-            if event.summary.value:
+            if any(v.tag == MARKER for v in event.summary.value):
                 last = max(last, event.step)
     return last
 

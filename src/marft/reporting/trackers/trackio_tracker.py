@@ -39,7 +39,7 @@ class TrackioTracker(Tracker):
         # Trackio writes in a background thread; on a resume it reads the last step it stored
         # (kept as the run's next step: no public accessor in Trackio 0.43).
         next_step = getattr(self.run, "_next_step", None)
-        return next_step - 1 if self.resumed and isinstance(next_step, int) and next_step > 0 else None
+        return next_step - 1 if self.resumed and isinstance(next_step, int) else None
 
     def log(self, step: int, metrics: Mapping[str, float], table: TranscriptTable | None) -> None:
         data: dict = dict(metrics)

@@ -58,8 +58,9 @@ class WandbTracker(Tracker):
                         )
                         last = max(last, int(step)) if step is not None else last
             return last
-        # A resumed online run continues at W&B's own next step (what its server stored).
-        return self.run.step - 1 if self.run.resumed else None
+        # Online, the run continues at W&B's own next step: one past what its server stored (0 for
+        # a run it does not have, e.g. after run.wandb.project changed: everything is sent).
+        return self.run.step - 1
 
     def log(self, step: int, metrics: Mapping[str, float], table: TranscriptTable | None) -> None:
         data: dict = dict(metrics)
