@@ -67,7 +67,9 @@ class MlflowTracker(Tracker):
             client.update_run(self.run_id, status="RUNNING")
         else:
             exp_id = self._experiment(uri, info.run_dir)
-            run = client.create_run(exp_id, run_name=info.name, tags={"marft.run_dir": str(info.run_dir)})
+            run = client.create_run(
+                exp_id, run_name=info.name, tags={"marft.run_dir": str(info.run_dir.resolve())}
+            )
             self.run_id = run.info.run_id
             params = [Param(mlflow_name(k), v[:MAX_PARAM]) for k, v in flat_params(info.config).items()]
             for i in range(0, len(params), 100):

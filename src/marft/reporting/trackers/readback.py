@@ -10,6 +10,7 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,7 +110,7 @@ def mlflow_stored(run_dir: Path, uri: str | None = None, experiment: str = "marf
     exp = client.get_experiment_by_name(experiment)
     out = Stored()
     for r in client.search_runs([exp.experiment_id]) if exp else []:
-        if r.data.tags.get("marft.run_dir") != str(run_dir):
+        if r.data.tags.get("marft.run_dir") != str(run_dir.resolve()):
             continue
         rid = r.info.run_id
         out.run_ids.add(rid)
@@ -128,12 +129,13 @@ def mlflow_stored(run_dir: Path, uri: str | None = None, experiment: str = "marf
         while stack:
             for a in client.list_artifacts(rid, stack.pop()):
                 stack.append(a.path) if a.is_dir else out.artifacts.append(a.path)
-        for name in out.artifacts:
-            if name.startswith("transcripts/iter-"):
-                local = client.download_artifacts(rid, name, str(run_dir / ".mlflow-readback"))
-                out.tables[int(name[len("transcripts/iter-") : -len(".json")])] = json.loads(
-                    Path(local).read_text()
-                )
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in out.artifacts:
+                if name.startswith("transcripts/iter-"):
+                    local = client.download_artifacts(rid, name, tmp)
+                    out.tables[int(name[len("transcripts/iter-") : -len(".json")])] = json.loads(
+                        Path(local).read_text()
+                    )
     return out
 
 
