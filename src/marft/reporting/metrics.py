@@ -65,7 +65,7 @@ class MetricsSink:
             for line in self.transcripts_path.read_text().splitlines():
                 item = json.loads(line)
                 kept.setdefault(item.pop("iteration"), []).append(item)
-        self.trackers.catch_up([{k: _clean(v) for k, v in r.items()} for r in rows], kept)
+        self.trackers.catch_up(rows, kept)  # rows read from metrics.jsonl: already clean
 
     def log(self, row: dict[str, Any], transcripts: list[dict[str, Any]] | None = None) -> None:
         """One iteration: its metrics row and the episodes kept as transcripts."""
