@@ -30,7 +30,7 @@ import psutil
 
 from fresh import save_results
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "math" / "train.jsonl"
+DATA = "hf:DigitalLearningGmbH/MATH-lighteval"
 TEAMS = {"dual": "math_dual", "quartet": "math_quartet"}
 W1 = [
     "algorithm.name=appo",
@@ -55,9 +55,12 @@ W1 = [
 ]
 
 
-def prompt_sets(data: Path, folder: Path) -> dict[str, Path]:
+def prompt_sets(data: str, folder: Path) -> dict[str, Path]:
     """``short``/``long`` subsets of MATH train by problem length, written to ``folder``."""
-    rows = [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
+    from marft.envs.math.env import load_problems
+
+    problems = load_problems(data, "train" if data.startswith("hf:") else None, (), "problem", "answer", None)
+    rows = [{"problem": p, "answer": a} for p, a in problems]
     lengths = sorted(len(r["problem"]) for r in rows)
     median, tenth = lengths[len(lengths) // 2], lengths[int(0.9 * len(lengths))]
     out = {}
@@ -146,7 +149,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--set", action="append", default=[], dest="extra", help="extra config override")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--data", type=Path, default=DATA, help="MATH train JSONL (default: ../shared/data)")
+    ap.add_argument("--data", default=DATA, help=f"MATH train: hf:NAME or a JSONL file (default {DATA})")
     args = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:

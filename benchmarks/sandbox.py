@@ -1,6 +1,7 @@
 """Sandboxed executions per second for MBPP-sized programs, and the cost of the sandbox per program.
 
-Cases, each over the same MBPP reference solutions with their tests (``../shared/data/code``):
+Cases, each over the same MBPP reference solutions with their tests (``--data``: MBPP's test split
+from the Hugging Face hub by default, or a local JSONL file of MBPP or HumanEval rows):
 
 * ``bare``: ``python -c pass`` for each program, one after another: what starting the interpreter
   costs at all, the floor of any process-per-program design;
@@ -14,6 +15,7 @@ The share of a training iteration spent in the sandbox comes from a run's ``metr
 programs' own wall time, summed over parallel runs) against ``time_iter_s``. Usage::
 
     python benchmarks/sandbox.py --programs 300 --out benchmarks/results/sandbox_cpu.json
+    python benchmarks/sandbox.py --data PATH/mbpp_test.jsonl --programs 300
     python benchmarks/sandbox.py --run runs/smollm2-code --programs 0
 """
 
@@ -30,14 +32,14 @@ from pathlib import Path
 
 from fresh import save_results
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "code" / "mbpp_test.jsonl"
+DATA = "hf:google-research-datasets/mbpp:full"
 
 
-def jobs(n: int):
+def jobs(data: str, split: str | None, n: int):
     from marft.envs.code.env import load_tasks
     from marft.envs.code.sandbox import Job
 
-    tasks = load_tasks(str(DATA), "train", (), False)[:n]
+    tasks = load_tasks(data, split, (), False)[:n]
     return [Job(t.solution, t.tests, t.setup) for t in tasks]
 
 
@@ -55,12 +57,12 @@ def timed_map(box, batch) -> tuple[float, list]:
     return time.perf_counter() - t0, results
 
 
-def run_cases(n: int) -> list[dict]:
+def run_cases(data: str, split: str | None, n: int) -> list[dict]:
     import torch
 
     from marft.envs.code.sandbox import Limits, Sandbox, Status
 
-    batch = jobs(n)
+    batch = jobs(data, split, n)
     cores = len(os.sched_getaffinity(0))
     one, many = Sandbox(Limits(), workers=1), Sandbox(Limits(), workers=cores)
     rows = []
@@ -100,11 +102,13 @@ def iteration_share(run: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--programs", type=int, default=300, help="MBPP test-split programs (0: skip)")
+    p.add_argument("--programs", type=int, default=300, help="how many of the tasks (0: skip)")
+    p.add_argument("--data", default=DATA, help=f"hf:NAME[:CONFIG] or a JSONL file (default {DATA})")
+    p.add_argument("--split", default="test", help="split of a hub dataset (default test)")
     p.add_argument("--run", type=Path, help="a code run's folder: its iteration share in the sandbox")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    rows = run_cases(args.programs) if args.programs else []
+    rows = run_cases(args.data, args.split, args.programs) if args.programs else []
     if args.run is not None:
         rows.append(iteration_share(args.run))
     for row in rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,9 @@ import yaml
 from marft.compose import load_config
 from marft.config import LoraSettings, ModelConfig, TinyModelConfig
 from marft.models import TeamModel, load_base
+
+DATA = Path(__file__).resolve().parent / "fixtures" / "data"
+"""Small excerpts of GSM8K, MATH, MBPP and HumanEval (fixtures/data/README.md: sources, licences)."""
 
 CORPUS = ["name the secret colour", "red green blue yellow", "speaker listener : say one word"]
 
@@ -55,6 +59,18 @@ def write_tiny_config(path: Path, agents: list[dict], env: dict, **sections: Any
     }
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def cli_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """``marft ARGS`` run in this process: its exit code and what it printed, as a subprocess would
+    give them, without a new interpreter's 4 s of imports. An uncaught exception (a traceback in a
+    subprocess) propagates and fails the test."""
+    from marft import cli
+
+    capsys.readouterr()
+    code = cli.main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
 
 
 def small_config(*overrides: str):

@@ -17,7 +17,7 @@ SHORT_FUNCTIONS_IN = ("rollout", "learner", "trainer")
 
 
 def test_import_layering_contracts_hold():
-    pytest.importorskip("importlinter")
+    pytest.importorskip("importlinter", reason="the dev extra is not installed: pip install -e '.[dev]'")
     exe = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
     proc = subprocess.run(
         [exe, "--config", str(ROOT / ".importlinter")], cwd=ROOT, capture_output=True, text=True, timeout=300

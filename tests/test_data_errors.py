@@ -17,10 +17,6 @@ TINY_MATH = [
     "run.progress=false",
     "--set",
     "run.loggers=[]",
-    "--set",
-    "env.kwargs.problem_key=problem",
-    "--set",
-    "env.kwargs.answer_after=null",
 ]
 
 
@@ -60,19 +56,36 @@ def test_bad_local_data_is_one_message_and_exit_2(tmp_path, capsys, no_model, co
     assert not (tmp_path / "out-train" / "config.yaml").exists()  # nothing written for a failed start
 
 
-@pytest.mark.parametrize("command", ["train", "eval"])
-def test_unreachable_hub_names_the_dataset_and_the_offline_alternative(tmp_path, command):
-    pytest.importorskip("datasets")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+def offline_env(tmp_path, how: str) -> dict[str, str]:
+    """Nothing cached, and either ``HF_HUB_OFFLINE=1`` or no network: the hub's endpoint on a closed
+    loopback port (what a machine without network sees, without sending anything out)."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY") and k != "HF_HUB_OFFLINE"}
+    env["HF_HOME"] = str(tmp_path / "hf")
+    if how == "offline mode":
+        env["HF_HUB_OFFLINE"] = "1"
+    else:
+        env["HF_ENDPOINT"] = "http://127.0.0.1:9"
+    return env
+
+
+@pytest.mark.parametrize(
+    ("command", "preset", "how"),
+    [("train", "math_dual", "no network"), ("eval", "math_single", "offline mode")],
+)
+def test_unreachable_hub_names_the_dataset_and_the_local_alternative(tmp_path, command, preset, how):
     proc = subprocess.run(
-        [sys.executable, "-m", "marft.cli", command, "math_single", *TINY_MATH, "--out", str(tmp_path / "o")],
+        [sys.executable, "-m", "marft.cli", command, preset, *TINY_MATH, "--out", str(tmp_path / "o")],
         capture_output=True,
         text=True,
-        env=env,
+        env=offline_env(tmp_path, how),
+        cwd=tmp_path,
         timeout=300,
     )
     assert proc.returncode == 2, proc.stderr
     err = proc.stderr.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert "cannot load Hugging Face dataset 'hf:openai/gsm8k:main'" in err
-    assert "--set env.kwargs.data=" in err and "local JSONL" in err
+    assert err.startswith("marft: error: config: env.kwargs.data: cannot load dataset openai/gsm8k")
+    reason = "HF_HUB_OFFLINE is set" if how == "offline mode" else "no connection to http://127.0.0.1:9"
+    assert f"the Hugging Face Hub could not be reached ({reason})" in err
+    assert "--set env.kwargs.data=PATH" in err and "local JSONL" in err
+    assert not (tmp_path / "o").exists()  # nothing written, no model loaded

@@ -1,4 +1,5 @@
-"""marft eval end to end on 20 GSM8K problems with the tiny model, and its metrics by hand."""
+"""marft eval end to end on 20 GSM8K problems (the test fixture) with the tiny model, and its metrics
+by hand."""
 
 import json
 import subprocess
@@ -9,11 +10,9 @@ import pytest
 import torch
 
 from marft.trainer.evaluate import Evaluator, ProblemResult, majority, pass_at_k
-from tests.conftest import write_tiny_config
+from tests.conftest import DATA, cli_in_process, write_tiny_config
 
-ROOT = Path(__file__).resolve().parents[1]
-GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
-pytestmark = pytest.mark.skipif(not GSM8K.exists(), reason=f"{GSM8K} missing (tests read ../shared/data)")
+GSM8K = DATA / "gsm8k_test.jsonl"
 
 
 def math_config(tmp_path) -> Path:
@@ -77,14 +76,16 @@ def test_marft_eval_end_to_end_on_20_problems(tmp_path):
     assert json.loads((tmp_path / "e2" / "summary.json").read_text())["checkpoint"] == str(ckpt)
 
 
-def test_eval_errors_are_clear(tmp_path):
-    proc = run_cli("eval", "--checkpoint", str(tmp_path / "nothing"))
+def test_eval_errors_are_clear(tmp_path, capsys):
+    proc = cli_in_process(capsys, "eval", "--checkpoint", str(tmp_path / "nothing"))
     assert proc.returncode == 2 and "give a CONFIG" in proc.stderr
-    proc = run_cli("eval", str(math_config(tmp_path)), "--checkpoint", str(tmp_path), "--limit", "2")
+    proc = cli_in_process(
+        capsys, "eval", str(math_config(tmp_path)), "--checkpoint", str(tmp_path), "--limit", "2"
+    )
     assert (
         proc.returncode == 2 and "not a marft run directory" in proc.stderr and "Traceback" not in proc.stderr
     )
-    proc = run_cli("eval", "demo")
+    proc = cli_in_process(capsys, "eval", "demo")
     assert proc.returncode == 2 and "no problem set" in proc.stderr
 
 

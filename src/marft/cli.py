@@ -175,7 +175,8 @@ and shows the accuracy drop per agent. Writes summary.json and transcripts.jsonl
 prints the same numbers as a table.
 
 Examples:
-  marft eval --checkpoint runs/my-run --split ../shared/data/gsm8k/test.jsonl --samples 4
+  marft eval --checkpoint runs/my-run --split test --samples 4     # the hub dataset's test split
+  marft eval --checkpoint runs/my-run --split path/to/test.jsonl --samples 4
   marft eval math_dual --split test.jsonl --limit 100 --set model.name=PATH    # the base model
 """
 

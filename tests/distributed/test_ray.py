@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-ray = pytest.importorskip("ray")
+ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
 
 from marft.compose import load_config  # noqa: E402
 from marft.config import ConfigError  # noqa: E402

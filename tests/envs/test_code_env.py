@@ -15,10 +15,8 @@ from marft.envs.code.env import assert_lines, load_tasks, shared_sandbox
 from marft.envs.code.sandbox import Job, Status
 from marft.envs.code.tasks import called_function, easy_tasks, task_from_row
 from marft.team import TeamGraph
+from tests.conftest import DATA
 
-ROOT = Path(__file__).resolve().parents[2]
-CODE = ROOT.parent / "shared" / "data" / "code"
-needs_data = pytest.mark.skipif(not CODE.exists(), reason=f"{CODE} missing (tests read ../shared/data)")
 FAST = {"wall_seconds": 3.0, "cpu_seconds": 2}
 
 
@@ -227,13 +225,14 @@ def {name}(*args, **kwargs):  # the reference, with its answer changed
 """
 
 
-@needs_data
 def test_every_reference_solution_passes_and_a_wrong_one_fails():
-    """All 1,138 MBPP and HumanEval tasks. The data README expects mbpp/367 and mbpp/927 to fail
-    (their tests use a class their setup needs first); the env runs the setup after the program,
-    so they pass too."""
-    tasks = [t for f in sorted(CODE.glob("*.jsonl")) for t in load_tasks(str(f), "train", (), False)]
-    assert len(tasks) == 374 + 90 + 500 + 10 + 164
+    """The fixture's 72 MBPP and HumanEval tasks (all 1,138: ``benchmarks/sandbox.py --data``),
+    among them mbpp/367 and mbpp/927, whose tests use a class their setup defines (the env runs the
+    setup after the program), and HumanEval tasks whose ``check`` holds more than asserts."""
+    files = [DATA / "mbpp.jsonl", DATA / "humaneval.jsonl"]
+    tasks = [t for f in files for t in load_tasks(str(f), None, (), False)]
+    assert len(tasks) == 42 + 30
+    assert {"mbpp/367", "mbpp/927", "HumanEval/32"} <= {t.id for t in tasks}
     box = shared_sandbox(make_env("code", {"data": "easy", "easy_count": 1}, team("coder")).cfg.sandbox)
 
     def program(t, code):
@@ -251,7 +250,6 @@ def test_every_reference_solution_passes_and_a_wrong_one_fails():
 
 def test_hugging_face_loading_path_through_a_local_file(mbpp):
     """The hf: code path (datasets.load_dataset) on a local file, as the hub is unreachable here."""
-    pytest.importorskip("datasets")
     env = make_env("code", {"data": "hf:json", "data_files": [str(mbpp)], "split": "train"}, team("coder"))
     local = make_env("code", {"data": str(mbpp)}, team("coder"))
     assert env.problems == local.problems and env.problems[0].entry_point == "add"

@@ -15,11 +15,10 @@ from marft.envs.base import Observation, StepResult, step_all
 from marft.envs.code.env import CodeEnv
 from marft.trainer import train
 from marft.trainer.evaluate import evaluate
-from tests.conftest import write_tiny_config
+from tests.conftest import DATA, write_tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
-MBPP = ROOT.parent / "shared" / "data" / "code" / "mbpp_train.jsonl"
-pytestmark = pytest.mark.skipif(not MBPP.exists(), reason=f"{MBPP} missing (tests read ../shared/data)")
+MBPP = DATA / "mbpp.jsonl"
 SECRET = "MARFT_TEST_SECRET_VALUE_42"
 
 
@@ -59,7 +58,7 @@ class WrapEnv(CodeEnv):
 
 
 def preset_overrides(preset: str) -> list[str]:
-    """A code preset on the tiny model, MBPP from ../shared/data, short outputs, one iteration."""
+    """A code preset on the tiny model, MBPP from the test fixture, short outputs, one iteration."""
     n_agents = {"code_single": 1, "code_dual": 2, "code_trio": 3}[preset]
     return [
         "model.name=tiny",

@@ -1,7 +1,5 @@
 """The math env: data loading, seeded draws, multi-turn feedback, graded agents."""
 
-from pathlib import Path
-
 import pytest
 
 from marft.compose import load_config
@@ -9,9 +7,7 @@ from marft.config import AgentConfig, ConfigError, TeamConfig
 from marft.envs import make_env
 from marft.envs.math.env import arithmetic_problems
 from marft.team import TeamGraph
-
-ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data"
+from tests.conftest import DATA
 
 
 def team(*graded_flags):
@@ -63,12 +59,12 @@ def test_each_graded_agent_rewarded_on_its_own(jsonl):
     assert r.done  # max_attempts 1
 
 
-def test_shared_datasets_load():
-    for path in (DATA / "gsm8k" / "test.jsonl", DATA / "math" / "test500.jsonl"):
-        if not path.exists():
-            pytest.skip(f"{path} missing")
-        env = make_env("math", {"data": str(path), "limit": 50}, team(True))
-        assert len(env.problems) == 50 and all(p and a for p, a in env.problems)
+def test_the_fixture_datasets_load():
+    for path in (DATA / "gsm8k_test.jsonl", DATA / "math_test.jsonl"):
+        env = make_env("math", {"data": str(path), "limit": 25}, team(True))
+        assert len(env.problems) == 25 and all(p and a for p, a in env.problems)
+    gsm = make_env("math", {"data": str(DATA / "gsm8k_test.jsonl")}, team(True))
+    assert gsm.problems[0][1] == "18" and "Janet" in gsm.problems[0][0]
 
 
 def test_bad_data_and_team_are_config_errors(tmp_path, jsonl):
@@ -104,24 +100,22 @@ def test_arithmetic_data_source_builds_an_env():
 
 def test_hugging_face_loading_path_through_a_local_file(jsonl):
     """The hf: code path (datasets.load_dataset) on a local file, as the hub is unreachable here."""
-    pytest.importorskip("datasets")
     env = make_env("math", {"data": "hf:json", "data_files": [str(jsonl)], "split": "train"}, team(True))
     assert env.problems == (("1+1?", "2"), ("half of 1?", "\\frac{1}{2}"))
-    gsm = DATA / "gsm8k" / "test.jsonl"
-    if gsm.exists():  # raw GSM8K-style rows: the number after '####' in the solution
-        env = make_env(
-            "math",
-            {
-                "data": "hf:json",
-                "data_files": [str(gsm)],
-                "answer_key": "solution",
-                "answer_after": "####",
-                "limit": 5,
-            },
-            team(True),
-        )
-        ref = make_env("math", {"data": str(gsm), "limit": 5}, team(True))
-        assert [a for _, a in env.problems] == [a for _, a in ref.problems]
+    gsm = DATA / "gsm8k_test.jsonl"  # raw GSM8K-style rows: the number after '####' in the solution
+    env = make_env(
+        "math",
+        {
+            "data": "hf:json",
+            "data_files": [str(gsm)],
+            "answer_key": "solution",
+            "answer_after": "####",
+            "limit": 5,
+        },
+        team(True),
+    )
+    ref = make_env("math", {"data": str(gsm), "limit": 5}, team(True))
+    assert [a for _, a in env.problems] == [a for _, a in ref.problems]
 
 
 def test_a_routing_team_is_graded_on_the_graded_agents_that_acted(jsonl):

@@ -67,7 +67,10 @@ def test_cli_report_and_bad_input(runs, tmp_path):
     assert proc.returncode == 2 and "no metrics.jsonl" in proc.stderr
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium package is not installed")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None,
+    reason="Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)",
+)
 def test_the_page_renders_in_headless_chromium(runs, tmp_path):
     page = runs[0] / "report.html"
     cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytest.importorskip("wandb")
-pytest.importorskip("mlflow")
-pytest.importorskip("trackio")
+EXTRA = "the trackers extra is not installed: pip install -e '.[trackers]'"
+pytest.importorskip("wandb", reason=EXTRA)
+pytest.importorskip("mlflow", reason=EXTRA)
+pytest.importorskip("trackio", reason=EXTRA)
 
 from marft.reporting.metrics import read_metrics, reproducible  # noqa: E402
 from marft.reporting.trackers import TRANSCRIPT_COLUMNS, tracker_metrics  # noqa: E402

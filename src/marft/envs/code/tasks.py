@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from marft.config import ConfigError
+from marft.envs.hub import humaneval_row, mbpp_row
 
 
 @dataclass(frozen=True)
@@ -123,22 +124,13 @@ def humaneval_task(row: Mapping[str, Any], where: str) -> CodeTask:
     )
 
 
-_HF_MBPP = {
-    "text": "problem",
-    "test_list": "tests",
-    "test_setup_code": "setup",
-    "challenge_test_list": "challenge_tests",
-    "code": "solution",
-    "task_id": "id",
-}
-"""The field names of the Hugging Face ``google-research-datasets/mbpp`` rows, and ours."""
-
-
 def task_from_row(row: Mapping[str, Any], where: str, challenge: bool = False) -> CodeTask:
-    """An MBPP- or HumanEval-style row (local or Hugging Face field names), told apart by its fields."""
-    if {"text", "test_list"} <= row.keys():
-        row = {_HF_MBPP.get(k, k): v for k, v in row.items()}
-        row["id"] = f"mbpp/{row.get('id', where)}"
+    """An MBPP- or HumanEval-style row (marft's field names, or the Hugging Face datasets' own as
+    :mod:`marft.envs.hub` reads them), told apart by its fields."""
+    if {"task_id", "test_list"} <= row.keys():
+        row = mbpp_row(row)
+    elif {"task_id", "canonical_solution"} <= row.keys():
+        row = humaneval_row(row)
     if {"prompt", "entry_point", "test"} <= row.keys():
         return humaneval_task(row, where)
     if {"problem", "tests"} <= row.keys():

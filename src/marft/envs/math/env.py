@@ -1,8 +1,9 @@
 """The math env: a team solves a problem; the graded agents' answers are checked by :func:`grade`.
 
-Problems come from a local JSONL file (``{"problem", "answer"}`` per line, keys configurable) or,
-with ``data: hf:NAME[:CONFIG]``, from a Hugging Face dataset (needs ``pip install datasets``;
-``hf:json`` with ``data_files`` loads local files the same way). Each reset draws a problem with
+Problems come from a Hugging Face dataset, ``data: hf:NAME[:CONFIG]`` (default GSM8K; the
+datasets marft knows, GSM8K, MATH and MATH-500, arrive as ``{"problem", "answer"}`` rows, see
+:mod:`marft.envs.hub`), or from a local JSONL file with one ``{"problem", "answer"}`` object per line
+(keys configurable). Each reset draws a problem with
 the seed it is given, so env copies reset with the same seed (a group) get the same problem.
 
 Multi-turn: after a wrong answer the env shows the attempt and the judge's feedback and the team
@@ -20,7 +21,8 @@ from typing import Literal
 
 from marft.config import ConfigError
 from marft.envs.base import ENVS, Observation, StepResult
-from marft.envs.data import load_hf_rows, read_jsonl
+from marft.envs.data import read_jsonl
+from marft.envs.hub import load_hub_rows
 from marft.envs.math.grading import Verdict, extract_answer, judge, normalize, warn_if_unreliable
 from marft.envs.problems import ProblemEpisodes, missing_graded
 
@@ -29,17 +31,19 @@ from marft.envs.problems import ProblemEpisodes, missing_graded
 class MathConfig:
     """Arguments of :class:`MathEnv` (``env.kwargs``)."""
 
-    data: str = "../shared/data/gsm8k/train.jsonl"
-    """A JSONL file, ``hf:NAME[:CONFIG]`` for a Hugging Face dataset, or ``arithmetic`` for
-    generated one- and two-step word problems (see ``arith_*``)."""
+    data: str = "hf:openai/gsm8k:main"
+    """``hf:NAME[:CONFIG]`` for a Hugging Face dataset (GSM8K by default; MATH is
+    ``hf:DigitalLearningGmbH/MATH-lighteval``), a local JSONL file, or ``arithmetic`` for generated
+    one- and two-step word problems (see ``arith_*``)."""
     arith_count: int = 2000
     """``arithmetic``: how many problems."""
     arith_seed: int = 0
     """``arithmetic``: seed of the generator (use another seed for a held-out set)."""
     arith_max: int = 20
     """``arithmetic``: largest number in a problem."""
-    split: str = "train"
-    """Split of a Hugging Face dataset (ignored for JSONL files)."""
+    split: str | None = None
+    """Split of a Hugging Face dataset; null: the dataset's default (``train``; MATH-500:
+    ``test``). Ignored for JSONL files."""
     data_files: list[str] = field(default_factory=list)
     """``data_files`` for ``hf:json`` / ``hf:csv``."""
     problem_key: str = "problem"
@@ -125,22 +129,10 @@ def arithmetic_problems(count: int, seed: int, max_value: int) -> tuple[tuple[st
     return tuple(out)
 
 
-def _offline_hint(name: str) -> str:
-    """A local alternative to Hugging Face dataset ``name``, for the error message."""
-    short = name.rsplit("/", 1)[-1].lower()
-    local = Path("../shared/data") / short / "train.jsonl"
-    example = str(local) if local.is_file() else "path/to/train.jsonl"
-    return (
-        f"offline, give a local JSONL file instead (one JSON object per line with the problem and its "
-        f"answer): --set env.kwargs.data={example} --set env.kwargs.problem_key=problem "
-        "--set env.kwargs.answer_key=answer --set env.kwargs.answer_after=null"
-    )
-
-
 @lru_cache(maxsize=16)
 def load_problems(
     data: str,
-    split: str,
+    split: str | None,
     data_files: tuple[str, ...],
     problem_key: str,
     answer_key: str,
@@ -151,11 +143,13 @@ def load_problems(
     Raises:
         ConfigError: (key ``env.kwargs.data``) a missing or unreadable file, a line that is not a
             JSON object (with its number), a row without the configured fields, no rows, or a
-            Hugging Face dataset that cannot be loaded (with the offline alternative).
+            Hugging Face dataset that cannot be loaded (one line, with the local alternative).
     """
     hub = data.startswith("hf:")
     rows = (
-        list(enumerate(load_hf_rows(data, split, data_files, _offline_hint), 1)) if hub else read_jsonl(data)
+        load_hub_rows(data, split, data_files, 'one {"problem": ..., "answer": ...} per line; docs/math.md')
+        if hub
+        else read_jsonl(data)
     )
     where = "row" if hub else "line"
     out = []

@@ -28,12 +28,13 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from marft.envs.boxed import last_boxed
+
 MAX_TIMEOUT_S = 2.0
 MAX_ANSWER_CHARS = 400
 STARTUP_TIMEOUT_S = 120.0
 """How long a new worker may take to start and import math-verify before it counts as failed."""
 
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_IS = re.compile(
     r"(?:final answer|the answer|answer)\s*(?:is|:|=)\s*:?\s*(.+?)(?:\s*(?:\.\s|\.?$|\n))", re.IGNORECASE
 )
@@ -81,19 +82,6 @@ _VALUE_WORDS = {
 _THOUSANDS = re.compile(r"^-?\d{1,3}(,\d{3})+(\.\d+)?$")
 
 
-def _last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (balanced braces), or None."""
-    starts = [m.end() for m in _BOXED.finditer(text)]
-    for start in reversed(starts):
-        depth, i = 1, start
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            return text[start : i - 1].strip()
-    return None
-
-
 def extract_answer(response: str) -> str | None:
     """The final answer of a model response.
 
@@ -102,7 +90,7 @@ def extract_answer(response: str) -> str | None:
     """
     if not isinstance(response, str) or not response.strip():
         return None
-    boxed = _last_boxed(response)
+    boxed = last_boxed(response)
     if boxed:
         return boxed
     found = _ANSWER_IS.findall(response)
