@@ -66,8 +66,9 @@ def summarise(run: Path) -> dict:
     return out
 
 
-def run_case(case: str, seed: int, capability: str, folder: Path) -> dict:
+def run_case(case: str, seed: int, capability: str, folder: Path, extra: list[str]) -> dict:
     preset, overrides = CASES[case]
+    overrides = [*overrides, *extra]
     env = dict(os.environ)
     if capability != "default":
         env.update(kernel_env(capability.upper()))
@@ -91,6 +92,7 @@ def run_case(case: str, seed: int, capability: str, folder: Path) -> dict:
         "case": case,
         "seed": seed,
         "capability": capability,
+        "overrides": overrides,
         "wall_s": time.perf_counter() - t0,
         **summarise(run),
     }
@@ -103,6 +105,7 @@ def main() -> None:
     ap.add_argument(
         "--capabilities", nargs="+", choices=["default", "avx2", "avx512"], default=["default", "avx2"]
     )
+    ap.add_argument("--set", action="append", default=[], dest="extra", help="an override for every case")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     rows = []
@@ -110,7 +113,7 @@ def main() -> None:
         for case in args.cases:
             for capability in args.capabilities:
                 for seed in args.seeds:
-                    row = run_case(case, seed, capability, Path(tmp))
+                    row = run_case(case, seed, capability, Path(tmp), args.extra)
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     save_results(args.out, rows)

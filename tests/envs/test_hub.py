@@ -10,7 +10,7 @@ import pytest
 from marft.config import AgentConfig, ConfigError, TeamConfig
 from marft.envs import make_env
 from marft.envs.code.env import load_tasks
-from marft.envs.hub import CATALOGUE, HubSpec, gsm8k_row, humaneval_row, math_row, mbpp_row
+from marft.envs.hub import CATALOGUE, HubSpec, gsm8k_row, humaneval_row, load_hub_rows, math_row, mbpp_row
 from marft.envs.math.env import load_problems
 from marft.team import TeamGraph
 from tests.conftest import DATA
@@ -183,3 +183,27 @@ def test_offline_code_data_and_a_forced_offline_mode_say_the_same(tmp_path, monk
     assert "openai/openai_humaneval (config openai_humaneval, split test)" in str(e.value)
     assert "HF_HUB_OFFLINE is set" in str(e.value) and "MBPP or HumanEval row" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_an_unreachable_hub_asks_datasets_in_offline_mode_so_a_cache_answers_at_once(monkeypatch):
+    """Without a connection, ``datasets`` is asked in offline mode (its cache, no retries); the
+    flags are restored after."""
+    import datasets
+    import datasets.config
+    from huggingface_hub import constants
+
+    seen = []
+
+    def load_dataset(name, config=None, split=None, **kw):
+        seen.append((datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE))
+        return [GSM8K_ROW]
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr("marft.envs.hub.hub_reachable", lambda timeout=3.0: False)
+    rows = load_hub_rows("hf:openai/gsm8k:main", None, (), "rows")
+    assert rows == [(1, gsm8k_row(GSM8K_ROW))] and seen == [(True, True)]
+    assert not datasets.config.HF_HUB_OFFLINE and not constants.HF_HUB_OFFLINE
+    monkeypatch.setattr("marft.envs.hub.hub_reachable", lambda timeout=3.0: True)
+    load_hub_rows("hf:openai/gsm8k:main", None, (), "rows")
+    assert seen[-1] == (False, False)  # reachable: datasets may look for a newer version

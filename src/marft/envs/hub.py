@@ -205,12 +205,15 @@ def _offline() -> Iterator[None]:
     import datasets.config
     from huggingface_hub import constants
 
-    saved = (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE)
-    datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    saved_datasets = datasets.config.HF_HUB_OFFLINE
+    saved_hub = constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = True
+    constants.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
-        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
+        datasets.config.HF_HUB_OFFLINE = saved_datasets
+        constants.HF_HUB_OFFLINE = saved_hub
 
 
 def load_hub_rows(
