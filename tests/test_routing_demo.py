@@ -6,7 +6,7 @@ Thresholds hold on seeds 0, 1 and 2, with torch's CPU kernels at the host's capa
 and pinned to AVX2 (``python benchmarks/learning_seeds.py``, figures in benchmarks/README.md):
 after 120 iterations the learned router's return over the last 10 was 0.656-0.970 (a router that
 never asks one expert stops near 2/3), ``route_invalid`` at most 0.011, the right expert in at
-least 6 of the last 10 transcripts; the uniform router's ... .
+least 6 of the last 10 transcripts; the uniform router's 0.441-0.495, every route's share 0.19-0.41.
 """
 
 import json
