@@ -125,15 +125,7 @@ CATALOGUE: tuple[HubDataset, ...] = (
     HubDataset("HuggingFaceH4/MATH-500", ("default",), ("test",), "test", "MIT", math_row),
     HubDataset(
         "google-research-datasets/mbpp",
-        ("full",),
-        ("train", "test", "validation", "prompt"),
-        "train",
-        "CC-BY-4.0",
-        mbpp_row,
-    ),
-    HubDataset(
-        "google-research-datasets/mbpp",
-        ("sanitized",),
+        ("full", "sanitized"),
         ("train", "test", "validation", "prompt"),
         "train",
         "CC-BY-4.0",
@@ -226,17 +218,12 @@ def load_hub_rows(
     that offers a local file instead.
 
     Raises:
-        ConfigError: (key ``env.kwargs.data``, one line) without the ``datasets`` package; when the
-            hub cannot be reached and the dataset is not cached (with ``--set env.kwargs.data=PATH``
-            to use instead); when the dataset, config or split does not exist; on a row the
-            catalogue cannot convert.
+        ConfigError: (key ``env.kwargs.data``, one line) when the hub cannot be reached and the
+            dataset is not cached (with ``--set env.kwargs.data=PATH`` to use instead); when the
+            dataset, config or split does not exist; on a row the catalogue cannot convert.
     """
-    try:
-        import datasets
-    except ImportError:
-        raise ConfigError(
-            "env.kwargs.data", f"{data!r} needs the datasets package: pip install datasets"
-        ) from None
+    import datasets
+
     spec = HubSpec.parse(data)
     chosen = spec.split(split)
     kw = {"data_files": list(data_files)} if data_files else {}
