@@ -37,10 +37,9 @@ DATA = "hf:google-research-datasets/mbpp:full"
 
 def jobs(data: str, split: str | None, n: int):
     from marft.envs.code.env import load_tasks
-    from marft.envs.code.sandbox import Job
 
     tasks = load_tasks(data, split, (), False)[:n]
-    return [Job(t.solution, t.tests, t.setup) for t in tasks]
+    return [t.id for t in tasks], [t.job(t.solution) for t in tasks]
 
 
 def bare(n: int, python: str) -> float:
@@ -62,7 +61,7 @@ def run_cases(data: str, split: str | None, n: int) -> list[dict]:
 
     from marft.envs.code.sandbox import Limits, Sandbox, Status
 
-    batch = jobs(data, split, n)
+    ids, batch = jobs(data, split, n)
     cores = len(os.sched_getaffinity(0))
     one, many = Sandbox(Limits(), workers=1), Sandbox(Limits(), workers=cores)
     rows = []
@@ -71,7 +70,9 @@ def run_cases(data: str, split: str | None, n: int) -> list[dict]:
     for name, box in (("sandbox-1", one), (f"sandbox-{cores}", many)):
         seconds, results = timed_map(box, batch)
         ok = sum(r.status is Status.PASSED for r in results)
-        rows.append({"case": name, "programs": len(batch), "seconds": seconds, "passed": ok})
+        failed = [[i, r.detail] for i, r in zip(ids, results, strict=True) if r.status is not Status.PASSED]
+        row = {"case": name, "programs": len(batch), "seconds": seconds, "passed": ok, "failed": failed[:20]}
+        rows.append(row)
     ballast = torch.ones(2**29)  # 2 GB resident, as a trainer holds
     seconds, results = timed_map(many, batch)
     rows.append({"case": f"sandbox-{cores}-2GB", "programs": len(batch), "seconds": seconds})

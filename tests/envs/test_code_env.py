@@ -235,15 +235,10 @@ def test_every_reference_solution_passes_and_a_wrong_one_fails():
     assert {"mbpp/367", "mbpp/927", "HumanEval/32"} <= {t.id for t in tasks}
     box = shared_sandbox(make_env("code", {"data": "easy", "easy_count": 1}, team("coder")).cfg.sandbox)
 
-    def program(t, code):
-        return t.preamble + "\n\n" + code if t.preamble else code
-
-    right = box.map([Job(program(t, t.solution), t.tests, t.setup) for t in tasks])
+    right = box.map([t.job(t.solution) for t in tasks])
     failed = [(t.id, r.detail) for t, r in zip(tasks, right, strict=True) if r.status is not Status.PASSED]
     assert failed == []
-    wrong = box.map(
-        [Job(program(t, t.solution + WRONG.format(name=t.entry_point)), t.tests, t.setup) for t in tasks]
-    )
+    wrong = box.map([t.job(t.solution + WRONG.format(name=t.entry_point)) for t in tasks])
     passed = [t.id for t, r in zip(tasks, wrong, strict=True) if r.status is Status.PASSED]
     assert passed == []
 

@@ -207,19 +207,29 @@ def test_segfault_is_killed(box):
     assert r.status is Status.KILLED and "SIGSEGV" in r.detail
 
 
-def test_a_forged_result_line_does_not_count(box):
-    forge = (
-        "import json, os\n"
-        "for fd in range(3, 20):\n"
-        "    try:\n"
-        "        os.write(fd, (json.dumps(['x', 'test', 0, '']) + '\\n').encode())\n"
-        "        os.write(fd, (json.dumps(['x', 'done']) + '\\n').encode())\n"
-        "    except OSError:\n"
-        "        pass\n"
-        "def add(a, b):\n    return 0"
+def test_a_hang_or_crash_in_the_programs_process_mid_tests_keeps_the_tests_before_it(box):
+    """The program's process, not the checker, spins (CPU limit) or dies during test 2."""
+    spin = ADD.replace("return a + b", "while a == 2:\n        pass\n    return a + b")
+    r = box.run(Job(spin, ("assert add(1, 2) == 3", "assert add(2, 2) == 4", "assert add(0, 0) == 0")))
+    assert r.status is Status.TIMEOUT and "of CPU" in r.detail
+    assert r.failures[0] == "" and r.failures[1].endswith("killed by SIGXCPU") and r.failures[2] == "not run"
+    crash = ADD.replace(
+        "return a + b", "if a == 2:\n        import ctypes\n        ctypes.string_at(0)\n    return a + b"
     )
-    r = box.run(Job(forge, ("assert add(1, 2) == 3",)))
-    assert r.status is Status.FAILED and r.failures[0].startswith("AssertionError")
+    r = box.run(Job(crash, ("assert add(1, 2) == 3", "assert add(2, 2) == 4")))
+    assert r.status is Status.KILLED and "SIGSEGV" in r.detail
+    assert r.failures == ("", "ProgramGone: killed by SIGSEGV")
+
+
+def test_team_tests_run_in_the_programs_process_and_never_decide_the_verdict(box):
+    r = box.run(
+        Job(ADD, ("assert add(1, 2) == 3",), team_tests=("assert add(2, 2) == 5", "assert add(1, 1) == 2"))
+    )
+    assert r.status is Status.PASSED and r.failures == ("",)
+    assert r.team_failures == ("AssertionError; got 4", "")
+    # a team test sees the program's namespace, as the program's own code would
+    leaky = box.run(Job("x = 41\n" + ADD, ("assert add(1, 2) == 3",), team_tests=("assert x == 41",)))
+    assert leaky.team_failures == ("",)
 
 
 def test_map_runs_in_parallel_in_order_and_never_raises(box):

@@ -28,7 +28,7 @@ from typing import Literal
 from marft.config import ConfigError
 from marft.envs.base import ENVS, Observation, StepResult
 from marft.envs.code.extract import extract_code
-from marft.envs.code.sandbox import ExecResult, Job, Limits, Sandbox, Status
+from marft.envs.code.sandbox import ExecResult, Limits, Sandbox, Status
 from marft.envs.code.tasks import CodeTask, easy_tasks, task_from_row
 from marft.envs.data import read_jsonl
 from marft.envs.hub import load_hub_rows
@@ -230,13 +230,7 @@ class CodeEnv(ProblemEpisodes):
             self._counts["no_code"] += 1
             return None
         task = self.task
-        result = self.sandbox.run(
-            Job(
-                task.preamble + "\n\n" + code if task.preamble else code,
-                task.tests + tuple(extra),
-                task.setup,
-            )
-        )
+        result = self.sandbox.run(task.job(code, tuple(extra)))
         self._counts["runs"] += 1
         self._counts[result.status.value] += 1
         self._seconds += result.seconds
@@ -255,7 +249,7 @@ class CodeEnv(ProblemEpisodes):
             else []
         )
         result = self.run_code(code, extra)
-        passed = result.failures[:n].count("") if result is not None else 0
+        passed = result.failures.count("") if result is not None else 0
         solved = passed == n
         self.attempt += 1
         done = solved or self.attempt >= self.cfg.max_attempts
@@ -281,18 +275,18 @@ class CodeEnv(ProblemEpisodes):
             return f"Your team's answer had no complete Python function `{name}`. Write it in one ```python block."
         n = len(self.task.tests)
         if result.status is Status.FAILED:
-            lines = [f"It failed: {result.failures[:n].count('')} of {n} tests passed."]
+            lines = [f"It failed: {result.failures.count('')} of {n} tests passed."]
         else:
             lines = [f"It failed: {result.detail}."]
         shown = set(self._shown())
         hidden = 0
-        for i, failure in enumerate(result.failures[:n]):
+        for i, failure in enumerate(result.failures):
             if failure and i in shown:
                 lines.append(f"`{self.task.tests[i]}` -> {failure}")
             hidden += bool(failure) and i not in shown
         if hidden:
             lines.append(f"{hidden} hidden test(s) failed.")
-        for test, failure in zip(extra, result.failures[n:], strict=False):
+        for test, failure in zip(extra, result.team_failures, strict=False):
             lines.append(f"Tester's check `{test}`: {failure or 'passed'}")
         summary = "\n".join(lines)
         if len(summary) > self.cfg.feedback_chars:

@@ -31,7 +31,7 @@ _WHAT_IS_MISSING = {
     "none": (
         "no namespaces: the program can use the network, see other processes and their "
         "environments, and write wherever user {uid} can; the process-count limit counts all of "
-        "that user's processes"
+        "that user's processes (it is raised to processes x workers)"
     ),
 }
 
@@ -63,7 +63,7 @@ def wrapper(isolation: Isolation, workdir_mb: int = 64) -> list[str]:
 
 def spawn(argv: list[str], uid: int | None, result_fds: tuple[int, ...], cwd: str) -> subprocess.Popen:
     """Start ``argv`` as ``uid`` in ``cwd`` with an empty environment, in a process group of its
-    own, with pipes on its standard streams and ``result_fds`` left open in it."""
+    own, with its input empty, pipes on its output and ``result_fds`` left open in it."""
     change_user: dict = {}
     if uid is not None:
         setpriv = shutil.which("setpriv", path=PATH)
@@ -75,7 +75,7 @@ def spawn(argv: list[str], uid: int | None, result_fds: tuple[int, ...], cwd: st
             change_user = {"user": uid, "group": uid, "extra_groups": []}
     return subprocess.Popen(
         argv,
-        stdin=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         pass_fds=result_fds,

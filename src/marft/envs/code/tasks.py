@@ -10,7 +10,9 @@ nothing) and which of them may be shown.
   docstring) is shown and prepended to the program, so its imports and helpers exist. The tests
   are ``check(candidate)``'s asserts, one test each, so that a reward can be a fraction; the 7 of
   164 whose ``check`` holds more than asserts run as one test. None is shown (the docstring's
-  examples are the visible tests).
+  examples are the visible tests). The prompt and the test code also run in the sandbox's checker
+  (``checker``), so a helper the tests use (``encode_cyclic``, ``poly``) is the task's own, not one
+  the program redefined.
 * **easy** (:func:`easy_tasks`): seeded one-line functions ("return the sum of the even numbers in
   xs") with generated tests, so that a tiny model on a CPU can show learning.
 """
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from marft.config import ConfigError
+from marft.envs.code.sandbox import Job
 from marft.envs.hub import humaneval_row, mbpp_row
 
 
@@ -38,8 +41,11 @@ class CodeTask:
         entry_point: the function the program must define.
         tests: statements run after the program; each passes when it raises nothing.
         visible: indices of the tests that may be shown in the prompt and in feedback.
-        setup: code run after the program and before the tests.
+        setup: code run in the program's process after the program, before the tests (it may
+            build inputs with the program's classes; the program can read it).
         preamble: code put before the model's program (HumanEval's prompt: imports, helpers).
+        checker: code the sandbox's checker runs before the tests (HumanEval's prompt and ``check``):
+            definitions the tests use, out of the program's reach.
         solution: a reference solution, when the dataset has one.
     """
 
@@ -50,7 +56,19 @@ class CodeTask:
     visible: tuple[int, ...] = ()
     setup: str = ""
     preamble: str = ""
+    checker: str = ""
     solution: str = ""
+
+    def job(self, code: str, team_tests: tuple[str, ...] = ()) -> Job:
+        """The sandbox job that runs ``code`` (a program for this task) on its tests."""
+        return Job(
+            self.preamble + "\n\n" + code if self.preamble else code,
+            self.tests,
+            setup=self.setup,
+            entry_point=self.entry_point,
+            checker=self.checker,
+            team_tests=team_tests,
+        )
 
 
 def called_function(tests: list[str], solution: str = "") -> str | None:
@@ -112,14 +130,13 @@ def humaneval_task(row: Mapping[str, Any], where: str) -> CodeTask:
     """A task from a HumanEval-style row (``prompt``, ``entry_point``, ``test``)."""
     prompt, entry, test = str(row["prompt"]), str(row["entry_point"]), str(row["test"])
     asserts = _check_asserts(test)
-    setup = f"{test}\ncandidate = {entry}" if asserts else test
     return CodeTask(
         id=str(row.get("id", where)),
         problem=f"Complete this Python function:\n```python\n{prompt.rstrip()}\n```",
         entry_point=entry,
-        tests=tuple(asserts) if asserts else (f"check({entry})",),
-        setup=setup,
+        tests=tuple(asserts) if asserts else ("check(candidate)",),
         preamble=prompt,
+        checker=f"{prompt}\n{test}",
         solution=str(row.get("solution") or ""),
     )
 
