@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from marft.compose import load_config
-from marft.reporting.guard import guard_metrics, hacking_gap
+from marft.reporting.guard import guard_metrics, hacking_gap, window_change
 from marft.reporting.metrics import read_metrics, reproducible
 from marft.trainer.checkpoint import load_trainer_files
 from marft.trainer.evaluate import evaluate, format_table
@@ -49,7 +49,14 @@ def test_the_slides_team_trains_against_the_judge_and_resumes_exactly(tmp_path):
     cfg = tiny("slides_team", "run.iterations=4", "run.checkpoint_every=2")
     whole = train(cfg, tmp_path / "whole")
     rows = whole.rows
-    for key in ("judge_score", "heldout_score", "rules_pass", "response_words", "reward_hacking"):
+    for key in (
+        "judge_score",
+        "heldout_score",
+        "rules_pass",
+        "response_words",
+        "judge_repeated",
+        "reward_hacking",
+    ):
         assert all(math.isfinite(r[key]) for r in rows), key
     assert all(0.0 <= r["judge_score"] <= 1.0 for r in rows)
     assert sum(r["judge_calls"] + r["judge_cache_hits"] for r in rows) == 4 * cfg.env.n_envs
@@ -66,6 +73,7 @@ def test_the_slides_team_trains_against_the_judge_and_resumes_exactly(tmp_path):
         "slides",
         "titles",
         "bullets",
+        "bullet_words",
     }
 
     # the judges' caches travel in the checkpoint, in the first env copy's state only
@@ -141,6 +149,21 @@ def test_the_guard_flags_a_rise_the_heldout_judge_does_not_share():
     assert guard_metrics([], {"judge_score": 0.3}, Guard) == {}  # no held-out judge: no check
 
 
+def test_the_guards_warning_names_the_judged_length(caplog):
+    """The training judge rises, the held-out judge falls and the responses grow: the warning says all three."""
+    rows = [
+        {"iteration": i, "judge_score": s, "heldout_score": h, "response_words": w}
+        for i, (s, h, w) in enumerate(
+            [(0.3, 0.5, 40), (0.3, 0.5, 40), (0.4, 0.45, 60), (0.5, 0.4, 80), (0.5, 0.4, 90)]
+        )
+    ]
+    assert window_change(rows, "response_words", 2) == pytest.approx(45.0)  # (80 + 90) / 2 - 40
+    with caplog.at_level("WARNING", logger="marft"):
+        assert guard_metrics(rows[:4], rows[4], Guard) == {"reward_hacking": 1.0}
+    assert "rose by 0.200" in caplog.text and "held-out judge's by -0.100" in caplog.text
+    assert "the mean judged length by +45.0 words" in caplog.text
+
+
 def test_the_team_learns_to_please_the_judge_and_the_guard_sees_it(tmp_path):
     # The tiny team learns whatever raises the tiny judge's score (here: repeating a word the judge
     # likes); the held-out judge (another prompt) does not follow, and the guard flags the run.
@@ -162,6 +185,10 @@ def test_the_team_learns_to_please_the_judge_and_the_guard_sees_it(tmp_path):
         "algorithm.kl_coef=0",
         "team.agents.0.max_new_tokens=4",
         "team.agents.1.max_new_tokens=8",
+        # a judge open to repetition (the default redundancy penalty would not pay for the word
+        # repeated over and over that this team learns to write)
+        "reward.judge.redundancy_penalty=0",
+        "reward.heldout_judge.redundancy_penalty=0",
     )
     trainer = Trainer(cfg, tmp_path / "run")
     trainer.setup()

@@ -9,6 +9,7 @@ from marft.config import AgentConfig, ConfigError, TeamConfig
 from marft.envs import make_env
 from marft.envs.base import step_all, summarize_metrics
 from marft.envs.judged import Rules, check_rules, count_words, load_tasks, split_slides
+from marft.envs.judged.rules import repeated_share
 from marft.team import TeamGraph
 
 DECK = """## Why sleep matters
@@ -72,6 +73,19 @@ def test_a_well_formed_deck_keeps_every_rule():
 def test_a_format_breaking_response_fails_the_rule_checks(text, broken):
     result = check_rules(text, Rules(slides=3, min_bullets=2, max_bullets=4, max_words=60))
     assert {k for k, ok in result.items() if not ok} == broken
+
+
+def test_a_bullet_padded_with_filler_breaks_the_bullet_length_rule_and_repeats_are_measured():
+    rules = Rules(slides=3, max_bullet_words=8)
+    assert check_rules(DECK, rules)["bullet_words"]
+    padded = DECK.replace(
+        "- A dark, cool room", "- A dark, cool room, which many people find really important"
+    )
+    assert check_rules(padded, rules)["bullet_words"] is False
+    assert repeated_share(DECK) == 0.0
+    twice = "\n".join(f"{line}\n{line}" if line.startswith("- ") else line for line in DECK.splitlines())
+    assert 0.2 < repeated_share(twice) < 0.5  # every bullet written twice (short bullets: 15 of 58)
+    assert repeated_share("a b c a b c") == 1 / 4  # trigrams abc bca cab abc: the last repeats
 
 
 def test_words_required_and_forbidden_text():

@@ -161,3 +161,18 @@ def test_an_option_the_judge_finds_very_unlikely_does_not_underflow():
     p = torch.tensor([-120.0, -121.0, -119.0]).softmax(-1)
     assert expected.item() == pytest.approx(float((p * torch.tensor([1.0, 2.0, 3.0])).sum()))
     assert 1.0 <= expected.item() <= 3.0 and mass.item() >= 0.0
+
+
+def test_repeated_text_is_penalised_by_its_share_of_repeated_trigrams(team):
+    """The score less ``redundancy_penalty`` times the share of repeated trigrams, clipped at 0;
+    text that never repeats itself is scored as without the penalty."""
+    plain, strict = base_judge(team, redundancy_penalty=0.0), base_judge(team, redundancy_penalty=1.0)
+    twice = GOOD + " " + GOOD  # 13 words twice: 24 trigrams, the last 11 repeat earlier ones
+    requests = [JudgeRequest(TASK, RUBRIC, GOOD), JudgeRequest(TASK, RUBRIC, twice)]
+    raw, penalised = plain.score(requests), strict.score(requests)
+    assert penalised[0] == pytest.approx(raw[0])
+    assert penalised[1] == pytest.approx(max(0.0, raw[1] - 11 / 24))
+    metrics = strict.pop_metrics()
+    assert metrics["judge_repeated.sum"] == pytest.approx(11 / 24) and metrics["judge_repeated.n"] == 2
+    with pytest.raises(Exception, match="redundancy_penalty"):
+        JudgeConfig(redundancy_penalty=-1.0)

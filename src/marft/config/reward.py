@@ -61,6 +61,11 @@ class JudgeConfig:
     """Prompts per judge forward."""
     max_response_tokens: int = 512
     """Longer responses are cut to this many tokens before judging (the cut is counted)."""
+    redundancy_penalty: float = 1.0
+    """Subtracted from the score (in [0, 1], clipped at 0) times the share of the response's word
+    trigrams that repeat an earlier one (:func:`marft.envs.judged.rules.repeated_share`): padding
+    with a recurring phrase or repeating bullets lowers the score instead of raising it (small
+    judges reward length). 0: the judge's score alone."""
     cache_size: int = 20_000
     """Judge scores kept by content hash (a repeated prompt costs no forward). The cache is saved in
     checkpoints (about 40 bytes a score) and, under Ray, sent with each rollout worker's state every
@@ -71,6 +76,7 @@ class JudgeConfig:
         _check(self.batch_size >= 1, "batch_size", "must be a positive integer")
         _check(self.max_response_tokens >= 1, "max_response_tokens", "must be a positive integer")
         _check(self.cache_size >= 0, "cache_size", "must be >= 0 (0: no cache)")
+        _check(self.redundancy_penalty >= 0, "redundancy_penalty", "must be >= 0 (0: off)")
         allowed = {"task", "rubric", "response", "max_score"}
         used = _fields(self.template)
         _check(

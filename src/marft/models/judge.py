@@ -32,6 +32,7 @@ from torch import Tensor
 
 from marft.config import JudgeConfig
 from marft.envs.judged.env import JudgeRequest
+from marft.envs.judged.rules import repeated_share
 from marft.models.team_model import position_ids_from_mask
 
 
@@ -128,7 +129,8 @@ class Judge:
     def _zero(self) -> dict[str, float]:
         p = self.prefix
         keys = (f"{p}_calls", f"{p}_cache_hits", f"time_{p}_s", f"{p}_cut")
-        return dict.fromkeys((*keys, f"{p}_option_mass.sum", f"{p}_option_mass.n"), 0.0)
+        means = (f"{p}_option_mass.sum", f"{p}_option_mass.n", f"{p}_repeated.sum", f"{p}_repeated.n")
+        return dict.fromkeys((*keys, *means), 0.0)
 
     def state_dict(self) -> dict:
         """The score cache (a resumed run then scores, batches and counts exactly as before)."""
@@ -145,8 +147,9 @@ class Judge:
     def pop_metrics(self) -> dict[str, float]:
         """Since the last call (names start with the prefix): prompts forwarded (``judge_calls``),
         prompts answered from the cache, seconds spent (``time_judge_s``), responses cut to
-        ``max_response_tokens``, and the mean probability the judge put on the score tokens
-        (``judge_option_mass.sum`` / ``.n``)."""
+        ``max_response_tokens``, the mean probability the judge put on the score tokens
+        (``judge_option_mass.sum`` / ``.n``) and the mean share of repeated trigrams of the responses
+        (``judge_repeated``)."""
         out, self._counters = self._counters, self._zero()
         return out
 
@@ -154,7 +157,8 @@ class Judge:
 
     def score(self, requests: Sequence[JudgeRequest]) -> list[float]:
         """Scores in [0, 1]: pointwise ``(E[score] - 1) / (max_score - 1)``; with a ``reference``,
-        the probability that the response is the better one (mean of both orders)."""
+        the probability that the response is the better one (mean of both orders); then less
+        ``redundancy_penalty`` times the response's share of repeated trigrams, clipped at 0."""
         prompts: list[str] = []
         for r in requests:
             response = self._cut(r.response)
@@ -173,7 +177,11 @@ class Judge:
             else:  # P(response wins) as A, and as B (1 - P(A wins) when it is B)
                 first, second = next(values), next(values)
                 out.append(0.5 * (first + (1.0 - second)))
-        return out
+        repeated = [repeated_share(r.response) for r in requests]
+        self._counters[f"{self.prefix}_repeated.sum"] += sum(repeated)
+        self._counters[f"{self.prefix}_repeated.n"] += len(repeated)
+        penalty = self.cfg.redundancy_penalty
+        return [max(0.0, s - penalty * share) for s, share in zip(out, repeated, strict=True)]
 
     def _pointwise(self, task: str, rubric: str, response: str) -> str:
         return self.cfg.template.format(

@@ -10,7 +10,7 @@ from typing import Any
 
 log = logging.getLogger("marft")
 
-SCORE, HELDOUT = "judge_score", "heldout_score"
+SCORE, HELDOUT, WORDS = "judge_score", "heldout_score", "response_words"
 
 
 def hacking_gap(
@@ -39,18 +39,31 @@ def hacking_gap(
     return (gain, held) if gain >= min_gain and held < heldout_share * gain else None
 
 
+def window_change(rows: Sequence[Mapping[str, Any]], key: str, window: int) -> float | None:
+    """Mean of ``key`` over the last ``window`` rows that have it minus the mean over the first
+    ``window`` (None with fewer than ``2 * window`` such rows)."""
+    values = [float(r[key]) for r in rows if r.get(key) is not None and math.isfinite(r[key])]
+    if len(values) < 2 * window:
+        return None
+    return sum(values[-window:]) / window - sum(values[:window]) / window
+
+
 def guard_metrics(rows: Sequence[Mapping[str, Any]], row: Mapping[str, Any], guard) -> dict[str, float]:
     """``{"reward_hacking": 0 or 1}`` for a new metrics ``row`` after ``rows`` (empty when the run
     has no held-out judge); warns when the flag goes up."""
     if HELDOUT not in row:
         return {}
-    gap = hacking_gap([*rows, row], guard.window, guard.min_gain, guard.heldout_share)
+    every = [*rows, row]
+    gap = hacking_gap(every, guard.window, guard.min_gain, guard.heldout_share)
     was = bool(rows) and rows[-1].get("reward_hacking") == 1.0
     if gap is not None and not was:
+        words = window_change(every, WORDS, guard.window)
+        length = f", the mean judged length by {words:+.1f} words" if words is not None else ""
         log.warning(
             "possible reward hacking at iteration %s: the judge's score rose by %.3f over the run, the "
-            "held-out judge's by %.3f; read the transcripts (reward.guard, docs/judged.md)",
+            "held-out judge's by %.3f%s; read the transcripts (reward.guard, docs/judged.md)",
             row.get("iteration"),
             *gap,
+            length,
         )
     return {"reward_hacking": float(gap is not None)}

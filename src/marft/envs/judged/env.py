@@ -122,6 +122,23 @@ class JudgedConfig:
         return None
 
 
+def length_excess(words: int, target: int | None) -> float:
+    """Relative length beyond ``target`` words: ``max(0, words / target - 1)`` (0 without a target)."""
+    return max(0.0, words / target - 1.0) if target else 0.0
+
+
+def judged_reward(
+    cfg: JudgedConfig, score: float, rules: Mapping[str, bool], words: int, target: int | None
+) -> float:
+    """The reward of one response (the module docstring's formula): ``score`` is the judge's, in
+    [0, 1]; ``rules`` each rule's outcome; ``target`` the length beyond which the penalty runs."""
+    judged = 0.0 if (cfg.rules_gate and not all(rules.values())) else score
+    reward = cfg.judge_weight * judged - cfg.length_penalty * length_excess(words, target)
+    if rules:
+        reward += cfg.rules_weight * sum(rules.values()) / len(rules)
+    return reward
+
+
 @dataclass
 class _Pending:
     """A copy's step between its rule checks and its judge score."""
@@ -224,13 +241,8 @@ class JudgedEnv(ProblemEpisodes):
     def _finish(self, p: _Pending, score: float, heldout: float | None) -> StepResult:
         cfg, task = self.cfg, self.task
         kept = all(p.rules.values())
-        rules_share = sum(p.rules.values()) / len(p.rules) if p.rules else None
         target = cfg.length_target or task.rules.max_words
-        excess = max(0.0, p.words / target - 1.0) if target else 0.0
-        judged = 0.0 if (cfg.rules_gate and not kept) else score
-        reward = cfg.judge_weight * judged - cfg.length_penalty * excess
-        if rules_share is not None:
-            reward += cfg.rules_weight * rules_share
+        reward = judged_reward(cfg, score, p.rules, p.words, target)
         metrics = {"judge_score": score, "rules_pass": float(kept), "response_words": float(p.words)}
         if heldout is not None:
             metrics["heldout_score"] = heldout
@@ -240,7 +252,7 @@ class JudgedEnv(ProblemEpisodes):
             "task_index": self.index,
             "judged_role": p.role,
             "rules": p.rules,
-            "length_excess": excess,
+            "length_excess": length_excess(p.words, target),
             "metrics": metrics,
         }
         return StepResult(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 _HEADING = re.compile(r"^\s{0,3}#{1,3}(?:\s+(.*))?$")
 _BULLET = re.compile(r"^\s*[-*+]\s+\S")
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 
 
 @dataclass
@@ -41,11 +42,13 @@ class Rules:
     """Every slide has at least this many bullets."""
     max_bullets: int | None = None
     """Every slide has at most this many bullets."""
+    max_bullet_words: int | None = None
+    """No bullet is longer than this many words (a deck padded with filler clauses breaks it)."""
 
     def __post_init__(self) -> None:
         from marft.config import ConfigError
 
-        for name in ("min_words", "max_words", "slides", "min_bullets", "max_bullets"):
+        for name in ("min_words", "max_words", "slides", "min_bullets", "max_bullets", "max_bullet_words"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ConfigError(name, f"must be a non-negative integer or null, got {value!r}")
@@ -71,6 +74,21 @@ def count_words(text: str) -> int:
     return sum(1 for w in text.split() if re.search(r"\w", w))
 
 
+def repeated_share(text: str, n: int = 3) -> float:
+    """Share of the word ``n``-grams of ``text`` (lower-cased words, punctuation and Markdown marks
+    ignored) that already occurred earlier in it: 0 for text that never repeats itself, near 0.5
+    for a text written twice. Padding with a recurring phrase or repeating every bullet raises it; a
+    deck that makes each point once stays near 0.
+
+    Example:
+        >>> round(repeated_share("The sky is blue. The sky is blue."), 3)  # 2 of 6 trigrams
+        0.333
+    """
+    words = _WORD.findall(text.lower())
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
+
+
 def split_slides(text: str) -> list[tuple[str, list[str]]]:
     """``(title, bullet lines)`` of each slide: a heading starts a slide; text before the first
     heading belongs to no slide."""
@@ -88,7 +106,8 @@ def check_rules(text: str, rules: Rules) -> dict[str, bool]:
     """Each rule that is set, and whether ``text`` keeps it (an empty dict: no rules).
 
     Keys: ``min_words``, ``max_words``, ``required``, ``forbidden``, ``slides``, ``titles``,
-    ``bullets`` (every slide within the bullet bounds).
+    ``bullets`` (every slide within the bullet bounds), ``bullet_words`` (no bullet over
+    ``max_bullet_words``).
     """
     out: dict[str, bool] = {}
     words = count_words(text)
@@ -103,7 +122,11 @@ def check_rules(text: str, rules: Rules) -> dict[str, bool]:
         out["forbidden"] = not any(f.lower() in lower for f in rules.forbidden)
     deck = (
         split_slides(text)
-        if rules.slides is not None or rules.titles or rules.min_bullets or rules.max_bullets
+        if rules.slides is not None
+        or rules.titles
+        or rules.min_bullets
+        or rules.max_bullets
+        or rules.max_bullet_words is not None
         else []
     )
     if rules.slides is not None:
@@ -113,4 +136,9 @@ def check_rules(text: str, rules: Rules) -> dict[str, bool]:
     if rules.min_bullets is not None or rules.max_bullets is not None:
         lo, hi = rules.min_bullets or 0, rules.max_bullets if rules.max_bullets is not None else 10**9
         out["bullets"] = bool(deck) and all(lo <= len(bullets) <= hi for _, bullets in deck)
+    if rules.max_bullet_words is not None:
+        cap = rules.max_bullet_words
+        out["bullet_words"] = bool(deck) and all(
+            count_words(b) <= cap for _, bullets in deck for b in bullets
+        )
     return out
