@@ -165,8 +165,9 @@ def test_the_guards_warning_names_the_judged_length(caplog):
 
 
 def test_the_team_learns_to_please_the_judge_and_the_guard_sees_it(tmp_path):
-    # The tiny team learns whatever raises the tiny judge's score (here: repeating a word the judge
-    # likes); the held-out judge (another prompt) does not follow, and the guard flags the run.
+    # The tiny team learns whatever raises the tiny judge's score (words the judge likes; the
+    # redundancy penalty takes away only the repeated ones); the held-out judge (another prompt)
+    # does not follow, and the guard flags the run.
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(
         "".join(
@@ -185,10 +186,6 @@ def test_the_team_learns_to_please_the_judge_and_the_guard_sees_it(tmp_path):
         "algorithm.kl_coef=0",
         "team.agents.0.max_new_tokens=4",
         "team.agents.1.max_new_tokens=8",
-        # a judge open to repetition (the default redundancy penalty would not pay for the word
-        # repeated over and over that this team learns to write)
-        "reward.judge.redundancy_penalty=0",
-        "reward.heldout_judge.redundancy_penalty=0",
     )
     trainer = Trainer(cfg, tmp_path / "run")
     trainer.setup()
