@@ -12,50 +12,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
 from fresh import save_results
-
-from marft.compose import load_config
 from marft.trainer import Trainer
 
-TINY = [
-    "model.name=tiny",
-    "model.tiny.initializer_range=0.2",
-    "run.progress=false",
-    "run.loggers=[]",
-    "run.report=false",
-    "sampling.max_new_tokens=12",
-    "algorithm.micro_batch_tokens=0",
-    "env.kwargs.rules_weight=0",
-    "env.n_envs=32",
-    "run.iterations=20",
-    "lora.modules_to_save=[lm_head]",
-    "algorithm.policy_lr=0.01",
-    "algorithm.kl_coef=0",
-    "team.agents.0.max_new_tokens=4",
-    "team.agents.1.max_new_tokens=8",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.fixtures.judge_hacking import hacking_config  # noqa: E402
 
 
 def run(penalty: float, seed: int, folder: Path) -> dict:
-    tasks = folder / "tasks.jsonl"
-    tasks.write_text(
-        "".join(
-            json.dumps({"prompt": f"write one line about the {c} sky", "rubric": "names the colour"}) + "\n"
-            for c in ("red", "blue", "grey", "green")
-        )
-    )
-    cfg = load_config(
-        "slides_team",
-        [
-            *TINY,
-            f"env.kwargs.data={tasks}",
-            f"reward.judge.redundancy_penalty={penalty}",
-            f"reward.heldout_judge.redundancy_penalty={penalty}",
-            f"run.seed={seed}",
-        ],
+    cfg = hacking_config(
+        folder,
+        f"reward.judge.redundancy_penalty={penalty}",
+        f"reward.heldout_judge.redundancy_penalty={penalty}",
+        f"run.seed={seed}",
     )
     trainer = Trainer(cfg, folder / "run")
     trainer.setup()

@@ -17,6 +17,7 @@ from marft.trainer.checkpoint import load_trainer_files
 from marft.trainer.evaluate import evaluate, format_table
 from marft.trainer.judged import length_controlled_gain
 from marft.trainer.trainer import Trainer
+from tests.fixtures.judge_hacking import hacking_config
 
 TINY = [
     "model.name=tiny",
@@ -168,25 +169,7 @@ def test_the_team_learns_to_please_the_judge_and_the_guard_sees_it(tmp_path):
     # The tiny team learns whatever raises the tiny judge's score (words the judge likes; the
     # redundancy penalty takes away only the repeated ones); the held-out judge (another prompt)
     # does not follow, and the guard flags the run.
-    tasks = tmp_path / "tasks.jsonl"
-    tasks.write_text(
-        "".join(
-            json.dumps({"prompt": f"write one line about the {c} sky", "rubric": "names the colour"}) + "\n"
-            for c in ("red", "blue", "grey", "green")
-        )
-    )
-    cfg = tiny(
-        "slides_team",
-        f"env.kwargs.data={tasks}",
-        "env.kwargs.rules_weight=0",
-        "env.n_envs=32",
-        "run.iterations=20",
-        "lora.modules_to_save=[lm_head]",
-        "algorithm.policy_lr=0.01",
-        "algorithm.kl_coef=0",
-        "team.agents.0.max_new_tokens=4",
-        "team.agents.1.max_new_tokens=8",
-    )
+    cfg = hacking_config(tmp_path)
     trainer = Trainer(cfg, tmp_path / "run")
     trainer.setup()
     frozen = {n: p.detach().clone() for n, p in trainer.model.base_parameters()}
