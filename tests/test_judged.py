@@ -17,17 +17,7 @@ from marft.trainer.checkpoint import load_trainer_files
 from marft.trainer.evaluate import evaluate, format_table
 from marft.trainer.judged import length_controlled_gain
 from marft.trainer.trainer import Trainer
-from tests.fixtures.judge_hacking import hacking_config
-
-TINY = [
-    "model.name=tiny",
-    "model.tiny.initializer_range=0.2",
-    "run.progress=false",
-    "run.loggers=[]",
-    "run.report=false",
-    "sampling.max_new_tokens=12",
-    "algorithm.micro_batch_tokens=0",
-]
+from tests.fixtures.judge_hacking import TINY, hacking_config
 
 
 def tiny(preset, *overrides):
