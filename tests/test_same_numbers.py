@@ -9,10 +9,15 @@ iterations by at most 5e-5.
 
 Each case runs in a subprocess whose CPU kernels are pinned to the fixture's capability (AVX2:
 ``ATEN_CPU_CAPABILITY``, ``MKL_ENABLE_INSTRUCTIONS``, ``ONEDNN_MAX_CPU_ISA``), so an AVX-512 host
-computes what the AVX2 recording host computed (unpinned, float32 rows differed there by 1.4e-6
-relative). Rows must match to 1e-6 relative (timings aside). Adapter and value-head tensors must
-be bit-identical with the fixture's torch; with another torch their sums must match to 1e-5
-relative.
+uses the instructions of the AVX2 recording host (unpinned, float32 rows differed there by 1.4e-6
+relative). The pin does not make hosts bit-identical: MKL and oneDNN still choose kernels by CPU
+model. On an Intel Xeon (2026-12-06) rows differed from this fixture (recorded on an AVX2 host)
+by up to 3.3e-5 relative (a ``policy_loss`` in the third iteration of ``tppo_horizon_cuts``) and
+adapter sums by up to 1.5e-4 relative (a small sum; 1.9e-4 absolute on one of 6.6), while an AMD
+EPYC (AVX-512, pinned) matched it bit for bit. So rows must match to 2e-4 relative and tensor sums
+to 2e-3 relative (6x and 13x those deviations; a change of what is computed moves them by far
+more), and tensors must be bit-identical only on the recording host's CPU model with the fixture's
+torch.
 """
 
 import json
@@ -25,14 +30,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.fixtures.record_same_numbers import kernel_env
+from tests.fixtures.record_same_numbers import cpu_model, kernel_env
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = json.loads((ROOT / "tests" / "fixtures" / "same_numbers.json").read_text())
-SAME_TORCH = FIXTURE["torch"] == torch.__version__
+SAME_HOST = FIXTURE["torch"] == torch.__version__ and FIXTURE.get("cpu") == cpu_model() != ""
+ROW_REL, SUM_REL = 2e-4, 2e-3
 
 
-def close(a, b, rel=1e-6, abs_=1e-9) -> bool:
+def close(a, b, rel=ROW_REL, abs_=1e-9) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
@@ -70,7 +76,7 @@ def test_fixed_seeds_give_the_recorded_numbers(case, recorded_again):
     tensors = got_case["tensors"]
     assert set(tensors) == set(expected["tensors"])
     for name, want in expected["tensors"].items():
-        if SAME_TORCH:
+        if SAME_HOST:
             assert tensors[name]["sha256"] == want["sha256"], f"{name} is not bit-identical"
         else:
-            assert close(tensors[name]["sum"], want["sum"], rel=1e-5, abs_=1e-7), name
+            assert close(tensors[name]["sum"], want["sum"], rel=SUM_REL, abs_=1e-7), name
