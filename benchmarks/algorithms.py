@@ -82,7 +82,8 @@ def main() -> None:
         return
     rows = []
     print(
-        "| algorithm | seed | iter to 0.9 | time to 0.9 (s) | env steps to 0.9 | last-5 return | s/iter | critic params | peak RSS (MB) |"
+        "| algorithm | seed | iter to 0.9 | time to 0.9 (s) | env steps to 0.9 | last-5 return | s/iter "
+        "| critic params | peak RSS (MB) |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for algo in args.algos:

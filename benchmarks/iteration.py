@@ -149,8 +149,10 @@ def main() -> None:
             rows.append(row)
             print(
                 f"{row['model']:>24} agents={n} iter={row['sec_iter']:.3f}s gen={row['sec_generate']:.3f} "
-                f"score={row['sec_score']:.3f} update={row['sec_update']:.3f} (fwd+bwd {row['sec_fwd_bwd']:.3f}) "
-                f"env+prompts={row['sec_env_prompts']:.3f} outside={100 * row['outside_gen_fwd_bwd_frac']:.1f}% "
+                f"score={row['sec_score']:.3f} update={row['sec_update']:.3f} "
+                f"(fwd+bwd {row['sec_fwd_bwd']:.3f}) "
+                f"env+prompts={row['sec_env_prompts']:.3f} "
+                f"outside={100 * row['outside_gen_fwd_bwd_frac']:.1f}% "
                 f"peak={row['peak_mem_mb']:.0f}MB mb_tokens={budget}",
                 flush=True,
             )

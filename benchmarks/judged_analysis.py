@@ -38,7 +38,8 @@ def paired(rows: list[dict], key: str) -> str:
     diffs = [mean(by[("trained", p)]) - mean(by[("untrained", p)]) for p in problems]
     mu = mean(diffs)
     se = math.sqrt(sum((x - mu) ** 2 for x in diffs) / (len(diffs) - 1) / len(diffs))
-    return f"{mu:+.4f} +- {se:.4f} (standard error over {len(diffs)} problems; trained ahead on {sum(x > 0 for x in diffs)})"
+    ahead = sum(x > 0 for x in diffs)
+    return f"{mu:+.4f} +- {se:.4f} (standard error over {len(diffs)} problems; trained ahead on {ahead})"
 
 
 def responses(eval_dir: Path) -> list[dict]:
@@ -76,7 +77,8 @@ def main() -> None:
     score = [r["judge_score"] for r in rows]
     print(f"{len(rows)} judged responses ({', '.join(sorted({r['team'] for r in rows}))})")
     print(
-        f"corr(judge score, log words)        {pearson(score, [math.log1p(r['response_words']) for r in rows]):+.3f}"
+        "corr(judge score, log words)        "
+        f"{pearson(score, [math.log1p(r['response_words']) for r in rows]):+.3f}"
     )
     if all("heldout_score" in r for r in rows):
         print(
@@ -107,7 +109,8 @@ def main() -> None:
         for r in chosen:
             kept = ",".join(k for k, v in r["rules"].items() if v) or "none"
             print(
-                f"\n--- {title}: score {r['judge_score']:.3f} ({r['team']}, {r['response_words']:.0f} words, rules kept: {kept})"
+                f"\n--- {title}: score {r['judge_score']:.3f} ({r['team']}, "
+                f"{r['response_words']:.0f} words, rules kept: {kept})"
             )
             print(r["text"][:600])
 

@@ -11,7 +11,8 @@ temporary folder, never into the repository. Usage::
 
     python benchmarks/memory.py --teams dual --prompts short long --iters 20 \
         --out benchmarks/results/memory_w1.json
-    python benchmarks/memory.py --teams quartet --prompts long --iters 10 --set algorithm.micro_batch_tokens=2048
+    python benchmarks/memory.py --teams quartet --prompts long --iters 10 \
+        --set algorithm.micro_batch_tokens=2048
 """
 
 from __future__ import annotations

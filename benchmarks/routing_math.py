@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         }
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     lines = [
-        "| team | accuracy | consulted | consulted, 1-step | consulted, 2-step | accuracy direct (n) | accuracy consulted (n) |",
+        "| team | accuracy | consulted | consulted, 1-step | consulted, 2-step | accuracy direct (n) "
+        "| accuracy consulted (n) |",
         "|---|---|---|---|---|---|---|",
     ]
     for name in ("untrained", "trained"):
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
             return "n/a" if r[key] is None else f"{r[key]:.3f} ({r[n]})"
 
         lines.append(
-            f"| {name} | {r['accuracy']:.3f} | {r['consult_share']:.3f} | {r.get('consult_share_1step', 0):.3f} "
+            f"| {name} | {r['accuracy']:.3f} | {r['consult_share']:.3f} "
+            f"| {r.get('consult_share_1step', 0):.3f} "
             f"| {r.get('consult_share_2step', 0):.3f} | {acc('accuracy_direct', 'n_direct')} "
             f"| {acc('accuracy_consulted', 'n_consulted')} |"
         )

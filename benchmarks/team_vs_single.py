@@ -25,7 +25,8 @@ the exact two-sided sign test (McNemar's for one sample).
 
 Everything lands in ``--out``: each row's run and evaluation, ``results.json`` and
 ``table.md``. Finished runs and evaluations made with the same settings are reused, so a stopped
-benchmark continues where it was (one made with other settings stops it, saying which). Usage (SmolLM2 on generated arithmetic, docs/results.md)::
+benchmark continues where it was (one made with other settings stops it, saying which). Usage
+(SmolLM2 on generated arithmetic, docs/results.md)::
 
     M=$(python -c "from marft.models.smollm2 import smollm2_path; print(smollm2_path())")
     python benchmarks/team_vs_single.py smollm2_arith --set model.name=$M \\
@@ -292,7 +293,8 @@ def markdown(summary: dict[str, Any]) -> str:
     for pair, t in summary["paired"].items():
         a, b = pair.split(" vs ")
         lines.append(
-            f"- rows {pair}: {t['better_first']} problems better in row {a}, {t['better_second']} in row {b}; "
+            f"- rows {pair}: {t['better_first']} problems better in row {a}, "
+            f"{t['better_second']} in row {b}; "
             f"exact sign test p = {t['p']:.3g}"
         )
     return "\n".join(lines) + "\n"

@@ -141,7 +141,8 @@ def test_the_guard_flags_a_rise_the_heldout_judge_does_not_share():
 
 
 def test_the_guards_warning_names_the_judged_length(caplog):
-    """The training judge rises, the held-out judge falls and the responses grow: the warning says all three."""
+    """The training judge rises, the held-out judge falls and the responses grow: the warning says
+    all three."""
     rows = [
         {"iteration": i, "judge_score": s, "heldout_score": h, "response_words": w}
         for i, (s, h, w) in enumerate(

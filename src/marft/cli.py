@@ -35,7 +35,10 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value by dotted key, e.g. algorithm.policy_lr=1e-3 (repeatable; values are YAML)",
+        help=(
+            "override a config value by dotted key, e.g. algorithm.policy_lr=1e-3 (repeatable; values are "
+            "YAML)"
+        ),
     )
 
 
@@ -218,7 +221,8 @@ def _train(args) -> int:
             from marft.trainer.checkpoint import CheckpointError
 
             raise CheckpointError(
-                f"{args.resume} is not a marft run directory (no config.yaml); give the --out folder of a marft train run"
+                f"{args.resume} is not a marft run directory (no config.yaml); give the --out folder of a "
+                "marft train run"
             )
         cfg = load_config(str(source), args.overrides)
         run_dir = args.resume

@@ -70,7 +70,8 @@ def validate(cfg: Config) -> None:
         if cfg.env.n_envs % G:
             raise ConfigError(
                 "env.n_envs",
-                f"must be a multiple of algorithm.group_size={G} (each task instance is rolled out G times); got {cfg.env.n_envs}",
+                f"must be a multiple of algorithm.group_size={G} (each task instance is rolled out G "
+                f"times); got {cfg.env.n_envs}",
             )
         if G < 2:
             raise ConfigError(
@@ -146,7 +147,8 @@ def _validate_ray(cfg: Config, group: int) -> None:
     if importlib.util.find_spec("ray") is None:
         raise ConfigError(
             "run.ray.address",
-            "Ray is not installed: pip install 'marft[ray]', or set run.ray.address=null to run in one process",
+            "Ray is not installed: pip install 'marft[ray]', or set run.ray.address=null to run in one "
+            "process",
         )
     K, groups = cfg.run.ray.rollout_workers, cfg.env.n_envs // group
     if groups < K:

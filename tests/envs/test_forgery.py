@@ -11,6 +11,11 @@ failed everything could not pass this file.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from marft.envs.code.isolation import probe
@@ -52,7 +57,7 @@ READ_TESTS = (
     "    for x, y in re.findall(rb'secret\\((-?\\d+)\\) == (-?\\d+)', data):\n"
     "        found[int(x)] = int(y)\n"
     "paths = glob.glob('/proc/*/cmdline') + glob.glob('/proc/*/environ') + glob.glob('/proc/*/fd/*')\n"
-    "paths += glob.glob('/tmp/**', recursive=True) + glob.glob('/proc/*/task/*/fd/*')\n"
+    "paths += glob.glob('/proc/*/task/*/fd/*')\n"
     "for path in paths:\n"
     "    try:\n"
     "        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)\n"
@@ -192,7 +197,9 @@ FORGERIES = {
         "def secret(x):\n"
         "    return 0\n"
     ),
-    "replacing the checker's helper": "def helper(x):\n    return 0\ndef secret(x):\n    return 73 if x == 0 else 0\n",
+    "replacing the checker's helper": (
+        "def helper(x):\n    return 0\ndef secret(x):\n    return 73 if x == 0 else 0\n"
+    ),
     "printing fake result lines": (
         "import json, sys\n"
         "for i in range(7):\n"
@@ -203,7 +210,7 @@ FORGERIES = {
         "    print(json.dumps(['done']))\n"
         "    return 0\n"
     ),
-    "reading the tests from disk, /proc and other processes' memory": READ_TESTS,
+    "reading the tests from /proc and other processes' memory": READ_TESTS,
     "signalling the checker": (
         "import os, signal\n"
         "def secret(x):\n"
@@ -288,3 +295,32 @@ def test_a_value_that_is_not_plain_data_is_a_failed_test(box):
     assert r.failures[1].startswith("NotPlainData: the program gave a generator")
     assert r.failures[2].startswith("NotPlainData")
     assert r.status is Status.FAILED
+
+
+@pytest.mark.skipif(
+    probe().isolation != "bwrap", reason="bubblewrap is not installed here (apt-get install bubblewrap)"
+)
+def test_the_tests_on_disk_are_out_of_reach_under_bubblewrap():
+    """A dataset file the sandbox user could read (world-readable, outside ``/tmp``, its path known to
+    the program): under bubblewrap the program sees only the system folders and its interpreter's,
+    so the file is not there. Without bubblewrap it is, and the same program passes: the file system
+    is the host's (docs/code.md says so)."""
+    folder = Path(tempfile.mkdtemp(prefix="marft-forgery-", dir="/var/tmp"))
+    try:
+        os.chmod(folder, 0o755)
+        data = folder / "tests.jsonl"
+        data.write_text("\n".join(TESTS) + "\n")
+        os.chmod(data, 0o644)
+        steal = (
+            "import re\nfound = {}\ntry:\n"
+            f"    text = open({str(data)!r}).read()\n"
+            "    found = {int(x): int(y) for x, y in re.findall(r'secret\\((-?\\d+)\\) == (-?\\d+)', text)}\n"
+            "except OSError:\n    pass\n"
+            "def secret(x):\n    return found.get(x, 0)\n"
+        )
+        r = Sandbox(LIMITS, isolation="bwrap").run(_job(steal))
+        assert r.status is Status.FAILED and r.passed == 0, r.failures
+        weak = Sandbox(LIMITS, isolation="none").run(_job(steal))
+        assert weak.failures[0] == ""  # found on disk without bubblewrap: secret(2) == 17
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

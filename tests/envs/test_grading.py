@@ -120,8 +120,9 @@ sys.path.insert(0, {src!r})
 with open({log!r}, "a") as f:
     f.write("top-level code ran\\n")
 from marft.envs.math.grading import grade, grader_counts
-pairs = [("\\\\boxed{{5.0}}", "5"), ("\\\\boxed{{\\\\frac{{7}}{{2}}}}", "3.5"), ("\\\\boxed{{0.5}}", "\\\\frac{{1}}{{2}}"),
-         ("\\\\boxed{{x = 5}}", "5"), ("\\\\boxed{{4.67}}", "\\\\frac{{14}}{{3}}"), ("\\\\boxed{{3}}", "4")]
+pairs = [("\\\\boxed{{5.0}}", "5"), ("\\\\boxed{{\\\\frac{{7}}{{2}}}}", "3.5"),
+         ("\\\\boxed{{0.5}}", "\\\\frac{{1}}{{2}}"), ("\\\\boxed{{x = 5}}", "5"),
+         ("\\\\boxed{{4.67}}", "\\\\frac{{14}}{{3}}"), ("\\\\boxed{{3}}", "4")]
 print(*[grade(r, a) for r, a in pairs])
 c = grader_counts()
 print(c.calls, c.timeouts, c.failures)

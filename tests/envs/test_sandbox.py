@@ -183,7 +183,10 @@ def test_cannot_reach_a_listener_on_localhost(box):
 
 def test_killing_the_parent_does_not_reach_the_trainer(box):
     me = os.getpid()
-    attack = f"import os, signal\nfor pid in ({me}, os.getppid(), 1):\n    try:\n        os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass"
+    attack = (
+        f"import os, signal\nfor pid in ({me}, os.getppid(), 1):\n    try:\n"
+        "        os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass"
+    )
     r = box.run(Job(attack + "\n" + ADD, ("assert add(1, 2) == 3",)))
     assert r.status in (Status.PASSED, Status.KILLED)  # it may take its own sandbox down, nothing else
     assert box.run(Job(ADD, ("assert add(1, 2) == 3",))).status is Status.PASSED

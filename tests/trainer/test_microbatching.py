@@ -164,7 +164,8 @@ def test_remembered_bootstrap_features_equal_fresh_ones(tmp_path):
     trainer.model.critic_features = lambda *a: calls.append(a[0].shape[0]) or forward(*a)
     second, second_scores = collect_scored(trainer, 1)
     torch.testing.assert_close(second_scores.features[0], cached)
-    # the speaker's rows were not scored again: one forward for the listener's rows, one for the next bootstrap
+    # the speaker's rows were not scored again: one forward for the listener's rows, one for the
+    # next bootstrap
     assert calls == [8, 8]
     # and they are what a fresh forward gives for those observations
     ids, mask = second.agents[0].prompt_ids, second.agents[0].prompt_mask

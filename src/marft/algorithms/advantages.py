@@ -258,7 +258,8 @@ def grpo_advantages(returns: Tensor, group_size: int, eps: float = 1e-6) -> Tens
 
 
 def dr_grpo_advantages(returns: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
-    """Dr. GRPO (Liu et al. 2025): ``R - mean_group``, no division by the std. Shapes as :func:`grpo_advantages`."""
+    """Dr. GRPO (Liu et al. 2025): ``R - mean_group``, no division by the std. Shapes as
+    :func:`grpo_advantages`."""
     g = _grouped(returns, group_size)
     return (g - g.mean(dim=1, keepdim=True)).reshape(returns.shape)
 

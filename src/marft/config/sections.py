@@ -198,9 +198,11 @@ class AlgorithmConfig:
     """The RL algorithm and its hyper-parameters."""
 
     name: str = "appo"
-    """A registered algorithm: appo, tppo, grpo, dr_grpo, rloo, reinforce_pp (``marft.trainer.ALGORITHMS``)."""
+    """A registered algorithm: appo, tppo, grpo, dr_grpo, rloo, reinforce_pp
+    (``marft.trainer.ALGORITHMS``)."""
     advantage_estimator: str | None = None
-    """Group-relative algorithms: the estimator (``marft.algorithms.ADVANTAGE_ESTIMATORS``); None: the algorithm's own."""
+    """Group-relative algorithms: the estimator (``marft.algorithms.ADVANTAGE_ESTIMATORS``); None: the
+    algorithm's own."""
     policy_loss: str = "ppo_clip"
     """The policy loss (``marft.algorithms.POLICY_LOSSES``): ppo_clip or vanilla_pg."""
     group_size: int = 8

@@ -34,12 +34,18 @@ GIB = 2**30
 ADAM_BYTES = 16  # fp32 parameter, gradient, and Adam's two moments
 SHAPES = {
     # Qwen2.5's published configs (hidden, intermediate, layers, heads, kv heads, vocab, tied embeddings)
-    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                       num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    "qwen2.5-0.5b": dict(
+        hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+        num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+    ),
+    "qwen2.5-1.5b": dict(
+        hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+        num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+    ),
+    "qwen2.5-7b": dict(
+        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+        num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
+    ),
 }  # fmt: skip
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -226,7 +232,8 @@ def _size(n: float) -> str:
 def format_plan(plans: list[DevicePlan], shape: ModelShape, gpu_memory_gb: float | None = None) -> str:
     """A table per process, GiB, with what fits on a device of ``gpu_memory_gb``."""
     lines = [
-        f"base: {shape.base_params / 1e6:,.1f} M parameters; one agent's adapter: {shape.lora_params / 1e6:.3f} M",
+        f"base: {shape.base_params / 1e6:,.1f} M parameters; "
+        f"one agent's adapter: {shape.lora_params / 1e6:.3f} M",
     ]
     for p in plans:
         lines.append(f"\n{p.name}")

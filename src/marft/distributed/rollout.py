@@ -73,7 +73,8 @@ class RolloutWorker(ActorProcess):
         self.collector.load_state_dict(state)
 
     def update_weights(self, version: int, weights: dict[str, dict[str, Any]]) -> int:
-        """Load the adapters in ``weights`` (adapter -> PEFT tensors) as ``version``; returns its size in bytes."""
+        """Load the adapters in ``weights`` (adapter -> PEFT tensors) as ``version``; returns its size in
+        bytes."""
         self.model.set_adapter_weights(weights)
         self.backend.update_weights(version, lambda roles=None: weights, list(weights))
         self.version = version

@@ -11,9 +11,10 @@ them, checkpoints pickle the env's attributes), ``pop_metrics() -> dict[str, flo
 since the last call (summed over env copies into each iteration's metrics row, e.g. the math env's
 ``grader_timeouts``; a pair ``X.sum`` / ``X.n`` becomes the mean ``X``: :func:`summarize_metrics`),
 and a classmethod ``step_batch(envs, actions)`` that steps many copies at once (an env that
-batches work across copies, such as a judge model's forward). Envs are found by registered name (``env.name: signal``) or by ``package.module:Class``. An env class may
-carry a ``Config`` dataclass: its ``env.kwargs`` are then validated against it before any model
-loads, and the instance is built as ``Class(config)``; otherwise as ``Class(**kwargs)``.
+batches work across copies, such as a judge model's forward). Envs are found by registered name
+(``env.name: signal``) or by ``package.module:Class``. An env class may carry a ``Config``
+dataclass: its ``env.kwargs`` are then validated against it before any model loads, and the
+instance is built as ``Class(config)``; otherwise as ``Class(**kwargs)``.
 
 Example:
     >>> from marft.envs import make_env
@@ -92,9 +93,10 @@ def step_all(envs: Sequence[Env], actions: Sequence[Mapping[str, str]]) -> list[
     """Step each env copy on its joint action; an env's exception is returned, not raised.
 
     Copies of one class with a ``step_batch`` classmethod step in one call of it (it returns a
-    result or an exception per copy). Otherwise copies step one after another, or on threads when every copy's class sets
-    ``concurrent_steps = True`` (an env whose step waits on other processes, such as the code env's
-    sandbox; the results keep the copies' order, and each copy is stepped by one thread).
+    result or an exception per copy). Otherwise copies step one after another, or on threads when
+    every copy's class sets ``concurrent_steps = True`` (an env whose step waits on other
+    processes, such as the code env's sandbox; the results keep the copies' order, and each copy
+    is stepped by one thread).
     """
 
     def one(i: int) -> StepResult | Exception:

@@ -2,9 +2,10 @@
 
 The reference MARFT code loads a full copy of the base for every agent and one more for the
 critic. Here the base is loaded once and frozen; each agent is a PEFT LoRA adapter named after its
-role (or, with ``lora.shared``, every agent is the one adapter ``shared``), the reference policy is the base with adapters disabled, and the critic is a small value head
-on the base's final hidden state (adapters disabled), so its features are computed once per
-observation and never need a backward through the base.
+role (or, with ``lora.shared``, every agent is the one adapter ``shared``), the reference policy
+is the base with adapters disabled, and the critic is a small value head on the base's final
+hidden state (adapters disabled), so its features are computed once per observation and never
+need a backward through the base.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """``marft report``: one or more runs as a single self-contained HTML page.
 
 The page holds the team's return, per-agent policy loss, approximate KL and entropy, the value
-loss (for algorithms with a critic), time and peak memory per phase, each run's resolved config, and the episode
-transcripts, best and worst first, each agent's turn under its role. Plots are drawn with
-matplotlib and embedded as inline SVG, so the file opens anywhere without a network.
+loss (for algorithms with a critic), time and peak memory per phase, each run's resolved config,
+and the episode transcripts, best and worst first, each agent's turn under its role. Plots are
+drawn with matplotlib and embedded as inline SVG, so the file opens anywhere without a network.
 
 Example:
     >>> from marft.reporting.report import write_report

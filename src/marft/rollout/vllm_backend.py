@@ -10,8 +10,9 @@ stop at the end-of-turn token) and the output is the same :class:`Generation`.
   learner recomputes them with its own forward; the gap is logged and ``algorithm.
   rollout_correction: tis`` corrects for it.
 * **Adapter hot-swap.** After each update only the changed adapters' LoRA tensors are written, to a
-  RAM-backed folder, under a new name and id (``<adapter>-v<version>``: the role's, or ``shared``); the old version is removed
-  from the engine and from disk. A name is never reused for changed weights.
+  RAM-backed folder, under a new name and id (``<adapter>-v<version>``: the role's, or
+  ``shared``); the old version is removed from the engine and from disk. A name is never reused
+  for changed weights.
 * **Memory.** On CUDA the engine takes ``vllm.gpu_memory_utilization`` of the device and sleeps
   between rollout and update (``vllm.sleep``); on CPU its KV cache is ``vllm.kv_cache_gb``.
 * **In-process.** ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` keeps the engine core in this process (no

@@ -3,7 +3,8 @@
 A run directory holds ``checkpoints/iter-NNNNNN/`` folders, ``NNNNNN`` being the number of
 iterations done. Each holds::
 
-    manifest.json                  # format, iteration, env steps, roles, trackers' run ids, every file and its size
+    manifest.json                  # format, iteration, env steps, roles, trackers' run ids,
+                                   # every file and its size
     adapters/<role>/adapter_config.json, adapter_model.safetensors   # PeftModel.from_pretrained loads each
     value_head.pt                  # when the algorithm has a critic
     optimizers.pt                  # every optimizer's state
@@ -155,7 +156,8 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a complete checkpoint (no readable {MANIFEST}: {e})") from None
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} has checkpoint format {manifest.get('format_version')!r}; this marft reads {FORMAT_VERSION}"
+            f"{path} has checkpoint format {manifest.get('format_version')!r}; this marft reads "
+            f"{FORMAT_VERSION}"
         )
     for name, size in manifest["files"].items():
         f = path / name
@@ -211,7 +213,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if latest is None:
         if not (run_dir / "config.yaml").exists():
             raise CheckpointError(
-                f"{path} is not a marft run directory (no config.yaml); give the --out folder of a marft train run"
+                f"{path} is not a marft run directory (no config.yaml); give the --out folder of a marft "
+                "train run"
             )
         raise CheckpointError(
             f"{run_dir} has no complete checkpoint under {CHECKPOINTS}/; "

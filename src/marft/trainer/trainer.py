@@ -1,9 +1,11 @@
 """The training loop as timed phases: collect, score, advantages, critic, policy, log, checkpoint.
 
-A run directory receives ``config.yaml`` (the resolved config), ``metrics.jsonl`` (each phase's seconds
-among the metrics), ``transcripts.jsonl``, ``checkpoints/`` (see :mod:`marft.trainer.checkpoint`) and
-what the trackers of ``run.loggers`` write (``tensorboard/``, ``wandb/``, ``loggers.json``). A run resumes exactly from its newest complete checkpoint (``Trainer(cfg,
-run_dir, resume=True)``); SIGINT and SIGTERM save a checkpoint at the end of the iteration and stop.
+A run directory receives ``config.yaml`` (the resolved config), ``metrics.jsonl`` (each phase's
+seconds among the metrics), ``transcripts.jsonl``, ``checkpoints/`` (see
+:mod:`marft.trainer.checkpoint`) and what the trackers of ``run.loggers`` write (``tensorboard/``,
+``wandb/``, ``loggers.json``). A run resumes exactly from its newest complete checkpoint
+(``Trainer(cfg, run_dir, resume=True)``); SIGINT and SIGTERM save a checkpoint at the end of the
+iteration and stop.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import signal
 import threading
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,30 +42,13 @@ from marft.trainer.checkpoint import (
     verify_checkpoint,
 )
 from marft.trainer.faults import check_faults
+from marft.trainer.outcome import TrainingStopped, TrainResult
 from marft.trainer.phases import Iteration, PhaseMeter, release_free_memory
 from marft.trainer.rng import default_run_dir, rng_state, seed_everything, set_rng_state
 
 PHASES = ("collect", "score", "advantages", "critic", "policy", "sync")
 """The timed phases of an iteration before logging (``sync``: the generation backend receives the
 new adapters); ``log`` and ``checkpoint`` follow."""
-
-
-class TrainingStopped(RuntimeError):
-    """The run stopped early: a signal, or too many faults. ``checkpoint`` is where its work is."""
-
-    def __init__(self, message: str, checkpoint: Path | None, exit_code: int) -> None:
-        super().__init__(message)
-        self.checkpoint, self.exit_code = checkpoint, exit_code
-
-
-@dataclass
-class TrainResult:
-    """What a finished run returns: where it lives and its metric rows."""
-
-    run_dir: Path
-    rows: list[dict[str, Any]]
-    checkpoint: Path
-    report: Path | None = None
 
 
 class Trainer:

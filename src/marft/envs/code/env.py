@@ -97,7 +97,8 @@ class CodeConfig:
         if self.data != "easy" and not self.data.startswith("hf:") and not Path(self.data).is_file():
             raise ConfigError(
                 "data",
-                f"dataset file {self.data!r} not found; give a JSONL path, hf:NAME or easy (working dir: {Path.cwd()})",
+                f"dataset file {self.data!r} not found; give a JSONL path, hf:NAME or easy (working dir: "
+                f"{Path.cwd()})",
             )
         for name in ("max_attempts", "feedback_chars", "code_chars", "tester_asserts", "easy_count"):
             if getattr(self, name) < 1:
@@ -272,7 +273,10 @@ class CodeEnv(ProblemEpisodes):
         failed (at most ``feedback_chars``)."""
         name = self.task.entry_point
         if code is None or result is None:
-            return f"Your team's answer had no complete Python function `{name}`. Write it in one ```python block."
+            return (
+                f"Your team's answer had no complete Python function `{name}`. Write it in one ```python "
+                "block."
+            )
         n = len(self.task.tests)
         if result.status is Status.FAILED:
             lines = [f"It failed: {result.failures.count('')} of {n} tests passed."]

@@ -36,13 +36,23 @@ _WHAT_IS_MISSING = {
 }
 
 
-def wrapper(isolation: Isolation, workdir_mb: int = 64) -> list[str]:
-    """The command that isolates the interpreter's command line (empty for ``none``)."""
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+"""What a sandbox under bubblewrap sees of the host, read-only (where they exist), besides its
+interpreter's own prefixes: no home, no ``/work``, ``/srv``, ``/mnt``, ``/var`` or ``/opt``, so no
+dataset file (and no expected value in it) is in reach of a program."""
+
+
+def wrapper(isolation: Isolation, workdir_mb: int = 64, prefixes: tuple[str, ...] = ()) -> list[str]:
+    """The command that isolates the interpreter's command line (empty for ``none``); under bwrap the
+    program sees :data:`SYSTEM_DIRS` and the interpreter's ``prefixes``, read-only, and nothing else
+    of the host's file system."""
     if isolation == "bwrap":
         # --unshare-all also unshares the user namespace, in which the process limit is counted.
         size = ["--size", str(workdir_mb * 2**20)]
+        seen = [*SYSTEM_DIRS, *(p for p in prefixes if not p.startswith(SYSTEM_DIRS))]
+        binds = [arg for path in dict.fromkeys(seen) for arg in ("--ro-bind-try", path, path)]
         return [
-            "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *size, "--tmpfs", "/tmp",
+            "bwrap", *binds, "--dev", "/dev", "--proc", "/proc", *size, "--tmpfs", "/tmp",
             "--chdir", "/tmp", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--clearenv", "--setenv", "PATH", PATH, "--setenv", "HOME", "/tmp",
         ]  # fmt: skip
@@ -102,11 +112,15 @@ class Setup:
         isolation: ``bwrap``, ``unshare`` or ``none``.
         python: the interpreter that runs them.
         uid: the user they run as (``nobody`` under a root parent), or None for the parent's.
+        prefixes: see below.
     """
 
     isolation: Isolation
     python: str
     uid: int | None
+    prefixes: tuple[str, ...] = ()
+    """The interpreter's installation folders (``sys.prefix``, ``sys.base_prefix``, ...): bubblewrap
+    shows them to the program beside the system folders."""
 
 
 def _interpreters(python: str) -> list[str]:
@@ -119,8 +133,30 @@ def _interpreters(python: str) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+_PREFIXES = (
+    "import os, sys; print('\\n'.join({sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, "
+    "os.path.dirname(os.path.abspath(sys.executable))}))"
+)
+
+
+@lru_cache(maxsize=8)
+def prefixes(python: str) -> tuple[str, ...]:
+    """The folders ``python`` runs from (empty where it does not run)."""
+    try:
+        out = subprocess.run([python, "-I", "-c", _PREFIXES], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return tuple(sorted(line for line in out.stdout.splitlines() if line.startswith("/")))
+
+
 def _works(setup: Setup) -> bool:
-    argv = [*wrapper(setup.isolation), setup.python, "-I", "-c", "import json, resource"]
+    argv = [
+        *wrapper(setup.isolation, prefixes=setup.prefixes),
+        setup.python,
+        "-I",
+        "-c",
+        "import json, resource",
+    ]
     try:
         with work_dir(setup.uid) as tmp:
             proc = spawn(argv, setup.uid, (), tmp)
@@ -148,7 +184,7 @@ def probe(isolation: str = "auto", python: str = "auto") -> Setup:
             if iso != "none" and shutil.which(iso) is None:
                 continue
             for exe in _interpreters(python):
-                if _works(setup := Setup(iso, exe, uid)):
+                if _works(setup := Setup(iso, exe, uid, prefixes(exe))):
                     return setup
     raise RuntimeError(
         f"no sandbox works here (isolation {isolation!r}, python {python!r}); install bubblewrap, "

@@ -1,10 +1,11 @@
 """Run untrusted Python programs against tests: isolated, limited, in parallel, never raising.
 
 Each program runs in a fresh sandbox under `bubblewrap <https://github.com/containers/bubblewrap>`_
-(``bwrap``): its own user, pid, network, IPC and mount namespaces, the whole file system read-only
-except a small in-memory ``/tmp`` that is its working folder, an empty environment, and no
-capabilities. When marft runs as root, the sandbox runs as an unprivileged user (``nobody``), so
-that the kernel enforces the process-count limit (it never does for root).
+(``bwrap``): its own user, pid, network, IPC and mount namespaces, only the system folders and the
+interpreter's own of the host's file system, read-only (no dataset file is in reach), a small
+in-memory ``/tmp`` that is its working folder, an empty environment, and no capabilities. When
+marft runs as root, the sandbox runs as an unprivileged user (``nobody``), so that the kernel
+enforces the process-count limit (it never does for root).
 
 Inside are two processes (:mod:`marft.envs.code.inside`): the *checker*, which holds the tests and
 reports to the trainer, and the *program's process*, which it forks before reading the tests and
@@ -129,7 +130,7 @@ class Sandbox:
 
     def _command(self, fd: int) -> list[str]:
         return [
-            *wrapper(self.setup.isolation, self.limits.workdir_mb),
+            *wrapper(self.setup.isolation, self.limits.workdir_mb, self.setup.prefixes),
             self.setup.python,
             "-I",
             "-c",

@@ -3,9 +3,9 @@
 Each episode is one task and one team step. The graded agent's output (the last graded agent that
 acted) is the response. Its reward (``docs/judged.md``)::
 
-    reward = judge_weight * s_judge                      # judge score in [0, 1] (rules_gate: 0 when a rule fails)
-           + rules_weight * (rules kept / rules set)     # left out when the task sets no rules
-           - length_penalty * max(0, words / target - 1) # target: length_target or the task's max_words
+    reward = judge_weight * s_judge                  # judge score in [0, 1] (rules_gate: 0 if a rule fails)
+           + rules_weight * (rules kept / rules set) # left out when the task sets no rules
+           - length_penalty * max(0, words / target - 1)  # target: length_target, else max_words
 
 The judge (``reward.judge``; by default the team's own base with adapters disabled) is bound by the
 engine (:meth:`JudgedEnv.bind_judge`) and shared by every env copy; :meth:`JudgedEnv.step_batch`

@@ -71,7 +71,8 @@ class MathConfig:
         if self.data != "arithmetic" and not self.data.startswith("hf:") and not Path(self.data).is_file():
             raise ConfigError(
                 "data",
-                f"dataset file {self.data!r} not found; give a JSONL path or hf:NAME (working dir: {Path.cwd()})",
+                f"dataset file {self.data!r} not found; give a JSONL path or hf:NAME (working dir: "
+                f"{Path.cwd()})",
             )
         if self.max_attempts < 1:
             raise ConfigError("max_attempts", "must be a positive integer")
@@ -119,11 +120,17 @@ def arithmetic_problems(count: int, seed: int, max_value: int) -> tuple[tuple[st
                 a * b,
             )
         elif kind == 3:
-            text = f"{name} has {a} {thing}, finds {b} more, and then finds {c} more. How many {thing} does {name} have?"
+            text = (
+                f"{name} has {a} {thing}, finds {b} more, and then finds {c} more. How many {thing} does "
+                f"{name} have?"
+            )
             ans = a + b + c
         else:
             a = a + b
-            text = f"{name} has {a} {thing}, gives away {b}, and then buys {c} more. How many {thing} does {name} have?"
+            text = (
+                f"{name} has {a} {thing}, gives away {b}, and then buys {c} more. How many {thing} does "
+                f"{name} have?"
+            )
             ans = a - b + c
         out.append((text, str(ans)))
     return tuple(out)

@@ -60,7 +60,10 @@ exec(marshal.loads(read(int.from_bytes(read(4), "big"))))
 """
 """The sandbox's command line program: read the compiled :data:`SOURCE`, run it as ``__main__``."""
 
-_COMPILE = "import marshal, sys; sys.stdout.buffer.write(marshal.dumps(compile(sys.stdin.read(), 'marft-sandbox', 'exec')))"
+_COMPILE = (
+    "import marshal, sys; sys.stdout.buffer.write(marshal.dumps(compile(sys.stdin.read(), "
+    "'marft-sandbox', 'exec')))"
+)
 
 
 @lru_cache(maxsize=8)

@@ -5,9 +5,10 @@ The program's process and the checker exchange only *plain data*: ``None``, ``bo
 passes one), and ``list``, ``tuple``, ``dict``, ``set``, ``frozenset`` of them, or the
 standard library's ``Counter``, ``OrderedDict``, ``defaultdict`` (with a builtin type as its
 factory, or none) and ``deque``; each of that exact type (a subclass of ``int`` with its own
-``__eq__`` is not plain). Anything else crosses as a *handle*: a number that only the process holding the object can
-turn back into it. The receiving side rebuilds values with builtin constructors alone, so nothing
-the sender defined runs there: comparing a rebuilt value runs the interpreter's own ``==``.
+``__eq__`` is not plain). Anything else crosses as a *handle*: a number that only the process
+holding the object can turn back into it. The receiving side rebuilds values with builtin
+constructors alone, so nothing the sender defined runs there: comparing a rebuilt value runs the
+interpreter's own ``==``.
 
 Encoded form (JSON): a scalar is itself; a container is a list whose first item is its tag,
 ``["L", ...]`` list, ``["T", ...]`` tuple, ``["S", ...]`` set, ``["F", ...]`` frozenset,
