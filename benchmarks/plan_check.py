@@ -35,7 +35,7 @@ def run_one(name: str, iters: int) -> dict:
     import tempfile
 
     from marft.compose import load_config
-    from marft.distributed.plan import first_env, measure_prompt_tokens, model_shape, plan, tiny_corpus_of
+    from marft.plan import first_env, measure_prompt_tokens, model_shape, plan, tiny_corpus_of
     from marft.trainer import Trainer
 
     preset, ov = CASES[name]

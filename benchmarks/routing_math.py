@@ -25,7 +25,7 @@ from marft.envs.math.env import arithmetic_problems
 from marft.reporting.metrics import read_metrics
 from marft.trainer import train
 from marft.trainer.checkpoint import latest_checkpoint
-from marft.trainer.evaluate import evaluate
+from marft.eval.evaluate import evaluate
 
 
 def consulted(route: str | None) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from marft.trainer.evaluate import Evaluator, ProblemResult, majority, pass_at_k
+from marft.eval.evaluate import Evaluator, ProblemResult, majority, pass_at_k
 from tests.conftest import DATA, cli_in_process, write_tiny_config
 
 GSM8K = DATA / "gsm8k_test.jsonl"
@@ -158,7 +158,7 @@ def test_greedy_eval_gives_every_sample_the_same_answer(tmp_path):
 def test_routing_teams_get_each_routes_share_and_accuracy():
     from types import SimpleNamespace
 
-    from marft.trainer.evaluate import Evaluator, ProblemResult, format_table
+    from marft.eval.evaluate import Evaluator, ProblemResult, format_table
 
     results = [
         ProblemResult(0, [True], ["4"], [10], ["lead"]),

@@ -14,8 +14,8 @@ from marft.compose import load_config
 from marft.reporting.guard import guard_metrics, hacking_gap, window_change
 from marft.reporting.metrics import read_metrics, reproducible
 from marft.trainer.checkpoint import load_trainer_files
-from marft.trainer.evaluate import evaluate, format_table
-from marft.trainer.judged import length_controlled_gain
+from marft.eval.evaluate import evaluate, format_table
+from marft.eval.judged import length_controlled_gain
 from marft.trainer.trainer import Trainer
 from tests.fixtures.judge_hacking import TINY, hacking_config
 

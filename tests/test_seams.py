@@ -215,7 +215,7 @@ class CountingEnv:
 
 
 def test_eval_reads_correctness_from_the_env_step(tmp_path):
-    from marft.trainer.evaluate import Evaluator
+    from marft.eval.evaluate import Evaluator
 
     cfg = load_config(
         "demo",
@@ -233,7 +233,7 @@ def test_eval_reads_correctness_from_the_env_step(tmp_path):
 
 def test_an_env_without_a_notion_of_correct_is_a_clear_error(tmp_path, monkeypatch):
     from marft.config import ConfigError
-    from marft.trainer.evaluate import Evaluator
+    from marft.eval.evaluate import Evaluator
 
     monkeypatch.setattr(CountingEnv, "step", lambda self, a: StepResult(Observation(text=""), 0.0, True))
     cfg = load_config(

@@ -164,7 +164,7 @@ def _plan_parser(sub) -> None:
 
 def _plan(args) -> int:
     from marft.compose import load_config
-    from marft.distributed.plan import plan_text
+    from marft.plan import plan_text
 
     cfg = load_config(args.config, args.overrides)
     print(plan_text(cfg, args.gpus, args.gpu_memory, args.prompt_tokens))
@@ -258,7 +258,7 @@ def _report(args) -> int:
 
 
 def _export(args) -> int:
-    from marft.trainer.export import export_agent
+    from marft.export import export_agent
 
     out = export_agent(args.run_dir, args.agent, args.out, merge=args.merge)
     kind = "merged model" if args.merge else "adapter"
@@ -270,7 +270,7 @@ def _eval(args) -> int:
     from datetime import datetime
 
     from marft.compose import load_config
-    from marft.trainer.evaluate import evaluate, format_table
+    from marft.eval.evaluate import evaluate, format_table
 
     source = args.config
     from marft.trainer.checkpoint import run_dir_of

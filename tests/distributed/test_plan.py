@@ -2,7 +2,7 @@
 activations ``model.gradient_checkpointing``; MARFT's reference layout keeps both whole."""
 
 from marft.compose import load_config
-from marft.distributed.plan import model_shape, plan
+from marft.plan import model_shape, plan
 
 BASE = [
     "model.name=shape:qwen2.5-0.5b",  # a built-in shape: nothing is read from disk or the hub
@@ -50,7 +50,7 @@ def test_a_shape_without_prompt_tokens_asks_for_them():
     import pytest
 
     from marft.config import ConfigError
-    from marft.distributed.plan import plan_text
+    from marft.plan import plan_text
 
     with pytest.raises(ConfigError, match="--prompt-tokens.*shape without a tokenizer"):
         plan_text(load_config("demo", BASE))

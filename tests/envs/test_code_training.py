@@ -14,7 +14,7 @@ from marft.compose import load_config
 from marft.envs.base import Observation, StepResult, step_all
 from marft.envs.code.env import CodeEnv
 from marft.trainer import train
-from marft.trainer.evaluate import evaluate
+from marft.eval.evaluate import evaluate
 from tests.conftest import DATA, write_tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from marft.config import ConfigError
 from marft.learner.batching import rows_of, sequences
 from marft.learner.policy import AgentBatch, merge_agents
 from marft.trainer.checkpoint import CheckpointError, load_adapter_weights
-from marft.trainer.export import export_agent
+from marft.export import export_agent
 from marft.trainer.trainer import Trainer
 from tests.conftest import collect_scored, make_team_model, small_config
 

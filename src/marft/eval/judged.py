@@ -40,7 +40,7 @@ def compare_with_untrained(judge, tasks, trained, untrained) -> dict[str, float]
     Args:
         judge: the env's judge (``score`` with a ``reference`` compares).
         tasks: the env's tasks (``prompt``, ``rubric``) by problem index.
-        trained, untrained: :class:`~marft.trainer.evaluate.ProblemResult` lists over the same
+        trained, untrained: :class:`~marft.eval.evaluate.ProblemResult` lists over the same
             problems and samples, with ``responses`` and ``metrics``.
 
     Returns:

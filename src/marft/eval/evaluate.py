@@ -26,7 +26,7 @@ from marft.rollout.collector import Collector
 from marft.runtime import configure_threads
 from marft.team.graph import TeamGraph
 from marft.trainer.checkpoint import load_adapter_weights, resolve_checkpoint
-from marft.trainer.judged import compare_with_untrained
+from marft.eval.judged import compare_with_untrained
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
