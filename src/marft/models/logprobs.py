@@ -14,10 +14,32 @@ cross-entropy, here with top-k/top-p warping and entropies).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """The distribution actions are sampled from, and scored under: temperature, then top-k and
+    top-p filtering (the defaults leave the model's distribution as it is).
+
+    Attributes:
+        temperature: softmax temperature (> 0).
+        top_k: keep the k most likely tokens (0: off).
+        top_p: nucleus mass (1.0: off).
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    @classmethod
+    def of(cls, sampling) -> SamplingParams:
+        """The parameters of a config's ``sampling`` section (anything with these three fields)."""
+        return cls(sampling.temperature, sampling.top_k, sampling.top_p)
 
 
 def warp_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
