@@ -57,14 +57,14 @@ def run_one(backend: str, iters: int, envs: int) -> dict:
         row.update(
             tokens=tokens,
             iter=sum(step.timings.values()),
-            **{k: v for k, v in step.update.metrics.items() if k.startswith("logprob_gap")},
+            **{k: v for k, v in step.score.metrics().items() if k.startswith("logprob_gap")},
         )
         rows.append(row)
     mean = {k: statistics.mean(r.get(k, 0.0) for r in rows) for k in rows[0]}
     gaps = [k for k in mean if k.startswith("logprob_gap_max")]
     return {
         "backend": backend,
-        "device": str(trainer.model.device),
+        "device": str(trainer.parts.model.device),
         "torch": torch.__version__,
         "envs": envs,
         "iters": iters,

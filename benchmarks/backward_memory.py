@@ -35,7 +35,7 @@ def run_one(rows: int, prompt: int, chunk: int, checkpointing: bool) -> dict:
     import torch
 
     from marft.config import LoraSettings, ModelConfig
-    from marft.models import SequenceBatch, TeamModel, load_base
+    from marft.models import SamplingParams, SequenceBatch, TeamModel, load_base
     from marft.models.smollm2 import smollm2_path
     from marft.trainer.phases import PhaseMeter, rss_mb
 
@@ -59,7 +59,7 @@ def run_one(rows: int, prompt: int, chunk: int, checkpointing: bool) -> dict:
         before = rss_mb()
         t0 = time.perf_counter()
         with meter.phase("step"):
-            lp, ent = model.action_logprobs(batch, 0.5, 50, 1.0)
+            lp, ent = model.action_logprobs(batch, SamplingParams(temperature=0.5, top_k=50))
             lp.sum().backward()
         seconds = time.perf_counter() - t0
     return {

@@ -66,7 +66,7 @@ def run_one(model: str, n_agents: int, iters: int, n_envs: int, max_new_tokens: 
     cfg = load_config("demo", ov)
     trainer = Trainer(cfg, Path("/tmp/marft-bench") / f"{Path(model).name}-{n_agents}")
     trainer.setup()
-    cuda = trainer.model.device.type == "cuda"
+    cuda = trainer.parts.model.device.type == "cuda"
     rss_after_setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -88,7 +88,7 @@ def run_one(model: str, n_agents: int, iters: int, n_envs: int, max_new_tokens: 
             phases[k].append(step.trajectory.timings.get(k, 0.0))
         phases["score"].append(step.timings["score"])
         phases["update"].append(sum(step.timings[k] for k in ("advantages", "critic", "policy")))
-        phases["fwd_bwd"].append(step.update.metrics.get("time_fwd_bwd_s", 0.0))
+        phases["fwd_bwd"].append(step.policy.fwd_bwd_s)
     mean = {k: statistics.mean(v) for k, v in phases.items()}
     core = mean["generate"] + mean["score"] + mean["fwd_bwd"]
     return {
@@ -97,7 +97,7 @@ def run_one(model: str, n_agents: int, iters: int, n_envs: int, max_new_tokens: 
         "n_envs": n_envs,
         "max_new_tokens": max_new_tokens,
         "micro_batch_tokens": mb_tokens,
-        "device": str(trainer.model.device),
+        "device": str(trainer.parts.model.device),
         "iters": iters,
         "sec_iter": mean["iter"],
         "sec_generate": mean["generate"],

@@ -25,11 +25,10 @@ import argparse
 
 import torch
 
-from marft.compose import build_envs, build_judge, build_team_model, load_config
+from marft.compose import build_envs, build_judge, build_team_model, load_config, resolve
 from marft.envs.judged import JudgeRequest
 from marft.envs.judged.env import judged_reward
 from marft.envs.judged.rules import Rules, check_rules, count_words, repeated_share
-from marft.team import TeamGraph
 
 TASK = (
     "Make a slide deck of exactly 3 slides on why the sky is blue for primary school children. Write it "
@@ -134,9 +133,9 @@ def main() -> None:
     args = p.parse_args()
     cfg = load_config(args.config, args.overrides)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    graph = TeamGraph.from_config(cfg.team)
-    env = build_envs(cfg, graph, 1)[0]
-    model = build_team_model(cfg, graph, env, with_critic=False)
+    resolved = resolve(cfg)
+    env = build_envs(resolved, 1)[0]
+    model = build_team_model(resolved, env, with_critic=False)
     judges = {"judge": build_judge(cfg, cfg.reward.judge, model)}
     if cfg.reward.heldout_judge is not None:
         judges["held-out judge"] = build_judge(cfg, cfg.reward.heldout_judge, model, prefix="heldout_judge")

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from marft.compose import load_config
 from marft.envs.math.env import arithmetic_problems
+from marft.eval.evaluate import evaluate
 from marft.reporting.metrics import read_metrics
 from marft.trainer import train
 from marft.trainer.checkpoint import latest_checkpoint
-from marft.eval.evaluate import evaluate
 
 
 def consulted(route: str | None) -> bool:

@@ -65,9 +65,9 @@ def run_one(model: str, setting: str, iters: int) -> dict:
         "episode_return_last": rows[-1]["episode_return"],
     }
     if setting != "one process":
-        out["worker_peak_rss_mb"] = trainer.collector.worker_peak_rss_mb()
-        if trainer.learners is not None:
-            out["learner_peak_rss_mb"] = trainer.learners.peak_rss_mb()
+        out["worker_peak_rss_mb"] = trainer.parts.sampler.worker_peak_rss_mb()
+        if trainer.peers.learners is not None:
+            out["learner_peak_rss_mb"] = trainer.peers.learners.peak_rss_mb()
         out["adapter_bytes_per_iter"] = statistics.mean(r["adapter_bytes_sent"] for r in rows)
         out["trajectory_bytes_per_iter"] = statistics.mean(r["trajectory_bytes"] for r in rows)
     close()

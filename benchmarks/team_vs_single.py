@@ -48,8 +48,8 @@ from typing import Any
 
 from marft.compose import load_config, validate
 from marft.config import Config, from_dict, to_dict
-from marft.trainer.checkpoint import latest_checkpoint
 from marft.eval.evaluate import Evaluator, ProblemResult, majority
+from marft.trainer.checkpoint import latest_checkpoint
 from marft.trainer.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -88,5 +88,5 @@ def small_config(*overrides: str):
 
 def collect_scored(trainer, steps: int | None = None):
     """One collection and its scoring phase: ``(trajectory, scores)``."""
-    traj = trainer.collector.collect(steps or trainer.steps_per_rollout)
-    return traj, trainer.scorer.score(traj)
+    traj = trainer.parts.sampler.collect(steps or trainer.steps_per_rollout)
+    return traj, trainer.parts.scorer.score(traj)

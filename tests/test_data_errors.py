@@ -27,7 +27,7 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the data error was reported")
 
-    monkeypatch.setattr("marft.compose.load_base", refuse)
+    monkeypatch.setattr("marft.compose.build.load_base", refuse)
 
 
 def bad_files(tmp_path):

@@ -94,7 +94,7 @@ def test_pass_at_k_and_majority_by_hand(tmp_path):
     assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
     assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
     assert pass_at_k(4, 1, 4) == 1.0 and pass_at_k(4, 0, 4) == 0.0
-    from marft.envs import make_env
+    from marft.compose import make_env
 
     ev = Evaluator.__new__(Evaluator)
     ev.samples = 3
@@ -113,7 +113,7 @@ def test_pass_at_k_and_majority_by_hand(tmp_path):
 
 
 def test_base_rows_run_on_the_bare_base():
-    from marft.config import SamplingConfig
+    from marft.models import SamplingParams
     from marft.rollout import HFBackend, Prompts
     from tests.conftest import make_team_model
 
@@ -122,7 +122,7 @@ def test_base_rows_run_on_the_bare_base():
         for p in model.adapter_parameters("speaker"):
             p.add_(0.5 * torch.randn_like(p))
     enc = model.tokenizer(["name the secret colour red", "red blue"], return_tensors="pt", padding=True)
-    backend = HFBackend(model, SamplingConfig(max_new_tokens=4))
+    backend = HFBackend(model, SamplingParams(), max_new_tokens=4)
     base = backend.generate(Prompts(enc["input_ids"], enc["attention_mask"]), ["__base__"] * 2)
     with model.adapter(None):
         ref = model.forward_logits(enc["input_ids"], enc["attention_mask"], keep=1).logits

@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 from marft.compose import load_config
+from marft.eval.evaluate import evaluate, format_table
+from marft.eval.judged import length_controlled_gain
 from marft.reporting.guard import guard_metrics, hacking_gap, window_change
 from marft.reporting.metrics import read_metrics, reproducible
 from marft.trainer.checkpoint import load_trainer_files
-from marft.eval.evaluate import evaluate, format_table
-from marft.eval.judged import length_controlled_gain
 from marft.trainer.trainer import Trainer
 from tests.fixtures.judge_hacking import TINY, hacking_config
 
@@ -163,7 +163,7 @@ def test_the_team_learns_to_please_the_judge_and_the_guard_sees_it(tmp_path):
     cfg = hacking_config(tmp_path)
     trainer = Trainer(cfg, tmp_path / "run")
     trainer.setup()
-    frozen = {n: p.detach().clone() for n, p in trainer.model.base_parameters()}
+    frozen = {n: p.detach().clone() for n, p in trainer.parts.model.base_parameters()}
     rows = trainer.train().rows
     first = sum(r["judge_score"] for r in rows[:3]) / 3
     last = sum(r["judge_score"] for r in rows[-3:]) / 3
@@ -172,4 +172,6 @@ def test_the_team_learns_to_please_the_judge_and_the_guard_sees_it(tmp_path):
     held_last = sum(r["heldout_score"] for r in rows[-3:]) / 3
     assert held_last - held_first < 0.25 * (last - first)
     assert rows[-1]["reward_hacking"] == 1.0 and rows[0]["reward_hacking"] == 0.0
-    assert all(torch.equal(p, frozen[n]) for n, p in trainer.model.base_parameters())  # the judge's weights
+    assert all(
+        torch.equal(p, frozen[n]) for n, p in trainer.parts.model.base_parameters()
+    )  # the judge's weights

@@ -25,7 +25,7 @@ def make(tmp_path, *overrides):
 
 def test_a_trajectory_is_plain_data_that_survives_pickling(tmp_path):
     trainer = make(tmp_path, "env.kwargs.rounds=2", "env.horizon=1", "run.steps_per_iter=2")
-    traj = trainer.collector.collect(2)
+    traj = trainer.parts.sampler.collect(2)
     buf = io.BytesIO()
     torch.save(traj, buf)
     assert buf.tell() < 200_000  # tensors of token ids, not a model
@@ -36,7 +36,7 @@ def test_a_trajectory_is_plain_data_that_survives_pickling(tmp_path):
     assert torch.equal(traj.turns, again.turns) and again.cut_prompts is not None
     # scoring the copy gives what scoring the original gives
     torch.testing.assert_close(
-        trainer.scorer.score(again).features[1], trainer.scorer.score(traj).features[1]
+        trainer.parts.scorer.score(again).features[1], trainer.parts.scorer.score(traj).features[1]
     )
 
 
@@ -66,12 +66,14 @@ class EchoBackend:
 
 def test_the_collector_needs_only_the_backend_protocol(tmp_path):
     trainer = make(tmp_path)
-    tok = trainer.model.tokenizer
+    tok = trainer.parts.model.tokenizer
     red, blue = tok.convert_tokens_to_ids("red"), tok.convert_tokens_to_ids("blue")
     backend = EchoBackend({"speaker": red, "listener": blue})
     assert isinstance(backend, GenerationBackend)
     cfg = trainer.cfg
-    collector = Collector(trainer.collector.envs, trainer.graph, tok, backend, cfg.env, cfg.sampling, seed=1)
+    collector = Collector(
+        trainer.parts.sampler.envs, trainer.parts.graph, tok, backend, cfg.env, cfg.sampling, seed=1
+    )
     traj = collector.collect(1)
     assert traj.agents[0].response_ids[:, 0].tolist() == [red] * 8
     assert traj.agents[1].logprobs[:, 0].tolist() == [-0.5] * 8
@@ -113,12 +115,12 @@ class ListenerAlone:
 
 def test_a_schedule_decides_who_acts_and_the_update_follows(tmp_path):
     trainer = make(tmp_path)
-    cfg, graph = trainer.cfg, trainer.graph
+    cfg, graph = trainer.cfg, trainer.parts.graph
     collector = Collector(
-        trainer.collector.envs,
+        trainer.parts.sampler.envs,
         graph,
-        trainer.model.tokenizer,
-        trainer.backend,
+        trainer.parts.model.tokenizer,
+        trainer.parts.backend,
         cfg.env,
         cfg.sampling,
         seed=3,
@@ -131,36 +133,39 @@ def test_a_schedule_decides_who_acts_and_the_update_follows(tmp_path):
     # even copies: speaker in turn 0, listener in turn 1; odd copies: the listener alone in turn 0
     assert traj.turns[~odd, 0].tolist() == [[0, 1]] * 4 and traj.turns[odd, 0].tolist() == [[-1, 0]] * 4
     assert (traj.agents[0].response_mask[odd] == 0).all()  # no action, no tokens
-    scores = trainer.scorer.score(traj)
-    before = [p.detach().clone() for p in trainer.model.adapter_parameters("speaker")]
-    result = trainer.learner.update(traj, scores, 0)
+    scores = trainer.parts.scorer.score(traj)
+    before = [p.detach().clone() for p in trainer.parts.model.adapter_parameters("speaker")]
+    result = trainer.parts.learner.update(traj, scores, 0)
     assert all(torch.isfinite(torch.tensor(v)) for v in result.metrics.values() if v == v)
     assert any(
         not torch.equal(a, b)
-        for a, b in zip(before, trainer.model.adapter_parameters("speaker"), strict=True)
+        for a, b in zip(before, trainer.parts.model.adapter_parameters("speaker"), strict=True)
     )
 
 
 def test_targets_have_no_side_effects_and_the_critic_fits_in_its_own_step(tmp_path):
     trainer = make(tmp_path)
     traj, scores = collect_scored(trainer, 1)
-    head = [p.detach().clone() for p in trainer.model.value_head.parameters()]
-    adapters = [p.detach().clone() for p in trainer.model.adapter_parameters("listener")]
+    head = [p.detach().clone() for p in trainer.parts.model.value_head.parameters()]
+    adapters = [p.detach().clone() for p in trainer.parts.model.adapter_parameters("listener")]
     rng = torch.get_rng_state()
-    targets = trainer.learner.targets(traj, scores)
-    assert all(torch.equal(a, b) for a, b in zip(head, trainer.model.value_head.parameters(), strict=True))
+    targets = trainer.parts.learner.targets(traj, scores)
     assert all(
-        torch.equal(a, b) for a, b in zip(adapters, trainer.model.adapter_parameters("listener"), strict=True)
+        torch.equal(a, b) for a, b in zip(head, trainer.parts.model.value_head.parameters(), strict=True)
+    )
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(adapters, trainer.parts.model.adapter_parameters("listener"), strict=True)
     )
     assert torch.equal(rng, torch.get_rng_state())
-    again = trainer.learner.targets(traj, scores)
+    again = trainer.parts.learner.targets(traj, scores)
     assert all(
         torch.equal(a.advantages, b.advantages) for a, b in zip(targets.agents, again.agents, strict=True)
     )
-    metrics = trainer.learner.fit_critic(targets)
-    assert metrics["value_loss"] > 0
+    stats = trainer.parts.learner.fit_critic(targets)
+    assert stats.value_loss > 0 and stats.metrics()["value_loss"] == stats.value_loss
     assert any(
-        not torch.equal(a, b) for a, b in zip(head, trainer.model.value_head.parameters(), strict=True)
+        not torch.equal(a, b) for a, b in zip(head, trainer.parts.model.value_head.parameters(), strict=True)
     )
 
 
@@ -173,7 +178,7 @@ def test_the_kl_penalty_is_one_explicit_term(tmp_path):
         "algorithm.kl_mode=penalty",
     )
     with torch.no_grad():
-        for p in trainer.model.adapter_parameters("speaker"):
+        for p in trainer.parts.model.adapter_parameters("speaker"):
             p.add_(0.3 * torch.randn_like(p))
     traj, scores = collect_scored(trainer, 1)
     from marft.algorithms import kl_estimate
@@ -186,7 +191,7 @@ def test_the_kl_penalty_is_one_explicit_term(tmp_path):
     team_return = traj.team_rewards.sum(1) - penalty.sum((1, 2))
     g = team_return.reshape(2, 4)
     expected = ((g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + 1e-6)).reshape(8)
-    targets = trainer.learner.targets(traj, scores)
+    targets = trainer.parts.learner.targets(traj, scores)
     torch.testing.assert_close(targets.agents[0].advantages, expected, atol=1e-5, rtol=1e-5)
 
 

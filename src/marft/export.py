@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from marft.compose import build_base, build_envs, load_config
+from marft.compose import build_base, build_envs, load_config, resolve
 from marft.trainer.checkpoint import MANIFEST, CheckpointError, resolve_checkpoint, run_dir_of
 
 
@@ -47,12 +47,10 @@ def export_agent(run_dir: str | Path, role: str, out: str | Path, merge: bool = 
     import torch
     from peft import PeftModel
 
-    from marft.team.graph import TeamGraph
-
-    cfg = load_config(str(run / "config.yaml"))
-    (env,) = build_envs(cfg, TeamGraph.from_config(cfg.team), 1)
+    resolved = resolve(load_config(str(run / "config.yaml")))  # resolved by load_config: not checked again
+    (env,) = build_envs(resolved, 1)
     # The built-in tiny base is rebuilt from its own seed, so it comes out identical to training's.
-    base, tokenizer, _ = build_base(cfg, env, torch.device("cpu"))
+    base, tokenizer, _ = build_base(resolved, env, torch.device("cpu"))
     model = PeftModel.from_pretrained(base, str(adapter), adapter_name=name)
     merged = model.merge_and_unload()
     out.mkdir(parents=True, exist_ok=True)

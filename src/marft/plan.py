@@ -130,9 +130,10 @@ def model_shape(cfg: Config, corpus: list[str] | None = None) -> ModelShape:
 
 
 def _widest_turn(cfg: Config) -> int:
-    from marft.team.graph import TeamGraph
+    """The most agents that act in one turn (the team graph's widest level)."""
+    from marft.compose import resolve
 
-    return max(len(level) for level in TeamGraph.from_config(cfg.team).levels)
+    return max(len(level) for level in resolve(cfg).graph.levels)
 
 
 def plan(
@@ -250,19 +251,18 @@ def format_plan(plans: list[DevicePlan], shape: ModelShape, gpu_memory_gb: float
 
 def first_env(cfg: Config):
     """One env copy of the config (what prompts and the tiny model's vocabulary are read from)."""
-    from marft.compose import build_envs
-    from marft.team.graph import TeamGraph
+    from marft.compose import build_envs, resolve
 
-    return build_envs(cfg, TeamGraph.from_config(cfg.team), 1)[0]
+    return build_envs(resolve(cfg), 1)[0]
 
 
 def measure_prompt_tokens(cfg: Config, env) -> int:
     """The longest prompt of the team's first step: each agent's chat-templated prompt on ``env``
     after a reset, with every agent it observes answering at full action length."""
-    from marft.team.graph import TeamGraph
+    from marft.compose import resolve
     from marft.team.prompts import build_messages
 
-    graph = TeamGraph.from_config(cfg.team)
+    graph = resolve(cfg).graph
     if cfg.model.name.startswith("shape:"):
         from marft.config import ConfigError
 
@@ -317,9 +317,9 @@ def tiny_corpus_of(cfg: Config, env) -> list[str] | None:
     """The built-in tiny model's corpus (its vocabulary size follows from it); None for other models."""
     if cfg.model.name != "tiny":
         return None
-    from marft.compose import tiny_corpus
+    from marft.compose import resolve, tiny_corpus
 
-    return list(tiny_corpus(cfg, env))
+    return list(tiny_corpus(resolve(cfg), env))
 
 
 def plan_text(

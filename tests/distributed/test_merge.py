@@ -4,7 +4,7 @@ tensor, what one collector over all env copies gives (what makes K rollout worke
 import pytest
 import torch
 
-from marft.compose import build_collector, build_envs, build_training, load_config
+from marft.compose import build_collector, build_envs, build_training, load_config, resolve
 from marft.rollout.merge import join_collector_states, merge_trajectories, split_collector_state
 from marft.rollout.streams import keyed_uniform, sample_keyed
 
@@ -33,17 +33,13 @@ def test_keyed_sampling_follows_the_distribution():
 
 def _trajectories(overrides, slices, steps):
     """One collector over all env copies, and one per slice, on one shared model."""
-    cfg = load_config("demo", COMMON + overrides)
-    parts = build_training(cfg)
-    whole = parts.collector
+    resolved = resolve(load_config("demo", COMMON + overrides))
+    parts = build_training(resolved)
+    whole = parts.sampler
     pieces = []
     for lo, hi in slices:
-        envs = build_envs(cfg, parts.graph, hi - lo)
-        pieces.append(
-            build_collector(
-                cfg, parts.graph, envs, parts.model.tokenizer, parts.backend, parts.algorithm, env_offset=lo
-            )
-        )
+        envs = build_envs(resolved, hi - lo)
+        pieces.append(build_collector(resolved, envs, parts.model.tokenizer, parts.backend, env_offset=lo))
     pad = parts.model.tokenizer.pad_token_id
     out = []
     for _ in range(2):  # two calls: the second continues the first's episodes and streams

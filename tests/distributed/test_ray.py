@@ -60,7 +60,7 @@ def assert_same_run(a, b):
     assert len(rows_a) == len(rows_b)
     for x, y in zip(rows_a, rows_b, strict=True):
         assert x == y, {k: (x[k], y.get(k)) for k in x if x[k] != y.get(k)}
-    sa, sb = tensors_of(ta.model), tensors_of(tb.model)
+    sa, sb = tensors_of(ta.parts.model), tensors_of(tb.parts.model)
     assert {k: v["sha256"] for k, v in sa.items()} == {k: v["sha256"] for k, v in sb.items()}
 
 
@@ -87,7 +87,7 @@ def test_a_worker_killed_mid_collection_is_restarted_and_nothing_is_lost(tmp_pat
     killed = []
 
     def kill_during_third_collection(trainer):
-        rollout = trainer.collector
+        rollout = trainer.parts.sampler
         collect, calls = rollout.collect, []
 
         def collect_and_kill(steps):
@@ -116,7 +116,7 @@ def test_a_worker_killed_mid_collection_is_restarted_and_nothing_is_lost(tmp_pat
 
 def test_a_worker_killed_between_collection_and_adapter_sync_is_restarted_too(tmp_path, k1_run):
     def kill_before_second_sync(trainer):
-        rollout = trainer.collector
+        rollout = trainer.parts.sampler
         update, calls = rollout.update_weights, []
 
         def kill_then_update(version, weights, changed=None):
@@ -144,7 +144,7 @@ def test_a_shared_adapter_team_gives_the_same_run_with_two_workers(tmp_path):
     one = train(tmp_path, "s1", "run.ray.rollout_workers=1", *shared, iterations=2)
     two = train(tmp_path, "s2", "run.ray.rollout_workers=2", *shared, iterations=2)
     assert_same_run(one, two)
-    assert list(two[0].model.adapter_weights()) == ["shared"]
+    assert list(two[0].parts.model.adapter_weights()) == ["shared"]
 
 
 def test_a_routing_team_gives_the_same_run_with_two_workers(tmp_path):
@@ -201,7 +201,7 @@ def test_two_data_parallel_learners_give_the_adapters_of_one(tmp_path):
         close = trainer.close
 
         def close_after_reading():
-            copies["rank1"] = trainer.learners.adapters(1)
+            copies["rank1"] = trainer.peers.learners.adapters(1)
             close()
 
         trainer.close = close_after_reading
@@ -209,14 +209,14 @@ def test_two_data_parallel_learners_give_the_adapters_of_one(tmp_path):
     two = train(
         tmp_path, "l2", *LEARNERS, "run.ray.learners=2", "run.checkpoint_every=0", during=keep_rank1_adapters
     )
-    a = dict(one[0].model.policy.named_parameters())
-    b = dict(two[0].model.policy.named_parameters())
+    a = dict(one[0].parts.model.policy.named_parameters())
+    b = dict(two[0].parts.model.policy.named_parameters())
     trained = [n for n in a if "lora_" in n or "modules_to_save" in n]
     assert max(float((a[n] - b[n]).abs().max()) for n in trained) < 1e-5
-    head_a, head_b = one[0].model.value_head.state_dict(), two[0].model.value_head.state_dict()
+    head_a, head_b = one[0].parts.model.value_head.state_dict(), two[0].parts.model.value_head.state_dict()
     assert all(torch.allclose(head_a[k], head_b[k], atol=1e-5) for k in head_a)
     # the second learner holds exactly the driver's adapters: both took the same summed steps
-    driver = two[0].model.adapter_weights()
+    driver = two[0].parts.model.adapter_weights()
     for role, tensors in copies["rank1"].items():
         for name, t in tensors.items():
             assert torch.equal(t, driver[role][name].cpu()), (role, name)
@@ -233,7 +233,7 @@ def test_a_learner_that_dies_stops_the_run_with_its_checkpoint_and_the_resume_co
 
         def run_and_kill(it):
             if it == 2:
-                os.kill(trainer.learners.pids()[0], signal.SIGKILL)
+                os.kill(trainer.peers.learners.pids()[0], signal.SIGKILL)
             return run_iteration(it)
 
         trainer.run_iteration = run_and_kill

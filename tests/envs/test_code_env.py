@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from marft.compose import load_config
+from marft.compose import load_config, make_env
 from marft.config import AgentConfig, ConfigError, TeamConfig
-from marft.envs import make_env
 from marft.envs.code.env import assert_lines, load_tasks, shared_sandbox
 from marft.envs.code.sandbox import Job, Status
 from marft.envs.code.tasks import called_function, easy_tasks, task_from_row

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from marft.compose import load_config
-from marft.envs.base import Observation, StepResult, step_all
+from marft.compose import capabilities_of, load_config
+from marft.envs.base import Observation, StepResult
 from marft.envs.code.env import CodeEnv
-from marft.trainer import train
+from marft.envs.copies import step_all
 from marft.eval.evaluate import evaluate
+from marft.trainer import train
 from tests.conftest import DATA, write_tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,16 +162,23 @@ class Slow:
         return StepResult(Observation("x"), float(self.i), True)
 
 
+class Serial(Slow):
+    """The same env, but its class does not let copies step at once."""
+
+    concurrent_steps = False
+
+
 def test_step_all_steps_concurrent_copies_on_threads_in_order():
     envs = [Slow(i, threading.Barrier(4)) for i in range(4)]
     barrier = envs[0].barrier
     for env in envs:
         env.barrier = barrier
-    out = step_all(envs, [{}] * 4)
+    caps = capabilities_of(Slow)
+    assert caps.concurrent
+    out = step_all(envs, [{}] * 4, caps)
     assert [r.rewards for r in out if isinstance(r, StepResult)] == [0.0, 1.0, 3.0]
     assert isinstance(out[2], ValueError)
     assert len({env.thread for env in envs}) == 4
-    serial = [Slow(i, None) for i in range(3)]
-    serial[1].concurrent_steps = False  # one copy that may not: all step in the caller's thread
-    step_all(serial, [{}] * 3)
+    serial = [Serial(i, None) for i in range(3)]  # a class that may not: all step in the caller's thread
+    step_all(serial, [{}] * 3, capabilities_of(Serial))
     assert {env.thread for env in serial} == {threading.get_ident()}

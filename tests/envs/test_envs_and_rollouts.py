@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from marft.compose import load_config
-from marft.envs import Env, make_env
+from marft.compose import load_config, make_env
+from marft.envs import Env
 from marft.rollout import team_reward_vector
 from marft.trainer import Trainer, train
 from tests.conftest import small_config
@@ -47,7 +47,7 @@ def test_multi_turn_rollout_with_auto_reset_and_horizon(tmp_path):
     cfg = small_config("env.kwargs.rounds=3", "env.horizon=2", "run.steps_per_iter=5", "env.n_envs=3")
     trainer = Trainer(cfg, tmp_path / "run")
     trainer.setup()
-    rollout = trainer.collector.collect(5)
+    rollout = trainer.parts.sampler.collect(5)
     assert rollout.rewards.shape == (3, 5, 2)
     assert rollout.dones.tolist() == [[0.0, 1.0, 0.0, 1.0, 0.0]] * 3
     assert rollout.episode_lengths == [2] * 6
@@ -57,10 +57,10 @@ def test_multi_turn_rollout_with_auto_reset_and_horizon(tmp_path):
     ep_total = sum(rollout.episode_returns)
     assert ep_total == pytest.approx(float(rollout.rewards[:, :4].sum()))
     # the unfinished episode carries over to the next rollout
-    scores = trainer.scorer.score(rollout)
-    nxt = trainer.collector.collect(1)
+    scores = trainer.parts.scorer.score(rollout)
+    nxt = trainer.parts.sampler.collect(1)
     assert nxt.dones.tolist() == [[1.0]] * 3
-    result = trainer.learner.update(rollout, scores, 0)
+    result = trainer.parts.learner.update(rollout, scores, 0)
     assert result.trained == ["speaker", "listener"]
 
 
@@ -100,24 +100,24 @@ def test_horizon_cuts_bootstrap_from_the_next_observation(tmp_path):
     )
     trainer = Trainer(cfg, tmp_path / "run")
     trainer.setup()
-    rollout = trainer.collector.collect(2)
+    rollout = trainer.parts.sampler.collect(2)
     assert rollout.truncated.tolist() == [[0.0, 1.0]] * 3 == rollout.dones.tolist()
     assert rollout.cut_index.tolist() == [[0, 1], [1, 1], [2, 1]] and len(rollout.cut_prompts) == 3
-    scores = trainer.scorer.score(rollout)
+    scores = trainer.parts.scorer.score(rollout)
     assert scores.cut_features.shape == (3, 2, 64)
     assert torch.all(scores.cut_features[:, 0] == 0) and torch.all(scores.cut_features[:, 1] != 0)
     # the last agent's advantage at the cut: r + gamma * V(next obs) - V(its obs)  (gamma = lam = 1)
-    head = trainer.model.value_head
+    head = trainer.parts.model.value_head
     with torch.no_grad():
         v_next = head(scores.cut_features[:, 1])
         v_last = head(scores.features[1].reshape(3, 2, -1)[:, 1])
-    targets = trainer.learner.targets(rollout, scores)  # no side effects: the critic is not fitted here
+    targets = trainer.parts.learner.targets(rollout, scores)  # no side effects: the critic is not fitted here
     adv_last = targets.agents[1].advantages.reshape(3, 2)[:, 1]
     torch.testing.assert_close(adv_last, rollout.rewards[:, 1, 1] + v_next - v_last)
     # an env that ends by itself is not a truncation
     done_cfg = small_config("env.kwargs.rounds=1", "env.horizon=3", "env.n_envs=3")
     t2 = Trainer(done_cfg, tmp_path / "run2")
     t2.setup()
-    r2 = t2.collector.collect(1)
+    r2 = t2.parts.sampler.collect(1)
     assert r2.truncated.sum() == 0 and r2.cut_prompts is None
-    assert t2.scorer.score(r2).cut_features is None
+    assert t2.parts.scorer.score(r2).cut_features is None

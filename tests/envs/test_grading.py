@@ -175,8 +175,8 @@ def test_timeouts_and_worker_failures_are_counted_not_silent(monkeypatch):
 
 
 def test_math_env_reports_grader_counters(tmp_path, monkeypatch):
+    from marft.compose import make_env
     from marft.config import AgentConfig, TeamConfig
-    from marft.envs import make_env
     from marft.envs.math import grading
     from marft.team import TeamGraph
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from marft.compose import make_env
 from marft.config import AgentConfig, ConfigError, TeamConfig
-from marft.envs import make_env
 from marft.envs.code.env import load_tasks
 from marft.envs.hub import CATALOGUE, HubSpec, gsm8k_row, humaneval_row, load_hub_rows, math_row, mbpp_row
 from marft.envs.math.env import load_problems

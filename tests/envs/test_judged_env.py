@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from marft.compose import load_config
+from marft.compose import env_capabilities, load_config, make_env
 from marft.config import AgentConfig, ConfigError, TeamConfig
-from marft.envs import make_env
-from marft.envs.base import step_all, summarize_metrics
+from marft.envs.base import summarize_metrics
+from marft.envs.copies import step_all
 from marft.envs.judged import Rules, check_rules, count_words, load_tasks, split_slides
 from marft.envs.judged.rules import repeated_share
 from marft.team import TeamGraph
@@ -165,7 +165,7 @@ def test_the_reward_formula_and_one_judge_call_for_all_copies(tmp_path):
         {"outliner": "ignored", "writer": "x y z w v u v w"},  # 8 words: 2*0.4 + 0 - 0.25*(8/4 - 1)
         {"outliner": "a b"},  # the writer did not act: nothing judged, score 0, rules fail
     ]
-    results = step_all(envs, actions)
+    results = step_all(envs, actions, env_capabilities("judged"))
     assert judge.calls == [2] and held.calls == [2]  # one batched call of each judge for all copies
     assert [r.rewards for r in results] == pytest.approx([1.6 + 0.5, 0.8 - 0.25, 0.0])
     assert [r.correct for r in results] == [True, False, False]

@@ -2,9 +2,8 @@
 
 import pytest
 
-from marft.compose import load_config
+from marft.compose import load_config, make_env
 from marft.config import AgentConfig, ConfigError, TeamConfig
-from marft.envs import make_env
 from marft.envs.math.env import arithmetic_problems
 from marft.team import TeamGraph
 from tests.conftest import DATA

@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from marft.models import SequenceBatch
+from marft.models import SamplingParams, SequenceBatch
 from marft.models.logprobs import chunked_token_logprobs, warp_logits
 from tests.conftest import make_team_model
 
 
-def reference(hidden, tokens, mask, head, temperature, top_k, top_p):
+def reference(hidden, tokens, mask, head, sampling):
     """The straightforward computation: logits of every position at once (the pre-chunking code)."""
-    logits = warp_logits(head(hidden), temperature, top_k, top_p)  # [S, L, V]
+    logits = warp_logits(head(hidden), sampling)  # [S, L, V]
     logp_all = logits.log_softmax(-1)
     lp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     p = logp_all.exp()
@@ -34,21 +34,22 @@ def setup(seed=0, S=3, L=7, H=16, V=50):
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 4, 0])
-@pytest.mark.parametrize("warp", [(1.0, 0, 1.0), (0.7, 5, 1.0), (0.5, 0, 0.8)])
+@pytest.mark.parametrize(
+    "warp", [SamplingParams(), SamplingParams(0.7, 5, 1.0), SamplingParams(0.5, 0, 0.8)], ids=str
+)
 @pytest.mark.parametrize("entropy_grad", [False, True])
 def test_chunked_equals_unchunked_values_and_gradients(chunk, warp, entropy_grad):
     hidden, tokens, mask, head = setup()
     head.weight.requires_grad_(True)  # a trainable output layer (modules_to_save) gets its gradient too
-    lp_ref, ent_ref = reference(hidden, tokens, mask, head, *warp)
+    lp_ref, ent_ref = reference(hidden, tokens, mask, head, warp)
     # a loss that weighs each token differently, so a misplaced gradient cannot cancel out
     w = torch.linspace(0.5, 2.0, tokens.numel()).reshape(tokens.shape)
     loss_ref = (lp_ref * w).sum() + (ent_ref * w.flip(0)).sum() * float(entropy_grad)
     g_hidden_ref, g_head_ref = torch.autograd.grad(loss_ref, [hidden, head.weight])
 
     lp, ent = chunked_token_logprobs(
-        hidden, tokens, mask, head, chunk, entropy=True, entropy_grad=entropy_grad,
-        temperature=warp[0], top_k=warp[1], top_p=warp[2],
-    )  # fmt: skip
+        hidden, tokens, mask, head, warp, chunk, entropy=True, entropy_grad=entropy_grad
+    )
     torch.testing.assert_close(lp, lp_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ent, ent_ref, atol=1e-5, rtol=1e-5)
     assert ent.requires_grad == entropy_grad
@@ -70,20 +71,20 @@ def test_no_logits_beyond_a_chunk_are_kept_for_the_backward():
 
     hidden, tokens, mask, head = setup(S=4, L=32, V=4000)
     with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
-        chunked_token_logprobs(hidden, tokens, mask, head, chunk_tokens=8, entropy=True)
+        chunked_token_logprobs(hidden, tokens, mask, head, SamplingParams(), chunk_tokens=8, entropy=True)
     assert max(saved) < 8 * 4000  # nothing vocabulary-sized for more than one chunk
     saved.clear()
     with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
-        reference(hidden, tokens, mask, head, 1.0, 0, 1.0)
+        reference(hidden, tokens, mask, head, SamplingParams())
     assert max(saved) >= int(mask.sum()) * 4000  # the unchunked computation keeps them all
 
 
 def test_no_grad_mode_builds_no_graph():
     hidden, tokens, mask, head = setup()
     with torch.no_grad():
-        lp, ent = chunked_token_logprobs(hidden, tokens, mask, head, 2, entropy=True)
+        lp, ent = chunked_token_logprobs(hidden, tokens, mask, head, SamplingParams(), 2, entropy=True)
     assert not lp.requires_grad and not ent.requires_grad
-    lp_ref, ent_ref = reference(hidden.detach(), tokens, mask, head, 1.0, 0, 1.0)
+    lp_ref, ent_ref = reference(hidden.detach(), tokens, mask, head, SamplingParams())
     torch.testing.assert_close(lp, lp_ref, atol=1e-5, rtol=1e-5)
 
 
@@ -100,13 +101,14 @@ def test_team_model_logprobs_and_gradients_do_not_depend_on_the_chunk_size():
         torch.tensor([[1, 1, 1, 0, 0], [1] * 5, [1, 1, 0, 0, 0]]),
     )
     results = []
+    sampling = SamplingParams(temperature=0.8, top_k=20)
     for chunk in (0, 3):
         model.logit_chunk_tokens = chunk
         params = model.adapter_parameters("speaker")
         with model.adapter("speaker"):
-            lp, ent = model.action_logprobs(batch, 0.8, 20, 1.0, entropy_grad=True)
+            lp, ent = model.action_logprobs(batch, sampling, entropy_grad=True)
             grads = torch.autograd.grad((lp.sum() + ent.sum()), params)
-        _, ref = model.score_reference(batch, "none", ref_logprobs=True, temperature=0.8, top_k=20)
+        _, ref = model.score_reference(batch, "none", True, sampling)
         results.append((lp.detach(), ent.detach(), grads, ref))
     (lp0, ent0, g0, ref0), (lp3, ent3, g3, ref3) = results
     torch.testing.assert_close(lp3, lp0, atol=1e-5, rtol=1e-5)
@@ -145,7 +147,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         assert layers and all(m.gradient_checkpointing == checkpointing for m in layers)
         with model.adapter("agent"):
             model.policy.train()
-            lp, _ = model.action_logprobs(batch)
+            lp, _ = model.action_logprobs(batch, SamplingParams())
             lp.sum().backward()
         assert all(p.grad is None for _, p in model.base_parameters())
         results.append((lp.detach(), [p.grad.clone() for p in model.adapter_parameters("agent")]))

@@ -1,10 +1,7 @@
-import math
-
 import pytest
 import torch
 
-from marft.config import SamplingConfig
-from marft.models import SequenceBatch, warp_logits
+from marft.models import SamplingParams, SequenceBatch
 from marft.rollout import HFBackend, Prompts
 from tests.conftest import make_team_model
 
@@ -81,7 +78,7 @@ def test_reference_policy_and_critic_features_ignore_adapters(team_model):
 
 @pytest.mark.parametrize(
     "sampling",
-    [SamplingConfig(max_new_tokens=5), SamplingConfig(max_new_tokens=5, temperature=0.7, top_k=10)],
+    [SamplingParams(), SamplingParams(temperature=0.7, top_k=10)],
 )
 def test_sampled_logprobs_equal_training_logprobs(team_model, sampling):
     """The PPO ratio starts at exactly 1: the sampler scores the distribution the learner scores."""
@@ -89,12 +86,12 @@ def test_sampled_logprobs_equal_training_logprobs(team_model, sampling):
     perturb(team_model, "listener", seed=4)
     ids, mask = prompts(team_model)
     roles = ["speaker", "listener", "speaker", "listener"]
-    gen = HFBackend(team_model, sampling).generate(Prompts(ids, mask), roles)
+    gen = HFBackend(team_model, sampling, max_new_tokens=5).generate(Prompts(ids, mask), roles)
     assert gen.response_ids.shape == gen.logprobs.shape == gen.response_mask.shape
     batch = SequenceBatch(ids, mask, gen.response_ids, gen.response_mask)
     for row, role in enumerate(roles):
         with torch.no_grad(), team_model.adapter(role):
-            lp, ent = team_model.action_logprobs(batch, sampling.temperature, sampling.top_k, sampling.top_p)
+            lp, ent = team_model.action_logprobs(batch, sampling)
         torch.testing.assert_close(lp[row], gen.logprobs[row], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(ent[row], gen.entropy[row], atol=1e-4, rtol=1e-4)
 
@@ -108,16 +105,6 @@ def test_trimmed_drops_only_shared_padding():
     ).trimmed()
     assert b.prompt_ids.tolist() == [[0, 5, 6], [7, 8, 9]]
     assert b.response_ids.tolist() == [[1, 0], [2, 3]]
-
-
-def test_warp_logits_top_k_top_p_temperature():
-    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
-    assert torch.isinf(warp_logits(logits, top_k=2)[2:]).all()
-    # top_p = 0.7: 0.5 < 0.7 so the second token is kept; the third starts at mass 0.8 -> dropped
-    kept = ~torch.isinf(warp_logits(logits, top_p=0.7))
-    assert kept.tolist() == [True, True, False, False]
-    torch.testing.assert_close(warp_logits(logits, temperature=2.0), logits / 2.0)
-    assert math.isclose(float(warp_logits(logits, top_p=0.01).softmax(-1)[0]), 1.0)
 
 
 def test_any_hf_causal_lm_folder_loads_and_trains(tmp_path):
@@ -161,7 +148,7 @@ def test_missing_model_is_a_clear_error_exit_2(tmp_path):
 def test_per_row_token_limits(team_model):
     ids, mask = prompts(team_model)
     limits = torch.tensor([1, 3, 2, 5])
-    gen = HFBackend(team_model, SamplingConfig(max_new_tokens=8)).generate(
+    gen = HFBackend(team_model, SamplingParams(), max_new_tokens=8).generate(
         Prompts(ids, mask), ["speaker"] * 4, limits, torch.arange(4)
     )
     assert (gen.response_mask.sum(-1) <= limits).all()

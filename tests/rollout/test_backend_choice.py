@@ -69,13 +69,13 @@ def test_tis_weights_the_advantages_and_is_one_without_a_gap(tmp_path, algo):
     )
     trainer.setup()
     traj, scores = collect_scored(trainer, 1)
-    plain = trainer.learner.targets(traj, scores)  # the HF backend samples with the learner: weight 1
-    assert plain.metrics["tis_weight_mean/listener"] == pytest.approx(1.0)
+    plain = trainer.parts.learner.targets(traj, scores)  # the HF backend samples with the learner: weight 1
+    assert plain.stats.tis["listener"].weight_mean == pytest.approx(1.0)
     # a sampler whose log-probs are lower by log 4 on the listener's first token: weight capped at 2
     shifted = traj.agents[1].logprobs.clone()  # (scores.old_logprobs is the sampled tensor itself)
     shifted[:, 0] -= math.log(4.0)
     traj.agents[1].logprobs = shifted
-    targets = trainer.learner.targets(traj, scores)
+    targets = trainer.parts.learner.targets(traj, scores)
     adv, base = targets.agents[1].advantages, plain.agents[1].advantages
     if algo == "appo":  # per action: the product over its tokens, capped
         torch.testing.assert_close(adv, base * 2.0)
@@ -83,4 +83,5 @@ def test_tis_weights_the_advantages_and_is_one_without_a_gap(tmp_path, algo):
         assert adv.dim() == 2 and base.dim() == 2
         torch.testing.assert_close(adv[:, 0], base[:, 0] * 2.0)
         torch.testing.assert_close(adv[:, 1:], base[:, 1:])
-    assert targets.metrics["tis_capped/listener"] > 0
+    assert targets.stats.tis["listener"].capped > 0
+    assert targets.stats.metrics()["tis_capped/listener"] == targets.stats.tis["listener"].capped

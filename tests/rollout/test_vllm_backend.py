@@ -17,7 +17,8 @@ pytest.importorskip(
 
 from marft.compose import load_config  # noqa: E402
 from marft.models.loading import ModelLoadError  # noqa: E402
-from marft.rollout import HFBackend, Prompts, VLLMBackend  # noqa: E402
+from marft.rollout import HFBackend, Prompts  # noqa: E402
+from marft.rollout.vllm_backend import VLLMBackend  # noqa: E402
 from marft.trainer import Trainer, train  # noqa: E402
 
 # The demo's team on a tiny model vLLM can serve: head size 64, LoRA on every linear layer, no
@@ -81,12 +82,11 @@ def smollm2():
             "team.agents=[{role: solver, graded: true}, {role: checker}]",
         ],
     )
-    from marft.compose import build_envs, build_team_model
-    from marft.team import TeamGraph
+    from marft.compose import build_envs, build_team_model, resolve
 
-    graph = TeamGraph.from_config(cfg.team)
-    (env,) = build_envs(cfg, graph, 1)
-    model = build_team_model(cfg, graph, env, with_critic=False)
+    resolved = resolve(cfg)
+    (env,) = build_envs(resolved, 1)
+    model = build_team_model(resolved, env, with_critic=False)
     perturb(model, ["solver"], 0.02)
     backend = VLLMBackend.from_config(model, cfg, model_folder=str(path))
     return cfg, model, backend
@@ -103,7 +103,7 @@ PROBLEMS = [
 def test_greedy_vllm_equals_hf_for_the_base_and_an_adapter(smollm2):
     cfg, model, backend = smollm2
     prompts = chat_prompts(model.tokenizer, PROBLEMS)
-    hf = HFBackend(model, cfg.sampling)
+    hf = HFBackend.from_config(model, cfg)
     for adapter in ("__base__", "solver"):
         rows = [adapter] * len(PROBLEMS)
         want = hf.generate(prompts, rows)
@@ -122,14 +122,15 @@ def test_vllm_logprobs_match_the_learner_at_temperature_one(smollm2):
     cfg, model, backend = smollm2
     from dataclasses import replace
 
-    from marft.models import SequenceBatch
+    from marft.models import SamplingParams, SequenceBatch
 
-    backend.sampling = replace(cfg.sampling, top_k=0, temperature=0.7)
+    run_sampling = backend.sampling
+    backend.sampling = replace(run_sampling, top_k=0, temperature=0.7)
     try:
         prompts = chat_prompts(model.tokenizer, PROBLEMS)
         got = backend.generate(prompts, ["solver", "__base__", "solver", "checker"])
     finally:
-        backend.sampling = cfg.sampling
+        backend.sampling = run_sampling
     batch = SequenceBatch(prompts.ids, prompts.mask, got.response_ids, got.response_mask)
     for row, adapter in enumerate(["solver", None, "solver", "checker"]):
         one = SequenceBatch(
@@ -139,7 +140,7 @@ def test_vllm_logprobs_match_the_learner_at_temperature_one(smollm2):
             )
         ).trimmed()
         with torch.no_grad(), model.adapter(adapter):
-            lp, _ = model.action_logprobs(one, temperature=0.7)
+            lp, _ = model.action_logprobs(one, SamplingParams(temperature=0.7))
         n = int(got.response_mask[row].sum())
         torch.testing.assert_close(got.logprobs[row, :n], lp[0, :n], atol=2e-3, rtol=1e-3)
 
@@ -183,7 +184,7 @@ def test_after_an_update_the_new_version_is_used_and_the_old_one_is_gone(smollm2
     assert backend.loaded_ids() == (before_ids - {old_id}) | {new_id}  # the old version is gone
     assert not os.path.exists(old_path)
     new = backend.generate(prompts, ["checker"] * 2)
-    hf = HFBackend(model, cfg.sampling).generate(prompts, ["checker"] * 2)
+    hf = HFBackend.from_config(model, cfg).generate(prompts, ["checker"] * 2)
     assert torch.equal(new.response_ids * new.response_mask, hf.response_ids * hf.response_mask)
     assert not torch.equal(new.response_ids, base.response_ids)
     assert backend.last_swap_s > 0
@@ -233,8 +234,8 @@ def test_a_shared_adapter_team_trains_with_vllm(tmp_path):
     trainer = Trainer(cfg, tmp_path / "run")
     trainer.setup()
     result = trainer.train()
-    assert list(trainer.backend.served()) == ["shared"]
-    assert trainer.backend.served()["shared"] == "shared-v3"
+    assert list(trainer.parts.backend.served()) == ["shared"]
+    assert trainer.parts.backend.served()["shared"] == "shared-v3"
     last = result.rows[-1]
     assert last["logprob_gap_max/speaker"] < 1e-3 and last["logprob_gap_max/listener"] < 1e-3
     assert "policy_loss/shared" in last
@@ -268,8 +269,8 @@ def test_a_judged_team_trains_with_vllm(tmp_path):
     result = trainer.train()
     for row in result.rows:
         assert 0.0 <= row["judge_score"] <= 1.0 and row["judge_calls"] + row["judge_cache_hits"] == 8
-    env = trainer.collector.envs[0]
-    assert env.judge.model is trainer.model.policy  # the learner's model, not the vLLM engine
+    env = trainer.parts.sampler.envs[0]
+    assert env.judge.model is trainer.parts.model.policy  # the learner's model, not the vLLM engine
     record = json.loads((tmp_path / "run" / "transcripts.jsonl").read_text().splitlines()[-1])
     turn = record["turns"][-1]
     env.reset_to(turn["info"]["task_index"])

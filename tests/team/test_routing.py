@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from marft.compose import load_config, validate
+from marft.compose import capabilities_of, load_config, validate
 from marft.config import AgentConfig, ConfigError, RoutingConfig, TeamConfig
 from marft.envs.base import Observation, StepResult
+from marft.envs.copies import EnvCopies
 from marft.rollout import Collector, Generation
 from marft.team import RoutedSchedule, TeamGraph
 from marft.trainer import Trainer
@@ -156,11 +157,11 @@ def routed_trainer(tmp_path, *extra):
 
 def test_the_collector_follows_each_copys_route_and_batches_across_routes(tmp_path):
     trainer = routed_trainer(tmp_path)
-    tok, cfg = trainer.model.tokenizer, trainer.cfg
+    tok, cfg = trainer.parts.model.tokenizer, trainer.cfg
     backend = ScriptedBackend(tok)
     collector = Collector(
-        trainer.collector.envs,
-        trainer.graph,
+        trainer.parts.sampler.envs,
+        trainer.parts.graph,
         tok,
         backend,
         cfg.env,
@@ -203,14 +204,16 @@ def test_the_collector_follows_each_copys_route_and_batches_across_routes(tmp_pa
     )
     assert traj.env_steps == 12
     # the update runs on ragged routes and trains the router and the experts that acted, not east
-    scores = trainer.scorer.score(traj)
+    scores = trainer.parts.scorer.score(traj)
     before = {
-        r: [p.detach().clone() for p in trainer.model.adapter_parameters(r)]
+        r: [p.detach().clone() for p in trainer.parts.model.adapter_parameters(r)]
         for r in ("router", "north", "east")
     }
-    trainer.learner.update(traj, scores, 0)
+    trainer.parts.learner.update(traj, scores, 0)
     moved = {
-        r: any(not torch.equal(a, b) for a, b in zip(ps, trainer.model.adapter_parameters(r), strict=True))
+        r: any(
+            not torch.equal(a, b) for a, b in zip(ps, trainer.parts.model.adapter_parameters(r), strict=True)
+        )
         for r, ps in before.items()
     }
     assert moved == {"router": True, "north": True, "east": False}
@@ -235,13 +238,13 @@ class TurnEnv:
 
 def test_the_env_names_the_agents_of_the_next_step(tmp_path):
     trainer = routed_trainer(tmp_path, "env.horizon=3")
-    tok, cfg = trainer.model.tokenizer, trainer.cfg
-    envs = [TurnEnv() for _ in range(2)]
-    collector = Collector(envs, trainer.graph, tok, ScriptedBackend(tok), cfg.env, cfg.sampling, seed=1)
+    tok, cfg = trainer.parts.model.tokenizer, trainer.cfg
+    envs = EnvCopies([TurnEnv() for _ in range(2)], capabilities_of(TurnEnv))
+    collector = Collector(envs, trainer.parts.graph, tok, ScriptedBackend(tok), cfg.env, cfg.sampling, seed=1)
     traj = collector.collect(3)
     # north, south, north; north hands to the router, which sees north's answer and finishes
     roles = [
-        [trainer.graph.agents[n].role for n in range(4) if traj.turns[0, t, n] >= 0]
+        [trainer.parts.graph.agents[n].role for n in range(4) if traj.turns[0, t, n] >= 0]
         for t in range(traj.shape[1])
     ]
     assert roles == [["router", "north"], ["south"], ["router", "north"]]
@@ -251,10 +254,10 @@ def test_the_env_names_the_agents_of_the_next_step(tmp_path):
 @pytest.mark.parametrize("algorithm", ["tppo", "grpo"])
 def test_token_level_and_group_updates_run_on_ragged_routes(tmp_path, algorithm):
     trainer = routed_trainer(tmp_path, f"algorithm.name={algorithm}", "algorithm.group_size=4")
-    tok, cfg = trainer.model.tokenizer, trainer.cfg
+    tok, cfg = trainer.parts.model.tokenizer, trainer.cfg
     collector = Collector(
-        trainer.collector.envs,
-        trainer.graph,
+        trainer.parts.sampler.envs,
+        trainer.parts.graph,
         tok,
         ScriptedBackend(tok),
         cfg.env,
@@ -265,11 +268,12 @@ def test_token_level_and_group_updates_run_on_ragged_routes(tmp_path, algorithm)
     )
     traj = collector.collect(1)
     assert traj.shape[1] == 2  # some copies routed the router twice
-    before = [p.detach().clone() for p in trainer.model.adapter_parameters("router")]
-    result = trainer.learner.update(traj, trainer.scorer.score(traj), 0)
+    before = [p.detach().clone() for p in trainer.parts.model.adapter_parameters("router")]
+    result = trainer.parts.learner.update(traj, trainer.parts.scorer.score(traj), 0)
     assert all(v == v and abs(v) < 1e6 for v in result.metrics.values() if isinstance(v, float))
     assert any(
-        not torch.equal(a, b) for a, b in zip(before, trainer.model.adapter_parameters("router"), strict=True)
+        not torch.equal(a, b)
+        for a, b in zip(before, trainer.parts.model.adapter_parameters("router"), strict=True)
     )
 
 
@@ -294,16 +298,23 @@ def test_env_copy_slices_merge_into_what_one_collector_collects(tmp_path):
     # own history, so slices collected apart merge into one collector's trajectory, tensor for tensor.
     from collections import Counter
 
-    from marft.compose import build_envs
+    from marft.compose import build_envs, resolve
     from marft.rollout.merge import merge_trajectories
 
     trainer = routed_trainer(tmp_path)
-    tok, cfg = trainer.model.tokenizer, trainer.cfg
+    tok, cfg = trainer.parts.model.tokenizer, trainer.cfg
 
     def collector(n, offset):
-        envs = build_envs(cfg, trainer.graph, n)
+        envs = build_envs(resolve(cfg), n)
         return Collector(
-            envs, trainer.graph, tok, ScriptedBackend(tok), cfg.env, cfg.sampling, seed=5, env_offset=offset
+            envs,
+            trainer.parts.graph,
+            tok,
+            ScriptedBackend(tok),
+            cfg.env,
+            cfg.sampling,
+            seed=5,
+            env_offset=offset,
         )
 
     whole = collector(12, 0).collect(2)

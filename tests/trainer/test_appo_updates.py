@@ -5,14 +5,14 @@ import json
 import torch
 from peft import PeftModel
 
-from marft.compose import tiny_corpus
+from marft.compose import resolve, tiny_corpus
 from marft.models import load_base
 from marft.trainer import Trainer
 from tests.conftest import collect_scored, small_config
 
 
 def snapshot(trainer):
-    m = trainer.model
+    m = trainer.parts.model
     return {
         "base": {n: p.detach().clone() for n, p in m.base_parameters()},
         **{r: [p.detach().clone() for p in m.adapter_parameters(r)] for r in m.roles},
@@ -35,7 +35,7 @@ def make_trainer(tmp_path, *overrides):
 
 
 def one_iteration(trainer, it):
-    return trainer.learner.update(*collect_scored(trainer), it)
+    return trainer.parts.learner.update(*collect_scored(trainer), it)
 
 
 def test_every_trainable_adapter_and_the_critic_move_base_does_not(tmp_path):
@@ -54,7 +54,7 @@ def test_every_trainable_adapter_and_the_critic_move_base_does_not(tmp_path):
 
 def test_agent_by_agent_touches_only_the_active_adapter(tmp_path):
     trainer = make_trainer(tmp_path, "algorithm.agent_by_agent=2")
-    order = [trainer.learner.roles_to_train(i) for i in range(5)]
+    order = [trainer.parts.learner.roles_to_train(i) for i in range(5)]
     assert order == [["speaker"], ["speaker"], ["listener"], ["listener"], ["speaker"]]
     for it, active in [(0, "speaker"), (2, "listener")]:
         before = snapshot(trainer)
@@ -118,19 +118,19 @@ def test_run_directory_contents_and_standalone_adapters(tmp_path):
     assert (ckpt / "value_head.pt").exists() and (ckpt / "optimizers.pt").exists()
 
     # Each adapter folder loads with PEFT alone and reproduces the trained agent.
-    base, _ = load_base(cfg.model, tiny_corpus(cfg, trainer.collector.envs[0]))
+    base, _ = load_base(cfg.model, tiny_corpus(resolve(cfg), trainer.parts.sampler.envs[0]))
     ids = torch.tensor([[5, 6, 7, 8]])
     for role in ("speaker", "listener"):
         standalone = PeftModel.from_pretrained(base, str(ckpt / "adapters" / role)).eval()
-        with torch.no_grad(), trainer.model.adapter(role):
-            want = trainer.model.policy(input_ids=ids).logits
+        with torch.no_grad(), trainer.parts.model.adapter(role):
+            want = trainer.parts.model.policy(input_ids=ids).logits
             got = standalone(input_ids=ids).logits
         torch.testing.assert_close(got, want)
         base = standalone.unload()
 
 
 def test_action_logprob_normalisations():
-    from marft.learner.batching import action_logprob
+    from marft.algorithms import action_logprob
 
     tok = torch.tensor([[-1.0, -2.0, -3.0], [-4.0, 0.0, 0.0]])
     mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
@@ -162,7 +162,7 @@ def test_top_k_top_p_training_stays_finite(tmp_path):
         result = one_iteration(trainer, 0)
         assert all(torch.isfinite(torch.tensor(v)) for k, v in result.metrics.items() if "approx_kl" not in k)
         for role in ("speaker", "listener"):
-            assert all(torch.isfinite(p).all() for p in trainer.model.adapter_parameters(role))
+            assert all(torch.isfinite(p).all() for p in trainer.parts.model.adapter_parameters(role))
 
 
 def test_role_named_like_a_module_does_not_capture_other_adapters():

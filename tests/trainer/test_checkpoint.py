@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from marft.compose import tiny_corpus
+from marft.compose import resolve, tiny_corpus
 from marft.envs.base import Observation, StepResult
 from marft.reporting.metrics import read_metrics, reproducible
 from marft.trainer import checkpoint as ckpt_mod
@@ -174,7 +174,7 @@ def test_kill_9_during_saves_leaves_a_loadable_checkpoint(tmp_path):
         # and the run resumes from it
         trainer = Trainer(small_config("run.iterations=1"), out, resume=True)
         trainer.setup()
-        assert trainer.start_iteration == manifest["iteration"]
+        assert trainer.state.iteration == manifest["iteration"]
 
 
 def test_resume_after_a_crash_has_no_gap_or_duplicate(tmp_path):
@@ -216,7 +216,7 @@ def test_a_signal_saves_a_checkpoint_and_exits_clearly(tmp_path, sig):
 
 def _poison(trainer, role):
     """Make ``role``'s policy loss NaN (the adapter in use is the one being updated)."""
-    algo = trainer.learner.policy
+    algo = trainer.parts.learner.policy
     loss_fn = algo.policy_loss
 
     def poisoned(*args, **kwargs):
@@ -232,12 +232,12 @@ def test_a_nonfinite_loss_skips_that_agent_and_aborts_after_n_in_a_row(tmp_path)
     cfg = small_config("run.iterations=1", "algorithm.critic_warmup_iters=0")
     trainer = Trainer(cfg, tmp_path / "one")
     trainer.setup()
-    before = {r: [p.detach().clone() for p in trainer.model.adapter_parameters(r)] for r in ROLES}
+    before = {r: [p.detach().clone() for p in trainer.parts.model.adapter_parameters(r)] for r in ROLES}
     _poison(trainer, "speaker")
     result = trainer.train()
     row = result.rows[-1]
     assert row["nonfinite_skip/speaker"] == 1.0 and row["nonfinite_skip/listener"] == 0.0
-    after = {r: trainer.model.adapter_parameters(r) for r in ROLES}
+    after = {r: trainer.parts.model.adapter_parameters(r) for r in ROLES}
     assert all(torch.equal(b, a) for b, a in zip(before["speaker"], after["speaker"], strict=True))
     assert any(not torch.equal(b, a) for b, a in zip(before["listener"], after["listener"], strict=True))
     assert all(torch.isfinite(p).all() for p in after["speaker"])
@@ -330,11 +330,11 @@ def test_export_adapter_and_merged_model(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
 
-    ids = trainer.model.tokenizer(["name the secret colour red"], return_tensors="pt").input_ids
-    with torch.no_grad(), trainer.model.adapter("listener"):
-        want = trainer.model.policy(input_ids=ids.to(trainer.model.device)).logits.cpu()
+    ids = trainer.parts.model.tokenizer(["name the secret colour red"], return_tensors="pt").input_ids
+    with torch.no_grad(), trainer.parts.model.adapter("listener"):
+        want = trainer.parts.model.policy(input_ids=ids.to(trainer.parts.model.device)).logits.cpu()
     base, _ = load_base(
-        cfg.model, corpus=tiny_corpus(cfg, trainer.collector.envs[0])
+        cfg.model, corpus=tiny_corpus(resolve(cfg), trainer.parts.sampler.envs[0])
     )  # rebuilt from its seed
     peft_model = PeftModel.from_pretrained(base, str(tmp_path / "adapter"))
     merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))

@@ -6,12 +6,13 @@ import json
 import pytest
 import torch
 
+from marft.algorithms import agg_units
 from marft.compose import load_config
 from marft.config import ConfigError
-from marft.learner.batching import rows_of, sequences
-from marft.learner.policy import AgentBatch, merge_agents
-from marft.trainer.checkpoint import CheckpointError, load_adapter_weights
 from marft.export import export_agent
+from marft.learner.batching import PolicyBatch, rows_of, sequences
+from marft.models import SamplingParams
+from marft.trainer.checkpoint import CheckpointError, load_adapter_weights
 from marft.trainer.trainer import Trainer
 from tests.conftest import collect_scored, make_team_model, small_config
 
@@ -38,11 +39,11 @@ def test_one_adapter_serves_every_role():
 
 def test_shared_update_moves_the_one_adapter_and_nothing_else(tmp_path):
     trainer = setup(tmp_path, SHARED)
-    model = trainer.model
+    model = trainer.parts.model
     base = {n: p.detach().clone() for n, p in model.base_parameters()}
     before = [p.detach().clone() for p in model.adapter_parameters("shared")]
-    result = trainer.learner.update(*collect_scored(trainer), 0)
-    assert result.trained == ["shared"] and list(trainer.learner.policy.optimizers) == ["shared"]
+    result = trainer.parts.learner.update(*collect_scored(trainer), 0)
+    assert result.trained == ["shared"] and list(trainer.parts.learner.policy.optimizers) == ["shared"]
     after = model.adapter_parameters("shared")
     assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
     assert all(torch.equal(base[n], p) for n, p in model.base_parameters())
@@ -61,35 +62,40 @@ def _grads(model, fn):
 
 
 @pytest.mark.parametrize(
-    "algorithm",
-    [["algorithm.name=appo"], ["algorithm.name=grpo", "algorithm.group_size=4"]],
-    ids=["action", "token"],
+    ("algorithm", "mode"),
+    [
+        (["algorithm.name=appo"], "action-mean"),
+        (["algorithm.name=grpo", "algorithm.group_size=4"], "token-mean"),
+        (
+            ["algorithm.name=grpo", "algorithm.group_size=4", "algorithm.loss_agg_mode=seq-mean-token-sum"],
+            "seq-mean-token-sum",
+        ),
+    ],
+    ids=["action", "token", "sequence"],
 )
-def test_the_merged_batch_gives_the_gradient_of_each_agent_weighted_by_its_share(tmp_path, algorithm):
+def test_the_merged_batch_gives_the_gradient_of_each_agent_weighted_by_its_share(tmp_path, algorithm, mode):
     """One update over both agents' actions (padded together) equals each agent's own
-    update-gradient weighted by its share of the minibatch's actions (action-level loss) or of its
-    response tokens (token-level): merging pads, it changes no row."""
+    update-gradient weighted by its share of the minibatch's units of the loss's aggregation
+    (actions, response tokens or sequences): merging pads, it changes no row."""
     trainer = setup(tmp_path, SHARED, "algorithm.entropy_coef=0", "algorithm.kl_coef=0", *algorithm)
-    token_level = trainer.learner.policy.token_level
-    assert token_level == (algorithm[0] == "algorithm.name=grpo")
+    assert trainer.parts.learner.policy.agg_mode == mode  # the algorithm's default, or the config's
     traj, scores = collect_scored(trainer)
-    targets = trainer.learner.targets(traj, scores)
-    batches = [AgentBatch(traj.agents[n], scores.old_logprobs[n], None) for n in range(2)]
-    agent_targets = targets.agents
-    assert traj.agents[0].prompt_ids.shape[1] != traj.agents[1].prompt_ids.shape[1]  # padding matters
-    merged, merged_targets = merge_agents(batches, agent_targets)
-    policy, model = trainer.learner.policy, trainer.model
-    S = merged.actions.prompt_ids.shape[0]
-    loss, grads = _grads(model, lambda: policy.minibatch_backward(merged, merged_targets, torch.arange(S))[0])
-    weights = [
-        (b.actions.response_mask * t.sample_mask[:, None]).sum() if token_level else t.sample_mask.sum()
-        for b, t in zip(batches, agent_targets, strict=True)
+    targets = trainer.parts.learner.targets(traj, scores)
+    batches = [
+        PolicyBatch(traj.agents[n], scores.old_logprobs[n], None, t.advantages, t.sample_mask)
+        for n, t in enumerate(targets.agents)
     ]
+    assert traj.agents[0].prompt_ids.shape[1] != traj.agents[1].prompt_ids.shape[1]  # padding matters
+    merged = PolicyBatch.merge(batches)
+    policy, model = trainer.parts.learner.policy, trainer.parts.model
+    S = merged.actions.prompt_ids.shape[0]
+    loss, grads = _grads(model, lambda: policy.minibatch_backward(merged, torch.arange(S)).policy_loss)
+    weights = [agg_units(mode, b.actions.response_mask, b.sample_mask).sum() for b in batches]
     total = sum(weights)
     expect_loss, expect = 0.0, [torch.zeros_like(g) for g in grads]
-    for b, t, w in zip(batches, agent_targets, weights, strict=True):
+    for b, w in zip(batches, weights, strict=True):
         rows = torch.arange(b.actions.prompt_ids.shape[0])
-        lo, g = _grads(model, lambda b=b, t=t, rows=rows: policy.minibatch_backward(b, t, rows)[0])
+        lo, g = _grads(model, lambda b=b, rows=rows: policy.minibatch_backward(b, rows).policy_loss)
         expect_loss = expect_loss + lo * w / total
         expect = [e + x * w / total for e, x in zip(expect, g, strict=True)]
     torch.testing.assert_close(loss, expect_loss, rtol=1e-5, atol=1e-6)
@@ -98,9 +104,10 @@ def test_the_merged_batch_gives_the_gradient_of_each_agent_weighted_by_its_share
     # and every merged row's log-probs are those of the agent's own row
     seq = sequences(merged.actions)
     n0 = traj.agents[0].prompt_ids.shape[0]
+    sampling = SamplingParams()
     with model.adapter("shared"):
-        lp, _ = model.action_logprobs(rows_of(seq, torch.arange(n0, S)))
-        own, _ = model.action_logprobs(rows_of(sequences(traj.agents[1]), torch.arange(S - n0)))
+        lp, _ = model.action_logprobs(rows_of(seq, torch.arange(n0, S)), sampling)
+        own, _ = model.action_logprobs(rows_of(sequences(traj.agents[1]), torch.arange(S - n0)), sampling)
     torch.testing.assert_close(lp[:, : own.shape[1]], own, rtol=1e-5, atol=1e-5)
 
 
@@ -124,7 +131,7 @@ def test_shared_runs_save_resume_export_and_refuse_a_per_role_config(tmp_path):
     # a per-role team cannot load it, and says why
     per_role = setup(tmp_path, name="other")
     with pytest.raises(CheckpointError, match="no adapter 'speaker'.*lora.shared"):
-        load_adapter_weights(per_role.model, ckpt)
+        load_adapter_weights(per_role.parts.model, ckpt)
 
 
 def test_shared_adapter_and_a_frozen_agent_is_a_config_error():

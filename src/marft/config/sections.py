@@ -9,6 +9,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from marft.config.algorithm import AlgorithmConfig
 from marft.config.errors import ConfigError, _check
 from marft.config.reward import RewardConfig
 from marft.config.scale import RayConfig
@@ -21,7 +22,16 @@ from marft.config.trackers import (
     check_logger_names,
 )
 
-__all__ = ["AgentConfig", "ConfigError", "RayConfig", "RewardConfig", "RoutingConfig", "TeamConfig", "_check"]
+__all__ = [
+    "AgentConfig",
+    "AlgorithmConfig",
+    "ConfigError",
+    "RayConfig",
+    "RewardConfig",
+    "RoutingConfig",
+    "TeamConfig",
+    "_check",
+]
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -191,109 +201,6 @@ class VLLMConfig:
         _check(0.0 < self.gpu_memory_utilization < 1.0, "gpu_memory_utilization", "must be in (0, 1)")
         _check(self.kv_cache_gb > 0, "kv_cache_gb", "must be > 0")
         _check(self.max_model_len is None or self.max_model_len > 0, "max_model_len", "must be > 0 or null")
-
-
-@dataclass
-class AlgorithmConfig:
-    """The RL algorithm and its hyper-parameters."""
-
-    name: str = "appo"
-    """A registered algorithm: appo, tppo, grpo, dr_grpo, rloo, reinforce_pp
-    (``marft.trainer.ALGORITHMS``)."""
-    advantage_estimator: str | None = None
-    """Group-relative algorithms: the estimator (``marft.algorithms.ADVANTAGE_ESTIMATORS``); None: the
-    algorithm's own."""
-    policy_loss: str = "ppo_clip"
-    """The policy loss (``marft.algorithms.POLICY_LOSSES``): ppo_clip or vanilla_pg."""
-    group_size: int = 8
-    """Group-relative algorithms: rollouts per task instance (env.n_envs must be a multiple)."""
-    gamma: float = 1.0
-    """Discount over (step, agent) micro-steps."""
-    lam: float = 0.95
-    """GAE lambda."""
-    token_gamma: float = 1.0
-    """TPPO: discount between tokens inside an action (gamma reproduces the reference's decay)."""
-    token_lam: float = 1.0
-    """TPPO: GAE lambda between tokens inside an action."""
-    clip_eps: float = 0.2
-    """PPO ratio clip."""
-    value_clip_eps: float | None = 0.2
-    """Clip of the value update around the old values (None: off)."""
-    value_loss: Literal["huber", "mse"] = "huber"
-    """Value regression loss: symmetric Huber or 0.5 * squared error."""
-    huber_delta: float = 1.0
-    """Huber threshold."""
-    entropy_coef: float = 0.0
-    """Entropy bonus weight."""
-    policy_lr: float = 1e-3
-    """Learning rate of every agent's adapter."""
-    critic_lr: float = 1e-3
-    """Learning rate of the value head."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    ppo_epochs: int = 2
-    """Passes over each rollout."""
-    num_minibatches: int = 1
-    """Optimizer steps per epoch and agent."""
-    micro_batch_size: int = 64
-    """Sequences per forward/backward; gradients accumulate up to a minibatch (bounds memory)."""
-    micro_batch_tokens: int = 0
-    """If > 0, also cap a micro-batch at this many padded tokens, so memory stays bounded however
-    long prompts grow (later agents in a chain see every earlier output)."""
-    max_grad_norm: float = 1.0
-    """Gradient-norm clip per agent and for the critic."""
-    normalize_advantages: bool = True
-    """Standardise advantages over the real entries of the batch."""
-    target_kl: float | None = None
-    """Stop an agent's epochs early once its approximate KL exceeds this (None: off)."""
-    logprob_norm: Literal["sum", "token_mean", "word_mean"] = "sum"
-    """An action's log-prob: sum of token log-probs, or divided by its token or word count."""
-    critic_warmup_iters: int = 0
-    """First iterations that train only the critic."""
-    agent_by_agent: int = 0
-    """If K > 0, only one trainable agent updates at a time, switching every K iterations."""
-    recompute_old_logprobs: bool | None = None
-    """Recompute old log-probs with the learner's forward before the epochs. None: only for a
-    half-precision base, where the sampler's cached forward rounds differently (fp32: exact)."""
-    kl_coef: float = 0.0
-    """Weight of the KL anchor to the reference policy (the base with adapters disabled); 0: off."""
-    kl_mode: Literal["loss", "penalty"] = "loss"
-    """``loss``: add ``kl_coef * KL`` to the policy loss; ``penalty``: subtract it from the rewards."""
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    """Per-token KL estimator (k1 = log ratio, k3 = exp(-log ratio) - 1 + log ratio)."""
-    value_head_hidden: int = 128
-    """Width of the value head's hidden layer (0: a linear head)."""
-    rollout_correction: Literal["none", "tis"] = "none"
-    """Correct for the gap between the sampler's and the learner's log-probs (a separate engine
-    such as vLLM): ``tis`` weights each token's (or action's) advantage by the truncated importance
-    ratio ``min(pi_learner / pi_sampler, tis_cap)`` (Yao et al. 2025)."""
-    tis_cap: float = 2.0
-    """Upper bound of the truncated importance ratio."""
-
-    def __post_init__(self) -> None:
-        _check(0.0 <= self.gamma <= 1.0, "gamma", "must be in [0, 1]")
-        _check(0.0 <= self.lam <= 1.0, "lam", "must be in [0, 1]")
-        _check(self.clip_eps > 0, "clip_eps", "must be > 0")
-        _check(
-            self.value_clip_eps is None or self.value_clip_eps > 0, "value_clip_eps", "must be > 0 or null"
-        )
-        _check(self.huber_delta > 0, "huber_delta", "must be > 0")
-        _check(self.policy_lr > 0, "policy_lr", "must be > 0")
-        _check(self.critic_lr > 0, "critic_lr", "must be > 0")
-        _check(self.ppo_epochs > 0, "ppo_epochs", "must be a positive integer")
-        _check(self.num_minibatches > 0, "num_minibatches", "must be a positive integer")
-        _check(self.micro_batch_size > 0, "micro_batch_size", "must be a positive integer")
-        _check(self.micro_batch_tokens >= 0, "micro_batch_tokens", "must be >= 0 (0 turns it off)")
-        _check(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
-        _check(self.target_kl is None or self.target_kl > 0, "target_kl", "must be > 0 or null")
-        _check(self.critic_warmup_iters >= 0, "critic_warmup_iters", "must be >= 0")
-        _check(self.agent_by_agent >= 0, "agent_by_agent", "must be >= 0 (0 trains all agents together)")
-        _check(self.group_size >= 1, "group_size", "must be a positive integer")
-        _check(0.0 <= self.token_gamma <= 1.0, "token_gamma", "must be in [0, 1]")
-        _check(0.0 <= self.token_lam <= 1.0, "token_lam", "must be in [0, 1]")
-        _check(self.kl_coef >= 0, "kl_coef", "must be >= 0 (0 turns the KL anchor off)")
-        _check(self.value_head_hidden >= 0, "value_head_hidden", "must be >= 0")
-        _check(self.tis_cap >= 1.0, "tis_cap", "must be >= 1")
 
 
 @dataclass

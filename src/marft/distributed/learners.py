@@ -44,31 +44,33 @@ class LearnerWorker(ActorProcess):
     scoring phase and the learner, in the driver's group."""
 
     def __init__(self, cfg: Config, rank: int, world: int, threads: int) -> None:
-        from marft.compose import build_envs, build_team_model
+        from marft.compose import build_envs, build_team_model, resolve
         from marft.distributed.cluster import actor_config
-        from marft.learner.spec import resolve_algorithm
         from marft.runtime import configure_threads
-        from marft.team.graph import TeamGraph
 
         configure_threads(threads)
-        cfg = actor_config(cfg)
-        graph = TeamGraph.from_config(cfg.team)
-        algorithm = resolve_algorithm(cfg.algorithm)
-        env = build_envs(cfg, graph, 1)[0]
-        self.model = build_team_model(cfg, graph, env, with_critic=algorithm.critic)
-        self.cfg, self.graph, self.algorithm, self.rank, self.world = cfg, graph, algorithm, rank, world
+        resolved = resolve(actor_config(cfg))  # its own device: the config is resolved again here
+        env = build_envs(resolved, 1)[0]
+        self.model = build_team_model(resolved, env, with_critic=resolved.algorithm.critic)
+        self.cfg = resolved.cfg
+        self.graph = resolved.graph
+        self.algorithm = resolved.algorithm
+        self.rank = rank
+        self.world = world
 
     def join(self, address: str) -> None:
         """Join the driver's group (once every learner is built, so that joining is quick)."""
         from marft.learner.learner import Learner
         from marft.learner.scoring import Scorer
+        from marft.models.logprobs import SamplingParams
 
         cfg = self.cfg
         dp = init_group(address, self.rank, self.world, self.model.device, cfg.run.ray.learner_timeout_s)
         # Rollouts come from rollout workers: old log-probs are recomputed, as the driver does.
         needs = self.algorithm.scoring_needs(cfg.algorithm, True)
-        self.scorer = Scorer(self.model, needs, cfg.sampling, cfg.algorithm, all_roles=True)
-        self.learner = Learner(cfg.algorithm, cfg.sampling, self.algorithm, self.model, self.graph, dp)
+        sampling = SamplingParams.of(cfg.sampling)
+        self.scorer = Scorer(self.model, needs, sampling, cfg.algorithm, all_roles=True)
+        self.learner = Learner(cfg.algorithm, sampling, self.algorithm, self.model, self.graph, dp)
 
     def load(self, adapters: dict, value_head: dict | None, optimizers: dict) -> None:
         """Take the driver's adapters, value head and optimizer states (at start and on resume)."""

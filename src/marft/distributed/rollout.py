@@ -2,8 +2,10 @@
 adapters, a generation backend and a slice of the env copies.
 
 :class:`RayRollout` stands where the one-process :class:`~marft.rollout.collector.Collector`
-stands (``collect``, ``state_dict``, ``load_state_dict``) and is also the learner's view of the
-sampler (``shares_weights`` is False, so the scoring phase recomputes old log-probs). What moves:
+stands (``collect``, ``state_dict``, ``load_state_dict``, ``last_metrics``, ``close``: the
+:class:`~marft.rollout.sampler.Sampler` protocol) and is also what receives the learner's weights
+(:class:`~marft.rollout.backends.WeightSync`; ``shares_weights`` is False, so the scoring phase
+recomputes old log-probs). What moves:
 
 - learner -> workers, after each update: the changed agents' adapter tensors (PEFT format), put
   once into Ray's object store for all workers, with the new version number;
@@ -47,23 +49,24 @@ class RolloutWorker(ActorProcess):
     """
 
     def __init__(self, cfg: Config, lo: int, hi: int, threads: int) -> None:
-        from marft.compose import bind_judges, build_backend, build_collector, build_envs, build_team_model
+        from marft.compose import (
+            bind_judges,
+            build_backend,
+            build_collector,
+            build_envs,
+            build_team_model,
+            resolve,
+        )
         from marft.distributed.cluster import actor_config
-        from marft.learner.spec import resolve_algorithm
         from marft.runtime import configure_threads
-        from marft.team.graph import TeamGraph
 
         configure_threads(threads)
-        cfg = actor_config(cfg)
-        graph = TeamGraph.from_config(cfg.team)
-        envs = build_envs(cfg, graph, hi - lo)
-        algorithm = resolve_algorithm(cfg.algorithm)
-        self.model = build_team_model(cfg, graph, envs[0], with_critic=False)
-        bind_judges(cfg, envs, self.model)
-        self.backend = build_backend(cfg, self.model, envs[0])
-        self.collector = build_collector(
-            cfg, graph, envs, self.model.tokenizer, self.backend, algorithm, env_offset=lo
-        )
+        resolved = resolve(actor_config(cfg))  # its own device: the config is resolved again here
+        envs = build_envs(resolved, hi - lo)
+        self.model = build_team_model(resolved, envs[0], with_critic=False)
+        bind_judges(resolved, envs, self.model)
+        self.backend = build_backend(resolved, self.model, envs[0])
+        self.collector = build_collector(resolved, envs, self.model.tokenizer, self.backend, env_offset=lo)
         self.version = 0
 
     def state_dict(self) -> dict[str, Any]:
@@ -110,7 +113,9 @@ def env_slices(n_envs: int, workers: int, group_size: int = 1) -> list[tuple[int
 
 
 class RayRollout:
-    """K Ray rollout workers behind the collector's interface (see the module docstring).
+    """K Ray rollout workers as one :class:`~marft.rollout.sampler.Sampler` that also receives the
+    learner's weights (:class:`~marft.rollout.backends.WeightSync`): a
+    :class:`~marft.rollout.sampler.RemoteSampler` (see the module docstring).
 
     Args:
         cfg: the run's config (``run.ray`` set).
@@ -142,9 +147,13 @@ class RayRollout:
         self.version = 0
         self.restarts = 0
         self.states = ray.get([w.state_dict.remote() for w in self.workers])
-        self.last_metrics: dict[str, float] = {}
+        self._metrics: dict[str, float] = {}
+
+    @property
+    def last_metrics(self) -> dict[str, float]:
         """Per iteration: ``rollout_restarts`` (so far), ``trajectory_bytes`` (workers -> learner,
         pickled) and ``adapter_bytes_sent`` (learner -> each worker, summed over workers)."""
+        return self._metrics
 
     # ------------------------------------------------------------------ what the trainer calls
 
@@ -162,7 +171,7 @@ class RayRollout:
                 sent += ray.get(pending)
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
                 self._recover(k, e)  # restarted with its env state and every adapter of this version
-        self.last_metrics["adapter_bytes_sent"] = sent
+        self._metrics["adapter_bytes_sent"] = sent
 
     def collect(self, steps: int) -> Trajectory:
         """One collection on every worker, merged in env order; a worker that died is restarted
@@ -189,7 +198,7 @@ class RayRollout:
         self.states = [results[k][1] for k in range(len(self.workers))]
         trajectory = merge_trajectories(parts, [lo for lo, _ in self.slices], self.pad_id)
         trajectory.timings["worker_max"] = max(results[k][2] for k in results)
-        self.last_metrics = {
+        self._metrics = {
             "rollout_restarts": float(self.restarts),
             "trajectory_bytes": float(sum(len(pickle.dumps(p)) for p in parts)),
         }
@@ -201,7 +210,7 @@ class RayRollout:
         import ray
 
         self.restarts += 1
-        self.last_metrics["rollout_restarts"] = float(self.restarts)
+        self._metrics["rollout_restarts"] = float(self.restarts)
         if self.restarts > self.cfg.run.ray.max_restarts * len(self.workers):
             raise RuntimeError(
                 f"rollout worker {k} keeps dying ({self.restarts} restarts): {error}"
@@ -240,10 +249,8 @@ class RayRollout:
 
         return ray.get([w.peak_rss_mb.remote() for w in self.workers])
 
-    def release(self) -> None:
-        """Nothing is held in this process."""
-
-    def shutdown(self) -> None:
+    def close(self) -> None:
+        """Stop the rollout workers and free their placement group."""
         import ray
 
         for w in self.workers:

@@ -3,21 +3,32 @@
 An environment is any object with
 
 * ``reset(seed) -> Observation``
-* ``step(actions) -> StepResult`` where ``actions`` maps each role to its decoded text,
+* ``step(actions) -> StepResult`` where ``actions`` maps each role to its decoded text.
 
-and optionally ``concurrent_steps = True`` (copies may step at once, on threads: :func:`step_all`),
-``state_dict() -> dict`` / ``load_state_dict(state)`` for exact resume (without
-them, checkpoints pickle the env's attributes), ``pop_metrics() -> dict[str, float]``: counters
-since the last call (summed over env copies into each iteration's metrics row, e.g. the math env's
-``grader_timeouts``; a pair ``X.sum`` / ``X.n`` becomes the mean ``X``: :func:`summarize_metrics`),
-and a classmethod ``step_batch(envs, actions)`` that steps many copies at once (an env that
-batches work across copies, such as a judge model's forward). Envs are found by registered name
-(``env.name: signal``) or by ``package.module:Class``. An env class may carry a ``Config``
-dataclass: its ``env.kwargs`` are then validated against it before any model loads, and the
-instance is built as ``Class(config)``; otherwise as ``Class(**kwargs)``.
+What an env may do beyond that is a named protocol each (:mod:`marft.envs.capabilities`):
+:class:`~marft.envs.capabilities.StatefulEnv` (``state_dict`` / ``load_state_dict``: exact resume;
+without it, checkpoints pickle the env's attributes), :class:`~marft.envs.capabilities.MeteredEnv`
+(``pop_metrics``: counters summed over env copies into each iteration's metrics row, e.g. the math
+env's ``grader_timeouts``; a pair ``X.sum`` / ``X.n`` becomes the mean ``X``:
+:func:`summarize_metrics`), :class:`~marft.envs.capabilities.BatchedEnv` (a classmethod
+``step_batch(envs, actions)`` that steps many copies at once, such as a judge model's forward),
+:class:`~marft.envs.capabilities.ConcurrentEnv` (``concurrent_steps = True``: copies step on
+threads), :class:`~marft.envs.capabilities.TeamAwareEnv` (``bind_team``),
+:class:`~marft.envs.capabilities.JudgeableEnv` (``bind_judge``),
+:class:`~marft.envs.capabilities.EvaluableEnv` (``problems``, ``reset_to``: ``marft eval``),
+:class:`~marft.envs.capabilities.AnswerMatchingEnv` (``same_answer``) and
+:class:`~marft.envs.capabilities.VocabularyEnv` (``vocabulary``). :mod:`marft.compose` decides
+once per run which of them an env class keeps (:func:`marft.compose.env_capabilities`), and the
+run's copies travel with that answer (:class:`~marft.envs.copies.EnvCopies`).
+
+Envs are found by registered name (``env.name: signal``) or by ``package.module:Class``
+(:func:`env_class`). An env class may carry a ``Config`` dataclass
+(:class:`~marft.envs.capabilities.ConfiguredEnv`): its ``env.kwargs`` are then validated against
+it before any model loads, and the instance is built as ``Class(config)``; otherwise as
+``Class(**kwargs)`` (:func:`marft.compose.make_env`).
 
 Example:
-    >>> from marft.envs import make_env
+    >>> from marft.compose import make_env
     >>> env = make_env("signal", {"symbols": ["red", "blue"]})
     >>> obs = env.reset(seed=0)
     >>> result = env.step({"speaker": "x", "listener": "red"})
@@ -28,8 +39,7 @@ Example:
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -85,50 +95,7 @@ class Env(Protocol):
 
 
 ENVS: Registry[type] = Registry("env")
-MAX_STEP_THREADS = 64
-"""Most env copies stepped at once by :func:`step_all` (their own work bounds itself further)."""
-
-
-def step_all(envs: Sequence[Env], actions: Sequence[Mapping[str, str]]) -> list[StepResult | Exception]:
-    """Step each env copy on its joint action; an env's exception is returned, not raised.
-
-    Copies of one class with a ``step_batch`` classmethod step in one call of it (it returns a
-    result or an exception per copy). Otherwise copies step one after another, or on threads when
-    every copy's class sets ``concurrent_steps = True`` (an env whose step waits on other
-    processes, such as the code env's sandbox; the results keep the copies' order, and each copy
-    is stepped by one thread).
-    """
-
-    def one(i: int) -> StepResult | Exception:
-        try:
-            return envs[i].step(actions[i])
-        except Exception as e:  # noqa: BLE001 (a user env: the caller drops the episode, not the run)
-            return e
-
-    batch = getattr(type(envs[0]), "step_batch", None) if envs else None
-    if batch is not None and all(type(env) is type(envs[0]) for env in envs):
-        return list(batch(envs, actions))
-    if len(envs) > 1 and all(getattr(env, "concurrent_steps", False) for env in envs):
-        with ThreadPoolExecutor(max_workers=min(len(envs), MAX_STEP_THREADS)) as pool:
-            return list(pool.map(one, range(len(envs))))
-    return [one(i) for i in range(len(envs))]
-
-
-def env_state(env: Any) -> Any:
-    """What a checkpoint needs to continue ``env`` exactly: its ``state_dict()`` when it has one,
-    else a copy of its attributes (which must then be picklable)."""
-    if hasattr(env, "state_dict"):
-        return env.state_dict()
-    return dict(vars(env))
-
-
-def pop_env_metrics(envs: Iterable[Any]) -> dict[str, float]:
-    """The sum over env copies of their ``pop_metrics()`` counters (envs without it add nothing)."""
-    total: dict[str, float] = {}
-    for env in envs:
-        for key, value in (env.pop_metrics() if hasattr(env, "pop_metrics") else {}).items():
-            total[key] = total.get(key, 0.0) + float(value)
-    return total
+"""Registered env classes (``env.name``); the built-in ones register when :mod:`marft.envs` is imported."""
 
 
 def summarize_metrics(counters: Mapping[str, float]) -> dict[str, float]:
@@ -144,15 +111,14 @@ def summarize_metrics(counters: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
-def load_env_state(env: Any, state: Any) -> None:
-    """Put back what :func:`env_state` returned."""
-    if hasattr(env, "load_state_dict"):
-        env.load_state_dict(state)
-    else:
-        vars(env).update(state)
+def env_class(name: str) -> type:
+    """The env class of ``env.name``: a registered name or ``package.module:Class``.
 
-
-def _resolve(name: str) -> type:
+    Raises:
+        ImportError: the module cannot be imported.
+        AttributeError: the module has no such class.
+        KeyError: no env is registered under ``name`` (the message lists those that are).
+    """
     if ":" in name:
         module, _, attr = name.partition(":")
         try:
@@ -166,31 +132,3 @@ def _resolve(name: str) -> type:
     import marft.envs  # noqa: F401  (registers the built-in envs)
 
     return ENVS.get(name)
-
-
-def env_config_class(name: str) -> type | None:
-    """The ``Config`` dataclass of env ``name``, or None when it takes free keyword arguments."""
-    return getattr(_resolve(name), "Config", None)
-
-
-def make_env(name: str, kwargs: Mapping[str, Any] | None = None, team: Any = None) -> Env:
-    """Build one env copy by registered name or ``module:Class``; kwargs are validated first.
-
-    Args:
-        name: registered name or ``module:Class``.
-        kwargs: ``env.kwargs``.
-        team: the team's :class:`~marft.team.TeamGraph`; envs with a ``bind_team`` method (those
-            that grade some agents, say) receive it.
-    """
-    from marft.config import from_dict
-
-    cls = _resolve(name)
-    cfg_cls = getattr(cls, "Config", None)
-    env = (
-        cls(from_dict(cfg_cls, dict(kwargs or {}), "env.kwargs"))
-        if cfg_cls is not None
-        else cls(**dict(kwargs or {}))
-    )
-    if team is not None and hasattr(env, "bind_team"):
-        env.bind_team(team)
-    return env

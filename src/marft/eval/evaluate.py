@@ -18,15 +18,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from marft.compose import bind_judges, build_backend, build_envs, build_team_model, validate
+from marft.compose import bind_judges, build_backend, build_envs, build_team_model, resolve
 from marft.config import Config, ConfigError
-from marft.envs.base import pop_env_metrics, summarize_metrics
+from marft.envs.base import summarize_metrics
+from marft.eval.judged import compare_with_untrained
 from marft.rollout.backends import BASE
 from marft.rollout.collector import Collector
 from marft.runtime import configure_threads
-from marft.team.graph import TeamGraph
 from marft.trainer.checkpoint import load_adapter_weights, resolve_checkpoint
-from marft.eval.judged import compare_with_untrained
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -96,9 +95,11 @@ class EvalRun:
 class Evaluator:
     """Runs a team (optionally from a checkpoint) over a problem set.
 
-    Works with any env that has a problem list (``problems``, ``reset_to``) and says whether the
-    team was right (``StepResult.correct``); its ``same_answer(a, b)``, when it has one, groups
-    equal answers for the majority vote.
+    Works with any :class:`~marft.envs.capabilities.EvaluableEnv` (a problem list: ``problems``,
+    ``reset_to``) that says whether the team was right (``StepResult.correct``); an
+    :class:`~marft.envs.capabilities.AnswerMatchingEnv`'s ``same_answer(a, b)`` groups equal
+    answers for the majority vote, and a :class:`~marft.envs.capabilities.JudgeableEnv`'s judge
+    (:attr:`judge`) compares the trained team with the untrained one.
 
     Args:
         cfg: the team's config.
@@ -107,6 +108,10 @@ class Evaluator:
         limit: evaluate only the first N problems.
         batch: env copies run together.
         progress: show a progress bar.
+
+    Attributes:
+        envs: the env copies (:class:`~marft.envs.copies.EnvCopies`).
+        judge: the judge of a judged env (None for other envs).
     """
 
     def __init__(
@@ -118,24 +123,22 @@ class Evaluator:
         batch: int = 32,
         progress: bool = True,
     ) -> None:
-        validate(cfg)
-        self.cfg, self.samples, self.progress = cfg, samples, progress
-        self.graph = TeamGraph.from_config(cfg.team)
-        (probe,) = build_envs(cfg, self.graph, 1)
-        if not (hasattr(probe, "reset_to") and hasattr(probe, "problems")):
-            raise ConfigError(
-                "env.name", f"env {cfg.env.name!r} has no problem set; marft eval needs one such as 'math'"
-            )
-        self.n_problems = min(limit or len(probe.problems), len(probe.problems))
+        resolved = resolve(cfg)
+        self.cfg = cfg
+        self.samples = samples
+        self.progress = progress
+        self.graph = resolved.graph
+        probe = build_envs(resolved, 1)
+        problems = probe.problems  # ConfigError when the env has no problem set
+        self.n_problems = min(limit or len(problems), len(problems))
         self.per_chunk = max(1, batch // samples)
-        self.envs = build_envs(cfg, self.graph, self.per_chunk * samples)
-        same = getattr(self.envs[0], "same_answer", None)
-        self.same_answer: Callable[[str, str], bool] = same if same is not None else str.__eq__
+        self.envs = build_envs(resolved, self.per_chunk * samples)
+        self.same_answer: Callable[[str, str], bool] = self.envs.same_answer
         self.threads = configure_threads(cfg.run.torch_threads)
-        self.model = build_team_model(cfg, self.graph, probe, with_critic=False)
+        self.model = build_team_model(resolved, probe[0], with_critic=False)
         self.checkpoint = load_adapters(self.model, checkpoint) if checkpoint is not None else None
-        bind_judges(cfg, self.envs, self.model)
-        self.backend = build_backend(cfg, self.model, probe)
+        self.judge = bind_judges(resolved, self.envs, self.model)
+        self.backend = build_backend(resolved, self.model, probe[0])
 
     @torch.no_grad()
     def run(self, swap_to_base: str | None = None, untrained: bool = False) -> EvalRun:
@@ -285,17 +288,17 @@ def evaluate(
             if "judge_score" in metrics:
                 metrics["judge_score_drop"] = summary["team"]["judge_score"] - metrics["judge_score"]
             summary["ablation"][role] = metrics
-    judge = getattr(ev.envs[0], "judge", None)
+    judge = ev.judge
     if judge is not None and ev.checkpoint is not None:  # judged work: against the untrained team
         runs.append(ev.run(untrained=True))
         summary["untrained"] = ev.summarize(runs[-1].results)
         summary["vs_untrained"] = compare_with_untrained(
-            judge, ev.envs[0].problems, team.results, runs[-1].results
+            judge, ev.envs.problems, team.results, runs[-1].results
         )
     # The envs' counters (grader time-outs, judge calls of every run and of the comparison)
     env_metrics: dict[str, float] = {}
     compared = judge.pop_metrics() if judge is not None else {}
-    for counters in [*(r.env_metrics for r in runs), pop_env_metrics(ev.envs), compared]:
+    for counters in [*(r.env_metrics for r in runs), ev.envs.pop_metrics(), compared]:
         for key, value in counters.items():
             env_metrics[key] = env_metrics.get(key, 0.0) + value
     summary["env_metrics"] = summarize_metrics(env_metrics)

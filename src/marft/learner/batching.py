@@ -1,12 +1,15 @@
-"""Batching helpers of the learner: micro-batches that bound memory, per-action log-probs, and
-per-agent tensors stacked into ``[B, T, N, ...]``."""
+"""Batching of the learner: what a policy update trains on (:class:`PolicyBatch`), micro-batches
+that bound memory, and per-agent tensors stacked into ``[B, T, N, ...]``."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from marft.models.team_model import SequenceBatch
+from marft.algorithms import LossInputs, action_logprob, loss_inputs
+from marft.models.sequences import SequenceBatch
 from marft.rollout.trajectory import AgentActions
 
 
@@ -20,26 +23,6 @@ def rows_of(seq: SequenceBatch, idx: Tensor) -> SequenceBatch:
     return SequenceBatch(
         seq.prompt_ids[idx], seq.prompt_mask[idx], seq.response_ids[idx], seq.response_mask[idx]
     ).trimmed()
-
-
-def action_logprob(token_logprobs: Tensor, response_mask: Tensor, word_counts: Tensor, norm: str) -> Tensor:
-    """Per-action log-prob from token log-probs.
-
-    Args:
-        token_logprobs: ``[S, L]`` (0 on padding).
-        response_mask: ``[S, L]``.
-        word_counts: ``[S]`` words in each decoded action.
-        norm: ``sum``, ``token_mean`` (divide by token count) or ``word_mean`` (by word count).
-
-    Returns:
-        ``[S]``.
-    """
-    total = token_logprobs.sum(-1)
-    if norm == "token_mean":
-        return total / response_mask.sum(-1).clamp(min=1).to(total.dtype)
-    if norm == "word_mean":
-        return total / word_counts.clamp(min=1).to(total.dtype)
-    return total
 
 
 def micro_batches(idx: Tensor, seq: SequenceBatch, max_rows: int, max_tokens: int = 0) -> list[Tensor]:
@@ -116,3 +99,81 @@ def stack_agents(tensors: list[Tensor], B: int, T: int, fill: float = 0.0) -> Te
         pad = torch.full((x.shape[0], L - x.shape[1], *x.shape[2:]), fill, dtype=x.dtype, device=x.device)
         padded.append(torch.cat([x, pad], dim=1).reshape(B, T, L, *x.shape[2:]))
     return torch.stack(padded, dim=2)
+
+
+@dataclass
+class AgentTargets:
+    """What one agent's policy update needs.
+
+    Attributes:
+        advantages: ``[S]`` per action, or ``[S, L]`` per token (``S = B * T``).
+        sample_mask: ``[S]`` 1 where the agent really acted.
+    """
+
+    advantages: Tensor
+    sample_mask: Tensor
+
+
+@dataclass
+class PolicyBatch:
+    """What one adapter's update trains on: ``S`` rows, one agent's actions or several agents'
+    stacked (:meth:`merge`).
+
+    Attributes:
+        actions: prompts and responses (``[S, L]`` response mask) and ``[S]`` word counts.
+        old_logprobs: ``[S, L]`` token log-probs the ratio starts from (0 on padding).
+        ref_logprobs: ``[S, L]`` under the reference policy, or None (no KL term).
+        advantages: ``[S]`` per action, or ``[S, L]`` per token.
+        sample_mask: ``[S]`` 1 where the agent really acted.
+    """
+
+    actions: AgentActions
+    old_logprobs: Tensor
+    ref_logprobs: Tensor | None
+    advantages: Tensor
+    sample_mask: Tensor
+
+    @classmethod
+    def merge(cls, batches: list[PolicyBatch]) -> PolicyBatch:
+        """Agents' batches stacked row-wise (first agent's rows first, padding stays padding): what
+        one adapter shared by these agents trains on. One batch: returned as it is."""
+        if len(batches) == 1:
+            return batches[0]
+        refs = [b.ref_logprobs for b in batches]
+        return cls(
+            merge_actions([b.actions for b in batches]),
+            cat_rows([b.old_logprobs for b in batches]),
+            None if any(r is None for r in refs) else cat_rows(refs),
+            cat_rows([b.advantages for b in batches]),
+            cat_rows([b.sample_mask for b in batches]),
+        )
+
+    def ratio_old_logprobs(self, agg_mode: str, norm: str) -> Tensor:
+        """The old log-probs of ``agg_mode``'s ratio: ``[S]`` each action's (:func:`action_logprob`
+        with ``norm``) for ``action-mean``, else the ``[S, L]`` token log-probs."""
+        if agg_mode == "action-mean":
+            return action_logprob(
+                self.old_logprobs, self.actions.response_mask, self.actions.word_counts, norm
+            )
+        return self.old_logprobs
+
+    def loss_inputs(
+        self, agg_mode: str, idx: Tensor, rows: SequenceBatch, logprobs: Tensor, old: Tensor, norm: str
+    ) -> LossInputs:
+        """The policy loss's inputs for rows ``idx`` (:func:`marft.algorithms.loss_inputs`).
+
+        Args:
+            rows: those rows' sequences, trimmed (``[m, L]`` responses).
+            logprobs: ``[m, L]`` their token log-probs under the current policy.
+            old: :meth:`ratio_old_logprobs` of the whole batch.
+        """
+        return loss_inputs(
+            agg_mode,
+            logprobs,
+            old[idx],
+            self.advantages[idx],
+            rows.response_mask,
+            self.sample_mask[idx],
+            self.actions.word_counts[idx],
+            norm,
+        )

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from marft.algorithms import masked_mean, value_loss
+from marft.algorithms import explained_variance, masked_mean, value_loss
 from marft.config import AlgorithmConfig
 from marft.learner.parallel import SINGLE, DataParallel
+from marft.learner.stats import NAN, CriticStats
 from marft.models.value_head import ValueHead
 
 
@@ -39,24 +40,25 @@ class CriticFitter:
         self.head, self.cfg, self.dp = head, cfg, dp
         self.optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
 
-    def fit(self, batch: CriticBatch) -> dict[str, float]:
-        """Train on the real entries; returns ``value_loss``, ``nonfinite_skip/critic``,
-        ``value_mean`` and ``return_target_mean``."""
+    def fit(self, batch: CriticBatch) -> CriticStats:
+        """Train on the real entries; the fit's stats (the values' explained variance is that of
+        the values before the fit)."""
         real = batch.mask.bool()
-        loss, skipped = self._epochs(batch.features[real], batch.old_values[real], batch.returns[real])
-        return {
-            "value_loss": loss,
-            "nonfinite_skip/critic": float(skipped),
-            "value_mean": float(masked_mean(batch.old_values, batch.mask)),
-            "return_target_mean": float(masked_mean(batch.returns, batch.mask)),
-        }
+        losses: list[Tensor] = []
+        nonfinite = self._epochs(batch.features[real], batch.old_values[real], batch.returns[real], losses)
+        return CriticStats(
+            value_loss=float(torch.stack(losses).mean()) if losses else NAN,
+            nonfinite=nonfinite,
+            value_mean=float(masked_mean(batch.old_values, batch.mask)),
+            return_target_mean=float(masked_mean(batch.returns, batch.mask)),
+            explained_variance=explained_variance(batch.old_values[real], batch.returns[real]),
+        )
 
-    def _epochs(self, feats: Tensor, old_values: Tensor, returns: Tensor) -> tuple[float, bool]:
-        """``feats [M, H]``, ``old_values``/``returns [M]``: ``(mean loss, stopped at a non-finite
-        loss or gradient)``."""
+    def _epochs(self, feats: Tensor, old_values: Tensor, returns: Tensor, losses: list[Tensor]) -> bool:
+        """``feats [M, H]``, ``old_values``/``returns [M]``: the optimizer steps, each step's loss
+        appended to ``losses``; whether they stopped at a non-finite loss or gradient."""
         cfg = self.cfg
         ones = torch.ones_like(old_values)
-        losses = []
         for _ in range(cfg.ppo_epochs):
             perm = torch.randperm(feats.shape[0], device=feats.device)
             for idx in perm.chunk(cfg.num_minibatches):
@@ -80,7 +82,7 @@ class CriticFitter:
                 norm = torch.nn.utils.clip_grad_norm_(self.head.parameters(), cfg.max_grad_norm)
                 if not (torch.isfinite(loss) and torch.isfinite(norm)):
                     self.optimizer.zero_grad(set_to_none=True)
-                    return (float(torch.stack(losses).mean()) if losses else float("nan")), True
+                    return True
                 self.optimizer.step()
                 losses.append(loss.detach())
-        return float(torch.stack(losses).mean()), False
+        return False

@@ -6,13 +6,14 @@
 3. :meth:`Learner.update_policy`: each trainable agent's clipped update on its own adapter (or,
    with ``lora.shared``, one update of the shared adapter on all agents' actions).
 
-The algorithm is an :class:`~marft.learner.spec.AlgorithmSpec` (estimator + loss level); the
-pure math lives in :mod:`marft.algorithms`.
+The algorithm is an :class:`~marft.learner.spec.AlgorithmSpec` (estimator + the loss's default
+aggregation); the pure math lives in :mod:`marft.algorithms`. Each step reports typed stats
+(:mod:`marft.learner.stats`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -25,25 +26,18 @@ from marft.algorithms import (
     masked_normalize,
     truncated_importance_weights,
 )
-from marft.config import AlgorithmConfig, SamplingConfig
-from marft.learner.batching import stack_agents
+from marft.config import AlgorithmConfig
+from marft.learner.batching import AgentTargets, PolicyBatch, stack_agents
 from marft.learner.critic import CriticBatch, CriticFitter
 from marft.learner.parallel import SINGLE, DataParallel
-from marft.learner.policy import AgentBatch, AgentTargets, PolicyUpdater, merge_agents
+from marft.learner.policy import PolicyUpdater
 from marft.learner.scoring import Scores
 from marft.learner.spec import ResolvedAlgorithm
+from marft.learner.stats import AdapterStats, AdvantageStats, AgentStats, CriticStats, PolicyStats, TisStats
+from marft.models.logprobs import SamplingParams
 from marft.models.team_model import TeamModel
-from marft.rollout.trajectory import Trajectory
-from marft.team.graph import TeamGraph
-
-
-@dataclass
-class UpdateResult:
-    """What one update reports: scalar metrics by name and which adapters were trained (the
-    agents' roles, or ``shared``)."""
-
-    metrics: dict[str, float] = field(default_factory=dict)
-    trained: list[str] = field(default_factory=list)
+from marft.rollout.trajectory import AgentActions, Trajectory
+from marft.team.graph import Agent, TeamGraph
 
 
 @dataclass
@@ -53,12 +47,40 @@ class Targets:
     Attributes:
         agents: per agent (acting order), its advantages and sample mask.
         critic: what the critic regresses on, or None without a critic.
-        metrics: scalars of this step (KL to the reference, group statistics).
+        stats: this step's stats (KL to the reference, TIS weights, the estimator's scalars).
     """
 
     agents: list[AgentTargets]
-    critic: CriticBatch | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
+    critic: CriticBatch | None
+    stats: AdvantageStats
+
+
+@dataclass
+class UpdateResult:
+    """The stats of all three steps (:meth:`Learner.update`).
+
+    Attributes:
+        advantages: the advantage step's.
+        critic: the critic's fit (:meth:`CriticStats.absent` without a critic).
+        policy: the policy step's.
+    """
+
+    advantages: AdvantageStats
+    critic: CriticStats
+    policy: PolicyStats
+
+    @property
+    def trained(self) -> list[str]:
+        """The adapters that were updated (the agents' roles, or ``shared``)."""
+        return self.policy.trained
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Every step's columns of the metrics row."""
+        out = self.advantages.metrics()
+        out.update(self.policy.metrics())
+        out.update(self.critic.metrics())
+        return out
 
 
 class Learner:
@@ -66,8 +88,8 @@ class Learner:
 
     Args:
         cfg: the algorithm's hyper-parameters.
-        sampling: the sampling distribution.
-        algorithm: the resolved algorithm (spec and estimator).
+        sampling: the sampling distribution (the policy's log-probs are taken under it).
+        algorithm: the resolved algorithm (spec, estimator and the loss's aggregation).
         model: the team model (a value head when the estimator needs a critic).
         graph: the team.
         dp: this process's place among data-parallel learners (:mod:`marft.learner.parallel`).
@@ -76,16 +98,18 @@ class Learner:
     def __init__(
         self,
         cfg: AlgorithmConfig,
-        sampling: SamplingConfig,
+        sampling: SamplingParams,
         algorithm: ResolvedAlgorithm,
         model: TeamModel,
         graph: TeamGraph,
         dp: DataParallel = SINGLE,
     ) -> None:
-        self.cfg, self.algorithm, self.model, self.graph = cfg, algorithm, model, graph
+        self.cfg = cfg
+        self.algorithm = algorithm
+        self.model = model
+        self.graph = graph
         self.trainable = [a.role for a in graph.agents if a.trainable]
-        token_level = algorithm.spec.loss_level == "token"
-        self.policy = PolicyUpdater(cfg, sampling, model, self.trainable, token_level, dp)
+        self.policy = PolicyUpdater(cfg, sampling, model, self.trainable, algorithm.agg_mode, dp)
         self.critic: CriticFitter | None = None
         if algorithm.critic:
             if model.value_head is None:
@@ -106,29 +130,28 @@ class Learner:
     def update(self, traj: Trajectory, scores: Scores, iteration: int) -> UpdateResult:
         """All three steps (the trainer times them one by one)."""
         targets = self.targets(traj, scores)
-        critic_metrics = self.fit_critic(targets)
-        result = self.update_policy(traj, scores, targets, iteration)
-        result.metrics.update(critic_metrics)
-        return result
+        critic = self.fit_critic(targets)
+        policy = self.update_policy(traj, scores, targets, iteration)
+        return UpdateResult(targets.stats, critic, policy)
 
     # ------------------------------------------------------------------------------ advantages
 
     def targets(self, traj: Trajectory, scores: Scores) -> Targets:
         """Advantages of every agent's actions (and the critic's regression targets); changes nothing."""
         B, T, N = traj.shape
-        metrics: dict[str, float] = {}
+        stats = AdvantageStats()
         inputs = AdvantageInputs(
             rewards=traj.rewards,
             team_rewards=traj.team_rewards,
             dones=traj.dones,
             action_mask=traj.action_mask,
-            penalty=self._kl_penalty(traj, scores, metrics),
+            penalty=self._kl_penalty(traj, scores, stats),
             per_agent_rewards=traj.per_agent_rewards,
             turns=traj.turns,
         )
         valued = self._values(traj, scores, inputs)
         out = self.algorithm.estimator(inputs, self.params)
-        metrics.update(out.metrics)
+        stats.estimator = dict(out.metrics)
         advantages, critic = out.advantages, None
         if valued is not None:
             feats, mask = valued
@@ -140,28 +163,30 @@ class Learner:
             adv = advantages[:, :, a.index]
             adv = adv.reshape(B * T, -1) if adv.dim() == 3 else adv.reshape(-1)
             if self.cfg.rollout_correction == "tis":
-                adv = self._tis(a.role, traj.agents[a.index], scores.old_logprobs[a.index], adv, metrics)
+                adv = self._tis(a.role, traj.agents[a.index], scores.old_logprobs[a.index], adv, stats)
             per_agent.append(AgentTargets(adv, traj.action_mask[:, :, a.index].reshape(-1)))
-        return Targets(per_agent, critic, metrics)
+        return Targets(per_agent, critic, stats)
 
-    def _tis(self, role: str, actions, learner_logprobs: Tensor, adv: Tensor, metrics: dict) -> Tensor:
+    def _tis(
+        self, role: str, actions: AgentActions, learner_logprobs: Tensor, adv: Tensor, stats: AdvantageStats
+    ) -> Tensor:
         """Advantages weighted by the truncated importance ratio learner / sampler (per token, or
-        per action for action-level losses)."""
-        per_token = self.algorithm.spec.loss_level == "token"
+        per action for an ``action-mean`` loss)."""
+        per_token = self.algorithm.agg_mode != "action-mean"
         mask = actions.response_mask.to(learner_logprobs.dtype)
         w = truncated_importance_weights(
             learner_logprobs, actions.logprobs, mask, self.cfg.tis_cap, per_token
         )
         real = mask.bool() if per_token else mask.sum(-1) > 0
-        metrics[f"tis_weight_mean/{role}"] = float(w[real].mean()) if real.any() else 1.0
-        metrics[f"tis_capped/{role}"] = (
-            float((w[real] >= self.cfg.tis_cap).float().mean()) if real.any() else 0.0
+        stats.tis[role] = TisStats(
+            weight_mean=float(w[real].mean()) if real.any() else 1.0,
+            capped=float((w[real] >= self.cfg.tis_cap).float().mean()) if real.any() else 0.0,
         )
         if not per_token:
             return adv * w
         return (adv[:, None] if adv.dim() == 1 else adv[:, : w.shape[1]]) * w
 
-    def _kl_penalty(self, traj: Trajectory, scores: Scores, metrics: dict[str, float]) -> Tensor | None:
+    def _kl_penalty(self, traj: Trajectory, scores: Scores, stats: AdvantageStats) -> Tensor | None:
         """Log each agent's KL to the reference; the ``[B, T, N]`` penalty in ``penalty`` mode."""
         if self.cfg.kl_coef <= 0:
             return None
@@ -173,7 +198,7 @@ class Learner:
         kl_action = torch.stack(per_agent, dim=2)  # [B, T, N] summed per-token KL of each action
         for a in self.graph.agents:
             n_tok = traj.agents[a.index].response_mask.sum().clamp(min=1)
-            metrics[f"kl_ref/{a.role}"] = float(kl_action[:, :, a.index].sum() / n_tok)
+            stats.kl_ref[a.role] = float(kl_action[:, :, a.index].sum() / n_tok)
         if self.cfg.kl_mode != "penalty":
             return None
         return self.cfg.kl_coef * kl_action * traj.action_mask
@@ -206,57 +231,55 @@ class Learner:
 
     # ------------------------------------------------------------------------------ critic and policy
 
-    def fit_critic(self, targets: Targets) -> dict[str, float]:
-        """The critic's regression on this iteration's returns (nothing without a critic)."""
+    def fit_critic(self, targets: Targets) -> CriticStats:
+        """The critic's regression on this iteration's returns (:meth:`CriticStats.absent` without
+        a critic)."""
         if self.critic is None or targets.critic is None:
-            return {}
+            return CriticStats.absent()
         return self.critic.fit(targets.critic)
 
     def update_policy(
         self, traj: Trajectory, scores: Scores, targets: Targets, iteration: int
-    ) -> UpdateResult:
-        """Each agent's metrics, and the clipped update of the adapters of those that train at
+    ) -> PolicyStats:
+        """Each agent's stats, and the clipped update of the adapters of those that train at
         ``iteration`` (a shared adapter on all its training agents' actions at once)."""
-        result = UpdateResult(metrics=dict(targets.metrics))
+        stats = PolicyStats()
         self.policy.fwd_bwd_s = 0.0
         train = set(self.roles_to_train(iteration))
-        by_adapter: dict[str, list] = {}
+        by_adapter: dict[str, list[Agent]] = {}
         for a in self.graph.agents:
-            result.metrics.update(self._action_stats(a.role, traj.agents[a.index], scores, targets, a.index))
+            stats.agents[a.role] = self._agent_stats(traj.agents[a.index], scores, targets, a.index)
             by_adapter.setdefault(self.model.adapter_name(a.role), []).append(a)
         for name, agents in by_adapter.items():
-            members = [a for a in agents if a.role in train]
+            members = [a.index for a in agents if a.role in train]
             if not members:
-                result.metrics[f"policy_loss/{name}"] = 0.0
-                result.metrics[f"approx_kl/{name}"] = 0.0
+                stats.adapters[name] = AdapterStats(trained=False)
                 continue
-            batch, agent_targets = merge_agents(
-                [self._agent_batch(traj, scores, a.index) for a in members],
-                [targets.agents[a.index] for a in members],
-            )
-            result.metrics.update(self.policy.update_adapter(name, batch, agent_targets))
-            result.trained.append(name)
+            batch = PolicyBatch.merge([self._policy_batch(traj, scores, targets, n) for n in members])
+            stats.adapters[name] = self.policy.update_adapter(name, batch)
         self.model.policy.eval()
-        result.metrics["time_fwd_bwd_s"] = self.policy.fwd_bwd_s
-        return result
+        stats.fwd_bwd_s = self.policy.fwd_bwd_s
+        return stats
 
     @staticmethod
-    def _agent_batch(traj: Trajectory, scores: Scores, n: int) -> AgentBatch:
+    def _policy_batch(traj: Trajectory, scores: Scores, targets: Targets, n: int) -> PolicyBatch:
+        """Agent ``n``'s actions, log-probs and targets."""
         ref = scores.ref_logprobs[n] if scores.ref_logprobs is not None else None
-        return AgentBatch(traj.agents[n], scores.old_logprobs[n], ref)
+        own = targets.agents[n]
+        return PolicyBatch(traj.agents[n], scores.old_logprobs[n], ref, own.advantages, own.sample_mask)
 
     @staticmethod
-    def _action_stats(role: str, actions, scores: Scores, targets: Targets, n: int) -> dict[str, float]:
-        """Agent ``role``'s token entropy and mean action length."""
+    def _agent_stats(actions: AgentActions, scores: Scores, targets: Targets, n: int) -> AgentStats:
+        """Agent ``n``'s token entropy and mean action length."""
         entropy = actions.entropy
         if scores.entropy is not None and scores.entropy[n] is not None:
             entropy = scores.entropy[n]  # the sampler may not report it (vLLM)
-        return {
-            f"entropy/{role}": float(masked_mean(entropy, actions.response_mask)),
-            f"response_tokens/{role}": float(
+        return AgentStats(
+            entropy=float(masked_mean(entropy, actions.response_mask)),
+            response_tokens=float(
                 masked_mean(actions.response_mask.sum(-1).float(), targets.agents[n].sample_mask)
             ),
-        }
+        )
 
     # ------------------------------------------------------------------------------ checkpoints
 

@@ -22,11 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from marft.config import AlgorithmConfig, SamplingConfig
+from marft.config import AlgorithmConfig
 from marft.learner.batching import micro_batches, rows_of, sequences
 from marft.learner.spec import ScoringNeeds
-from marft.models.team_model import SequenceBatch, TeamModel
-from marft.rollout.trajectory import Prompts, Trajectory
+from marft.learner.stats import LogprobGap, ScoreStats
+from marft.models.logprobs import SamplingParams
+from marft.models.sequences import SequenceBatch
+from marft.models.team_model import TeamModel
+from marft.rollout.trajectory import AgentActions, Prompts, Trajectory
 
 
 @dataclass
@@ -43,8 +46,8 @@ class Scores:
             elsewhere), or None when there were none.
         entropy: ``[B*T, L]`` per agent from the learner's forward, where old log-probs were
             recomputed (None elsewhere): used when the sampler does not report entropy.
-        metrics: the gap between the sampler's and the learner's log-probs of the sampled tokens,
-            per agent (``logprob_gap_mean/<role>``, ``logprob_gap_max/<role>``).
+        stats: the gap between the sampler's and the learner's log-probs of the sampled tokens,
+            per agent whose old log-probs were recomputed.
     """
 
     old_logprobs: list[Tensor]
@@ -53,7 +56,7 @@ class Scores:
     next_features: Tensor | None = None
     cut_features: Tensor | None = None
     entropy: list[Tensor | None] | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
+    stats: ScoreStats = field(default_factory=ScoreStats)
 
 
 @dataclass
@@ -81,11 +84,14 @@ class Scorer:
         self,
         model: TeamModel,
         needs: ScoringNeeds,
-        sampling: SamplingConfig,
+        sampling: SamplingParams,
         algorithm: AlgorithmConfig,
         all_roles: bool = False,
     ) -> None:
-        self.model, self.needs, self.sampling, self.algorithm = model, needs, sampling, algorithm
+        self.model = model
+        self.needs = needs
+        self.sampling = sampling
+        self.algorithm = algorithm
         self.all_roles = all_roles
         self._next: tuple[Prompts, Tensor] | None = None  # last bootstrap prompts and their features
 
@@ -107,7 +113,9 @@ class Scorer:
             for n, role in enumerate(self.model.roles):
                 if role in roles:
                     scores.old_logprobs[n], scores.entropy[n] = self._recompute(role, traj, n)
-                    scores.metrics.update(logprob_gap(role, traj.agents[n], scores.old_logprobs[n]))
+                    gap = logprob_gap(traj.agents[n], scores.old_logprobs[n])
+                    if gap is not None:
+                        scores.stats.logprob_gap[role] = gap
         return scores
 
     # ------------------------------------------------------------------------------ base forwards
@@ -151,7 +159,7 @@ class Scorer:
 
     def _score_turns(self, traj: Trajectory) -> tuple[list[Tensor] | None, list[Tensor] | None]:
         """Features and reference log-probs of every action, one base forward per turn."""
-        needs, sp = self.needs, self.sampling
+        needs = self.needs
         B, T, N = traj.shape
         H = self.model.hidden_size
         device = traj.rewards.device
@@ -163,7 +171,7 @@ class Scorer:
         ref = [torch.zeros_like(a.logprobs) for a in traj.agents] if needs.ref_logprobs else None
         for turn in self._turns(traj):
             batch = self._batch(traj, turn.members)
-            f, r = self._reuse_or_score(batch, turn, sp)
+            f, r = self._reuse_or_score(batch, turn)
             start = 0
             for n, rows in turn.members:
                 sl = slice(start, start + len(rows))
@@ -174,7 +182,7 @@ class Scorer:
                     ref[n][rows, : r.shape[1]] = r[sl]
         return feats, ref
 
-    def _reuse_or_score(self, batch: SequenceBatch, turn: _Turn, sp: SamplingConfig):
+    def _reuse_or_score(self, batch: SequenceBatch, turn: _Turn) -> tuple[Tensor | None, Tensor | None]:
         """One base forward over a turn; the first agent's rows of a trajectory's first turn reuse
         the remembered bootstrap features when they are the same prompts."""
         needs, kind = self.needs, self.needs.critic_features
@@ -212,12 +220,10 @@ class Scorer:
         sp, budget = self.sampling, self.algorithm.micro_batch_tokens
         S, L = batch.response_ids.shape
         if budget <= 0:
-            return self.model.score_reference(batch, kind, ref, sp.temperature, sp.top_k, sp.top_p)
+            return self.model.score_reference(batch, kind, ref, sp)
         feats = logprobs = None
         for idx in micro_batches(torch.arange(S, device=batch.prompt_ids.device), batch, S, budget):
-            f, r = self.model.score_reference(
-                rows_of(batch, idx), kind, ref, sp.temperature, sp.top_k, sp.top_p
-            )
+            f, r = self.model.score_reference(rows_of(batch, idx), kind, ref, sp)
             if f is not None:
                 if feats is None:
                     feats = f.new_zeros(S, L, f.shape[-1]) if kind == "token" else f.new_zeros(S, f.shape[-1])
@@ -269,17 +275,17 @@ class Scorer:
             self.model.policy.eval()
             idx_all = torch.nonzero(seq.response_mask.sum(-1) > 0).squeeze(-1)  # finished envs: no tokens
             for idx in micro_batches(idx_all, seq, cfg.micro_batch_size, cfg.micro_batch_tokens):
-                lp, e = self.model.action_logprobs(rows_of(seq, idx), sp.temperature, sp.top_k, sp.top_p)
+                lp, e = self.model.action_logprobs(rows_of(seq, idx), sp)
                 out[idx, : lp.shape[1]] = lp
                 ent[idx, : e.shape[1]] = e
         return out, ent
 
 
-def logprob_gap(role: str, actions, learner_logprobs: Tensor) -> dict[str, float]:
+def logprob_gap(actions: AgentActions, learner_logprobs: Tensor) -> LogprobGap | None:
     """Mean and max absolute difference between the sampler's and the learner's log-probs of the
-    sampled tokens of one agent (real tokens only)."""
+    sampled tokens of one agent (real tokens only; None without any)."""
     real = actions.response_mask.bool()
     if not real.any():
-        return {}
+        return None
     gap = (actions.logprobs - learner_logprobs).abs()[real]
-    return {f"logprob_gap_mean/{role}": float(gap.mean()), f"logprob_gap_max/{role}": float(gap.max())}
+    return LogprobGap(mean=float(gap.mean()), max=float(gap.max()))

@@ -1,4 +1,4 @@
-"""What an algorithm is, as one typed object: its advantage estimator and the level of its loss.
+"""What an algorithm is, as one typed object: its advantage estimator and how its loss aggregates.
 
 Everything else follows from the estimator (:class:`marft.algorithms.Estimator`): whether a critic
 is built and what it values, whether rollouts are whole episodes in groups, and what the scoring
@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from marft.algorithms import ADVANTAGE_ESTIMATORS, Estimator
-from marft.config import AlgorithmConfig
+from marft.algorithms import ADVANTAGE_ESTIMATORS, LOSS_AGG_MODES, Estimator, LossAggMode
+from marft.config import AlgorithmConfig, ConfigError
 from marft.registry import Registry
 
 
@@ -22,14 +22,15 @@ class AlgorithmSpec:
     Attributes:
         estimator: the default advantage estimator (``marft.algorithms.ADVANTAGE_ESTIMATORS``);
             algorithms with a group estimator accept another one (``algorithm.advantage_estimator``).
-        loss_level: ``action``: one ratio per action (sum or mean of its token log-probs);
-            ``token``: a ratio per token, masked token-mean.
+        agg_mode: the policy loss's aggregation when ``algorithm.loss_agg_mode`` is null
+            (``marft.algorithms.LOSS_AGG_MODES``): ``action-mean``, one ratio per action (sum or
+            mean of its token log-probs); ``token-mean``, a ratio per token, masked token-mean.
         normalize_advantages: ``algorithm.normalize_advantages`` applies (critic-based advantages).
         description: one line for docs and errors.
     """
 
     estimator: str
-    loss_level: Literal["action", "token"]
+    agg_mode: LossAggMode
     normalize_advantages: bool
     description: str
 
@@ -39,7 +40,7 @@ ALGORITHMS: Registry[AlgorithmSpec] = Registry("algorithm")
 ALGORITHMS.register("appo")(
     AlgorithmSpec(
         "gae",
-        "action",
+        "action-mean",
         True,
         "action-level PPO, one critic on the state before each action, agent-wise GAE (MARFT's APPO)",
     )
@@ -47,7 +48,7 @@ ALGORITHMS.register("appo")(
 ALGORITHMS.register("tppo")(
     AlgorithmSpec(
         "token_gae",
-        "token",
+        "token-mean",
         True,
         "token-level PPO, the critic valued before every token, token-wise GAE (MARFT's TPPO)",
     )
@@ -58,7 +59,7 @@ for _name, _what in (
     ("rloo", "leave-one-out group mean baseline (Ahmadian et al. 2024)"),
     ("reinforce_pp", "returns normalised over the batch (Hu 2025)"),
 ):
-    ALGORITHMS.register(_name)(AlgorithmSpec(_name, "token", False, f"critic-free, {_what}"))
+    ALGORITHMS.register(_name)(AlgorithmSpec(_name, "token-mean", False, f"critic-free, {_what}"))
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,16 @@ class ScoringNeeds:
 
 @dataclass(frozen=True)
 class ResolvedAlgorithm:
-    """An algorithm spec with its estimator looked up and the config applied."""
+    """An algorithm spec with its estimator looked up and the config applied.
+
+    Attributes:
+        agg_mode: the policy loss's aggregation (``algorithm.loss_agg_mode``, else the spec's).
+    """
 
     name: str
     spec: AlgorithmSpec
     estimator: Estimator
+    agg_mode: LossAggMode
 
     @property
     def critic(self) -> bool:
@@ -106,11 +112,22 @@ class ResolvedAlgorithm:
 
 
 def resolve_algorithm(cfg: AlgorithmConfig) -> ResolvedAlgorithm:
-    """The algorithm of ``algorithm.name`` with ``algorithm.advantage_estimator`` applied.
+    """The algorithm of ``algorithm.name`` with ``algorithm.advantage_estimator`` and
+    ``algorithm.loss_agg_mode`` applied.
 
     Raises:
         KeyError: an unknown name (the message lists the choices).
+        ConfigError: an aggregation that does not fit the estimator's advantages.
     """
     spec = ALGORITHMS.get(cfg.name)
     estimator = ADVANTAGE_ESTIMATORS.get(cfg.advantage_estimator or spec.estimator)
-    return ResolvedAlgorithm(cfg.name, spec, estimator)
+    agg_mode = cfg.loss_agg_mode or spec.agg_mode
+    if agg_mode == "action-mean" and estimator.values == "token":
+        # One ratio per action has no per-token advantage to weigh: the advantages would be lost.
+        token_modes = [m for m in LOSS_AGG_MODES if m != "action-mean"]
+        raise ConfigError(
+            "algorithm.loss_agg_mode",
+            f"{cfg.name}'s advantages are per token, so its ratio must be per token too: choose one "
+            f"of {', '.join(token_modes)} (or null)",
+        )
+    return ResolvedAlgorithm(cfg.name, spec, estimator, agg_mode)

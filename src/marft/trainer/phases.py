@@ -20,10 +20,6 @@ from pathlib import Path
 
 import torch
 
-from marft.learner.learner import UpdateResult
-from marft.learner.scoring import Scores
-from marft.rollout.trajectory import Trajectory
-
 _STATUS = Path("/proc/self/status")
 _CLEAR = Path("/proc/self/clear_refs")
 
@@ -113,15 +109,3 @@ class PhaseMeter:
         if now is not None:
             out["memory_rss_mb"] = now
         return out
-
-
-@dataclass
-class Iteration:
-    """What one iteration produced before logging: the trajectory, its scores, the update, and
-    the seconds of each phase (``trainer.PHASES``) and the memory columns (:class:`PhaseMeter`)."""
-
-    trajectory: Trajectory
-    scores: Scores
-    update: UpdateResult
-    timings: dict[str, float] = field(default_factory=dict)
-    memory: dict[str, float] = field(default_factory=dict)

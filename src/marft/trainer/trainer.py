@@ -6,31 +6,33 @@ seconds among the metrics), ``transcripts.jsonl``, ``checkpoints/`` (see
 ``wandb/``, ``loggers.json``). A run resumes exactly from its newest complete checkpoint
 (``Trainer(cfg, run_dir, resume=True)``); SIGINT and SIGTERM save a checkpoint at the end of the
 iteration and stop.
+
+The trainer only runs the loop. What it is made of lives in small parts: the run's counters and
+token budget (:mod:`~marft.trainer.state`), the progress bar (:mod:`~marft.trainer.progress`), the
+signals that stop it (:mod:`~marft.trainer.signals`), the other data-parallel learners
+(:mod:`~marft.trainer.peers`), the typed stats and the metrics row (:mod:`~marft.trainer.stats`),
+the fault checks (:mod:`~marft.trainer.faults`) and the checkpoint files
+(:mod:`~marft.trainer.checkpoint`).
 """
 
 from __future__ import annotations
 
-import math
-import signal
-import threading
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
-from tqdm.auto import tqdm
 
-from marft.compose import build_envs, build_training, validate
+from marft.compose import Resolved, TrainingParts, build_envs, build_training, resolve
 from marft.config import Config, to_dict
 from marft.distributed.rollout import ray_sampler
-from marft.learner.parallel import SINGLE
+from marft.envs.copies import EnvCopies
 from marft.reporting.guard import guard_metrics
 from marft.reporting.metrics import MetricsSink
 from marft.reporting.trackers import RunInfo, TrackerSet, check_trackers
-from marft.rollout.trajectory import Trajectory
+from marft.rollout.stats import CollectStats
 from marft.runtime import configure_threads
-from marft.team.graph import TeamGraph
 from marft.trainer.checkpoint import (
     CHECKPOINTS,
     CheckpointError,
@@ -43,8 +45,13 @@ from marft.trainer.checkpoint import (
 )
 from marft.trainer.faults import check_faults
 from marft.trainer.outcome import TrainingStopped, TrainResult
-from marft.trainer.phases import Iteration, PhaseMeter, release_free_memory
+from marft.trainer.peers import LearnerPeers
+from marft.trainer.phases import PhaseMeter, release_free_memory
+from marft.trainer.progress import Progress
 from marft.trainer.rng import default_run_dir, rng_state, seed_everything, set_rng_state
+from marft.trainer.signals import StopSignals
+from marft.trainer.state import RunState, TokenBudget
+from marft.trainer.stats import IterationStats, metrics_row
 
 PHASES = ("collect", "score", "advantages", "critic", "policy", "sync")
 """The timed phases of an iteration before logging (``sync``: the generation backend receives the
@@ -56,31 +63,40 @@ class Trainer:
     ``train()`` loops, ``save()`` checkpoints.
 
     Args:
-        cfg: a config (see :func:`marft.compose.load_config`); validated again in ``setup``.
+        cfg: a config (see :func:`marft.compose.load_config`).
         run_dir: where the run writes; created if missing.
         resume: continue ``run_dir`` from its newest complete checkpoint.
+
+    Attributes:
+        state: the run's counters (saved in every checkpoint).
+        rows: every iteration's metrics row so far.
+        checkpoint: the newest checkpoint this run wrote or resumed from.
+        parts: what ``setup()`` built (model, sampler, backend, scorer, learner).
+        peers: the other data-parallel learners (none with one learner).
     """
 
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.resume = resume
+        self.state = RunState()
+        self.budget = TokenBudget(cfg.run.token_budget)
         self.rows: list[dict[str, Any]] = []
-        self.start_iteration = 0
-        self.env_steps = 0
-        self.generated_tokens = 0  # every agent's sampled training tokens so far (run.token_budget)
-        self.version = 0  # adapter updates so far (what a generation backend samples with)
-        self._elapsed_before = 0.0  # training seconds of earlier sessions of this run
-        self._nonfinite_in_row: dict[str, int] = {}
-        self._signal: int | None = None
+        self.checkpoint: Path | None = None
+        self.parts: TrainingParts | None = None
+        self.peers = LearnerPeers()
+        self.sink: MetricsSink | None = None
+        self.signals = StopSignals()
+        self.threads = 0
         # Seconds of the previous iteration's log and checkpoint phases, reported in the next row
         # (a row is written before its checkpoint, so that no iteration is ever logged twice).
         self._carried = {"time_log_s": 0.0, "time_checkpoint_s": 0.0}
-        self.checkpoint: Path | None = None
 
     def setup(self) -> None:
+        """Check the config, build the env copies, open the trackers, then load the model and the
+        rest (:meth:`_build`); a checkpoint is restored when resuming."""
         cfg = self.cfg
-        validate(cfg)
+        resolved = resolve(cfg)
         check_trackers(cfg.run.loggers)
         ckpt = resolve_checkpoint(self.run_dir) if self.resume else None  # fail before loading a model
         if not self.resume and (
@@ -92,9 +108,8 @@ class Trainer:
             )
         self.threads = configure_threads(cfg.run.torch_threads)
         seed_everything(cfg.run.seed)
-        self.graph: TeamGraph = TeamGraph.from_config(cfg.team)
         # Envs first: a data problem is reported before anything is written or loaded.
-        envs = build_envs(cfg, self.graph, cfg.env.n_envs)
+        envs = build_envs(resolved, cfg.env.n_envs)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         manifest = verify_checkpoint(ckpt) if ckpt is not None else {}
@@ -102,70 +117,52 @@ class Trainer:
         # Trackers open before the model loads: a tracker that cannot (no W&B login) fails fast.
         name = cfg.run.name or self.run_dir.resolve().name
         info = RunInfo(name, self.run_dir, to_dict(cfg), start_iteration=start)
-        trackers = TrackerSet(cfg.run, info, manifest.get("loggers", {}), self.graph.roles)
+        trackers = TrackerSet(cfg.run, info, manifest.get("loggers", {}), resolved.graph.roles)
         try:
             self.sink = MetricsSink(self.run_dir, start, trackers)
-            self._build(envs, ckpt)
+            self._build(resolved, envs, ckpt)
         except BaseException as e:
             self.close()
             trackers.close("killed" if isinstance(e, KeyboardInterrupt) else "failed")
             raise
 
-    def _build(self, envs: list, ckpt: Path | None) -> None:
-        """The model, the generation backend, the collector and the learner; a checkpoint restored."""
+    def _build(self, resolved: Resolved, envs: EnvCopies, ckpt: Path | None) -> None:
+        """The model, the sampler, the backend and the learner; a checkpoint restored."""
         cfg = self.cfg
-        self.learners = None  # the other data-parallel learners (run.ray.learners > 1)
-        if cfg.run.ray.enabled and cfg.run.ray.learners > 1:
-            from marft.distributed.learners import RayLearners
-            from marft.models.loading import resolve_device
-
-            self.learners = RayLearners(cfg, resolve_device(cfg.model.device))
-        dp = self.learners.dp if self.learners is not None else SINGLE
-        parts = build_training(
-            cfg, envs, remote_sampler=ray_sampler(cfg) if cfg.run.ray.enabled else None, dp=dp
-        )
-        self.model, self.backend, self.collector = parts.model, parts.backend, parts.collector
-        self.scorer, self.learner, self.algorithm = parts.scorer, parts.learner, parts.algorithm
+        self.peers = LearnerPeers.build(cfg, resolved.device)
+        remote = ray_sampler(cfg) if cfg.run.ray.enabled else None
+        self.parts = build_training(resolved, envs, remote_sampler=remote, dp=self.peers.dp)
         if ckpt is not None:
             try:
                 self._restore(ckpt)
             except (ValueError, KeyError, RuntimeError) as e:  # a checkpoint that does not fit this config
                 raise CheckpointError(f"cannot resume from {ckpt}: {e}") from None
-        if self.learners is not None:
-            self.learners.sync_from(self.model, self.learner)
-        self.rows = self.sink.rows_before(self.start_iteration)
+        self.peers.sync_from(self.parts.model, self.parts.learner)
+        self.rows = self.sink.rows_before(self.state.iteration)
         self.sink.catch_up(self.rows)
 
     def _restore(self, ckpt: Path) -> None:
-        load_adapter_weights(self.model, ckpt)
+        parts = self.parts
+        load_adapter_weights(parts.model, ckpt)
         optim, state, value_head = load_trainer_files(ckpt)
-        if self.model.value_head is not None:
+        if parts.model.value_head is not None:
             if value_head is None:
                 raise ValueError(
                     f"{ckpt} has no value head but algorithm {self.cfg.algorithm.name} needs one"
                 )
-            self.model.value_head.load_state_dict(value_head)
-        self.learner.load_state_dict(optim)
-        self.collector.load_state_dict(state["collector"])
+            parts.model.value_head.load_state_dict(value_head)
+        parts.learner.load_state_dict(optim)
+        parts.sampler.load_state_dict(state["collector"])
         set_rng_state(state["rng"])
-        self.start_iteration = state["iteration"]
-        self.version = state["iteration"]
-        self.backend.update_weights(self.version, self.model.adapter_weights)  # an engine with its own copy
-        self.env_steps = state["env_steps"]
-        self.generated_tokens = state.get("generated_tokens", 0)  # absent before token budgets
-        self._elapsed_before = state["elapsed_s"]
-        self._nonfinite_in_row = dict(state["nonfinite_in_row"])
+        self.state = RunState.from_state_dict(state)
+        # An engine with its own copy of the weights (vLLM, rollout workers) receives the restored ones.
+        parts.backend.update_weights(self.state.version, parts.model.adapter_weights)
         self.checkpoint = ckpt
 
     @property
     def steps_per_rollout(self) -> int:
         """``run.steps_per_iter`` team steps, or up to ``env.horizon`` for whole-episode collection."""
-        return self.cfg.env.horizon if self.algorithm.episodic else self.cfg.run.steps_per_iter
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self._signal = signum
-        # A second signal is not caught: the user can still stop at once.
-        signal.signal(signum, signal.SIG_DFL if signum != signal.SIGINT else signal.default_int_handler)
+        return self.cfg.env.horizon if self.parts.algorithm.episodic else self.cfg.run.steps_per_iter
 
     def train(self) -> TrainResult:
         """Run the remaining iterations, checkpointing every ``run.checkpoint_every`` and at the end.
@@ -174,164 +171,119 @@ class Trainer:
             TrainingStopped: a signal arrived (a checkpoint was saved first), or the run hit
                 ``run.max_nonfinite_in_row`` or ``env.max_failure_rate``.
         """
-        handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                handlers[sig] = signal.signal(sig, self._on_signal)
         status = "failed"
         try:
-            result, status = self._loop(), "finished"
+            with self.signals:
+                result = self._loop()
+            status = "finished"
             return result
-        except (TrainingStopped, KeyboardInterrupt) as e:
-            # By a signal (a second Ctrl-C too), or by a fault.
-            status = "failed" if getattr(e, "exit_code", 130) < 128 else "killed"
+        except TrainingStopped as e:  # by a signal, or by a fault
+            status = "failed" if e.exit_code < 128 else "killed"
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C
+            status = "killed"
             raise
         finally:
-            for sig, h in handlers.items():
-                signal.signal(sig, h)
             try:
                 self.close()
             finally:
                 self.sink.close(status)
 
     def close(self) -> None:
-        """Stop what the run started outside this process (rollout workers)."""
-        for part in (getattr(self, "collector", None), getattr(self, "learners", None)):
-            if hasattr(part, "shutdown"):
-                part.shutdown()
+        """Stop what the run started outside this process (rollout workers, learner actors)."""
+        if self.parts is not None:
+            self.parts.sampler.close()
+        self.peers.close()
 
-    def run_iteration(self, iteration: int) -> Iteration:
+    def run_iteration(self, iteration: int) -> IterationStats:
         """Collect, score, advantages, critic, policy: one iteration, each phase timed. The
         generation backend then receives the new adapter version."""
+        parts = self.parts
+        learner = parts.learner
         meter = PhaseMeter()
-        learner = self.learner
         with meter.phase("collect"):
-            trajectory = self.collector.collect(self.steps_per_rollout)
-        try:
-            if self.learners is not None:
-                self.learners.start(trajectory, iteration)
+            trajectory = parts.sampler.collect(self.steps_per_rollout)
+        with self.peers.bracket(trajectory, iteration, self.checkpoint, self.run_dir):
             with meter.phase("score"):
-                scores = self.scorer.score(trajectory, learner.roles_to_train(iteration))
+                scores = parts.scorer.score(trajectory, learner.roles_to_train(iteration))
             with meter.phase("advantages"):
                 targets = learner.targets(trajectory, scores)
             with meter.phase("critic"):
-                critic_metrics = learner.fit_critic(targets)
+                critic = learner.fit_critic(targets)
             with meter.phase("policy"):
-                update = learner.update_policy(trajectory, scores, targets, iteration)
-            if self.learners is not None:
-                self.learners.finish()
-        except Exception as e:
-            if self.learners is None:
-                raise
-            saved = (
-                f"last checkpoint: {self.checkpoint}" if self.checkpoint else "no checkpoint was saved yet"
-            )
-            raise TrainingStopped(
-                f"a learner failed in iteration {iteration} ({type(e).__name__}: {str(e)[:300]}); "
-                f"{saved}; continue with: marft train --resume {self.run_dir}",
-                self.checkpoint,
-                1,
-            ) from e
+                policy = learner.update_policy(trajectory, scores, targets, iteration)
         with meter.phase("sync"):
-            self.version += 1
-            self.backend.update_weights(self.version, self.model.adapter_weights, update.trained)
-        update.metrics.update(critic_metrics)
-        update.metrics.update(scores.metrics)
-        update.metrics.update(getattr(self.collector, "last_metrics", {}))  # rollout workers' counters
+            self.state.version += 1
+            parts.backend.update_weights(self.state.version, parts.model.adapter_weights, policy.trained)
+        collect = CollectStats.of(trajectory, parts.sampler.last_metrics)
         release_free_memory()
-        return Iteration(trajectory, scores, update, meter.seconds, meter.metrics())
-
-    def _row(self, it: int, step: Iteration, elapsed: float) -> dict[str, Any]:
-        traj, timings = step.trajectory, step.timings
-        returns = traj.episode_returns
-        return {
-            "iteration": it,
-            "env_steps": self.env_steps,
-            "generated_tokens": self.generated_tokens,
-            # fsum: exact, so the mean does not depend on the order episodes arrive from workers
-            "episode_return": math.fsum(returns) / len(returns) if returns else float("nan"),
-            "episodes": len(returns),
-            "episodes_failed": traj.failed_episodes,
-            "time_s": elapsed,
-            "time_iter_s": sum(timings.values()),
-            **{f"time_{k}_s": v for k, v in timings.items()},
-            **{f"time_{k}_s": v for k, v in traj.timings.items()},
-            **self._carried,
-            **step.memory,
-            **traj.env_summary(),
-            **traj.route_summary(),
-            **step.update.metrics,
-        }
+        return IterationStats(
+            trajectory,
+            collect,
+            score=scores.stats,
+            advantages=targets.stats,
+            critic=critic,
+            policy=policy,
+            timings=meter.seconds,
+            memory=meter.metrics(),
+        )
 
     def _loop(self) -> TrainResult:
         cfg = self.cfg
-        start = time.perf_counter() - self._elapsed_before
-        bar = tqdm(
-            range(self.start_iteration, cfg.run.iterations),
-            initial=self.start_iteration,
-            total=cfg.run.iterations,
-            desc="marft train",
-            disable=not cfg.run.progress,
-            dynamic_ncols=True,
+        start = time.perf_counter() - self.state.elapsed_s
+        progress = Progress(self.state.iteration, cfg.run.iterations, cfg.run.progress)
+        verb = f"resuming at iteration {self.state.iteration}" if self.resume else "training"
+        progress.note(
+            f"{verb} {', '.join(self.parts.graph.roles)} on {self.parts.model.device} with "
+            f"{self.threads} CPU threads; run directory {self.run_dir}"
         )
-        if cfg.run.progress:
-            verb = f"resuming at iteration {self.start_iteration}" if self.resume else "training"
-            bar.write(
-                f"marft: {verb} {', '.join(self.graph.roles)} on {self.model.device} with {self.threads} CPU "
-                f"threads; run directory {self.run_dir}"
-            )
-        for it in bar:
-            if self.budget_spent:
-                bar.write(f"marft: token budget spent ({self.generated_tokens} generated tokens)")
+        for it in progress:
+            if self.budget.spent(self.state):
+                progress.say(f"token budget spent ({self.state.generated_tokens} generated tokens)")
                 break
-            step = self.run_iteration(it)
-            self.env_steps += step.trajectory.env_steps
-            self.generated_tokens += sum(int(a.response_mask.sum()) for a in step.trajectory.agents)
-            self._elapsed_before = time.perf_counter() - start
-            row = self._row(it, step, self._elapsed_before)
+            stats = self.run_iteration(it)
+            self._count(it, stats, time.perf_counter() - start)
+            row = metrics_row(it, self.state, stats, self._carried)
             row.update(guard_metrics(self.rows, row, cfg.reward.guard))
             t0 = time.perf_counter()
             self.rows.append(row)
-            self.sink.log(row, step.trajectory.transcripts)
+            self.sink.log(row, stats.trajectory.transcripts)
             self._carried = {"time_log_s": time.perf_counter() - t0, "time_checkpoint_s": 0.0}
-            budget = (
-                {"tokens": f"{self.generated_tokens}/{cfg.run.token_budget}"} if cfg.run.token_budget else {}
-            )
-            bar.set_postfix(
-                ret=f"{row['episode_return']:.3f}", trained=",".join(step.update.trained) or "-", **budget
-            )
-            self._after_iteration(it + 1, row, step.trajectory, bar)
-        bar.close()
+            progress.show(row, stats.policy.trained, self.budget.progress(self.state))
+            self._after_iteration(stats, progress)
+        progress.close()
         return self._finish()
 
-    def _after_iteration(self, done: int, row: dict[str, Any], traj: Trajectory, bar) -> None:
+    def _count(self, iteration: int, stats: IterationStats, elapsed: float) -> None:
+        """The run's counters after ``iteration``."""
+        self.state.iteration = iteration + 1
+        self.state.env_steps += stats.collect.env_steps
+        self.state.generated_tokens += stats.collect.generated_tokens
+        self.state.elapsed_s = elapsed
+
+    def _after_iteration(self, stats: IterationStats, progress: Progress) -> None:
         """Checkpoint when due (timed into the next row), and stop on a fault or a signal."""
         cfg = self.cfg
-        fault = check_faults(row, traj, self._nonfinite_in_row, cfg)
+        done = self.state.iteration
+        fault = check_faults(done - 1, stats, self.state.nonfinite_in_row, cfg)
         every = cfg.run.checkpoint_every
-        last = done == cfg.run.iterations or self.budget_spent
-        if fault or self._signal is not None or last or (every and done % every == 0):
+        last = done == cfg.run.iterations or self.budget.spent(self.state)
+        stop = self.signals.received is not None
+        if fault or stop or last or (every and done % every == 0):
             t0 = time.perf_counter()
-            self.save(done)
+            self.save()
             self._carried["time_checkpoint_s"] = time.perf_counter() - t0
         if fault:
-            bar.close()
+            progress.close()
             raise TrainingStopped(f"{fault}; last checkpoint: {self.checkpoint}", self.checkpoint, 1)
-        if self._signal is not None:
-            bar.close()
-            name = signal.Signals(self._signal).name
+        if stop:
+            progress.close()
             raise TrainingStopped(
-                f"stopped by {name} after iteration {done}; checkpoint saved at {self.checkpoint}; "
-                f"continue with: marft train --resume {self.run_dir}",
+                f"stopped by {self.signals.name} after iteration {done}; checkpoint saved at "
+                f"{self.checkpoint}; continue with: marft train --resume {self.run_dir}",
                 self.checkpoint,
-                128 + self._signal,
+                128 + self.signals.received,
             )
-
-    @property
-    def budget_spent(self) -> bool:
-        """Whether the team has generated ``run.token_budget`` training tokens."""
-        budget = self.cfg.run.token_budget
-        return budget is not None and self.generated_tokens >= budget
 
     def _finish(self) -> TrainResult:
         if self.checkpoint is None:  # resumed a run that had already finished
@@ -352,23 +304,18 @@ class Trainer:
 
     def save(self, iteration: int | None = None) -> Path:
         """Write a complete checkpoint after ``iteration`` iterations (default: those done)."""
-        iteration = len(self.rows) if iteration is None else iteration
-        state = {
-            "iteration": iteration,
-            "env_steps": self.env_steps,
-            "generated_tokens": self.generated_tokens,
-            "elapsed_s": self._elapsed_before,
-            "nonfinite_in_row": self._nonfinite_in_row,
-            "rng": rng_state(),
-            "collector": self.collector.state_dict(),
-        }
+        state = self.state.state_dict()
+        if iteration is not None:
+            state["iteration"] = iteration
+        state["rng"] = rng_state()
+        state["collector"] = self.parts.sampler.state_dict()
         self.checkpoint = save_checkpoint(
             self.run_dir,
-            self.model,
-            self.learner.state_dict(),
+            self.parts.model,
+            self.parts.learner.state_dict(),
             state,
-            iteration=iteration,
-            env_steps=self.env_steps,
+            iteration=state["iteration"],
+            env_steps=self.state.env_steps,
             keep=self.cfg.run.keep_checkpoints,
             loggers=self.sink.run_ids,
         )
