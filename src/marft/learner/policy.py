@@ -123,13 +123,14 @@ class PolicyUpdater:
         one on its agents' merged batch); they end early past ``target_kl`` or at a non-finite loss
         or gradient (the whole update is then skipped this iteration)."""
         rows = batch.actions.prompt_ids
+        params = self.model.adapter_parameters(name)
         taken: list[LossTerms] = []  # every minibatch stepped on, or stopped at for its KL
         stop: Stop | None = None
         with self.model.adapter(name):
             self.model.policy.train()
             for _ in range(self.cfg.ppo_epochs):
                 for mb in torch.randperm(rows.shape[0], device=rows.device).chunk(self.cfg.num_minibatches):
-                    stop = self._step(name, batch, mb, taken)
+                    stop = self._step(name, params, batch, mb, taken)
                     if stop is not None:
                         break
                 if stop is not None:
@@ -144,11 +145,13 @@ class PolicyUpdater:
             nonfinite=stop == "nonfinite",
         )
 
-    def _step(self, name: str, batch: PolicyBatch, mb: Tensor, taken: list[LossTerms]) -> Stop | None:
-        """One optimizer step of adapter ``name`` on minibatch ``mb`` (its terms appended to
-        ``taken`` when finite); why the epochs must stop, if they must."""
-        cfg, opt = self.cfg, self.optimizers[name]
-        params = self.model.adapter_parameters(name)
+    def _step(
+        self, name: str, params: list[Tensor], batch: PolicyBatch, mb: Tensor, taken: list[LossTerms]
+    ) -> Stop | None:
+        """One optimizer step of adapter ``name`` (its ``params``) on minibatch ``mb`` (its terms
+        appended to ``taken`` when finite); why the epochs must stop, if they must."""
+        cfg = self.cfg
+        opt = self.optimizers[name]
         opt.zero_grad(set_to_none=True)
         terms = self.minibatch_backward(batch, mb)
         self.dp.sum_gradients(params)
