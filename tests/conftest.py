@@ -13,6 +13,7 @@ import yaml
 from marft.compose import load_config
 from marft.config import LoraSettings, ModelConfig, TinyModelConfig
 from marft.models import TeamModel, load_base
+from marft.runtime import ThreadGovernor, configure_threads
 
 DATA = Path(__file__).resolve().parent / "fixtures" / "data"
 """Small excerpts of GSM8K, MATH, MBPP and HumanEval (fixtures/data/README.md: sources, licences)."""
@@ -23,6 +24,27 @@ CORPUS = ["name the secret colour", "red green blue yellow", "speaker listener :
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _fixed_threads(monkeypatch):
+    """A run in a test keeps the threads it starts with: the thread governor would give torch fewer
+    while other processes (another test job, a sandboxed program) are busy, and a matmul split over
+    fewer threads rounds differently, so recorded numbers would depend on the machine's load.
+    The governor's own tests build it directly."""
+
+    def fixed(cls, requested: int = 0) -> ThreadGovernor:
+        return cls(configure_threads(requested), adaptive=False)
+
+    monkeypatch.setattr(ThreadGovernor, "for_run", classmethod(fixed))
+
+
+@pytest.fixture(autouse=True)
+def _no_cpu_bf16(monkeypatch):
+    """``model.dtype: auto`` resolves as on a CPU without native bf16 (float32) on every host, so a
+    test's numbers do not depend on whether the CPU has AVX512-BF16 or AMX; tests of the bf16
+    branch patch ``cpu_has_bf16`` themselves."""
+    monkeypatch.setattr("marft.models.loading.cpu_has_bf16", lambda: False)
 
 
 def make_team_model(

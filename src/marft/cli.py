@@ -9,7 +9,6 @@ import warnings
 from pathlib import Path
 
 from marft.config import ConfigError, preset_names
-from marft.runtime import passive_openmp_by_default
 
 TRAIN_HELP = """\
 Train a team with the config CONFIG: a YAML file or a built-in preset name (default: demo, a
@@ -310,10 +309,8 @@ def _fail(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Before torch loads OpenMP: idle threads sleep instead of spinning. Spinning keeps a core that
-    # another process needs busy, so each operation waits for a descheduled thread (the demo ran
-    # 3x slower beside one busy process); see marft.runtime.
-    passive_openmp_by_default()
+    # OpenMP's wait policy is left to OpenMP (or the user): the trainer adapts torch's thread count
+    # to other processes instead (marft.runtime.ThreadGovernor, issue 32).
     args = _parser().parse_args(argv)
     # PEFT calls a transformers property deprecated in v5; the warning is not the user's to act on.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

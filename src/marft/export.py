@@ -47,7 +47,10 @@ def export_agent(run_dir: str | Path, role: str, out: str | Path, merge: bool = 
     import torch
     from peft import PeftModel
 
-    resolved = resolve(load_config(str(run / "config.yaml")))  # resolved by load_config: not checked again
+    cfg = load_config(str(run / "config.yaml"))
+    if cfg.model.dtype == "auto":  # merge in float32 on any host: bfloat16 would round the deltas away
+        cfg.model.dtype = "float32"
+    resolved = resolve(cfg)
     (env,) = build_envs(resolved, 1)
     # The built-in tiny base is rebuilt from its own seed, so it comes out identical to training's.
     base, tokenizer, _ = build_base(resolved, env, torch.device("cpu"))

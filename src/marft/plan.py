@@ -4,7 +4,9 @@ marft keeps one frozen base per process (the learner, and each rollout worker), 
 LoRA adapter on it and the critic a value head. MARFT's reference code loads a full copy of the
 base for every agent and one more for the critic. The planner counts, per process:
 
-- **base**: the frozen base's parameters in ``model.dtype``;
+- **base**: the frozen base's parameters in ``model.dtype`` (``auto`` as a run resolves it: bfloat16
+  on a GPU, taken to be one with native bf16, and on a CPU with native bf16 (this host's); float32
+  on other CPUs and for ``tiny``);
 - **adapters + optimizer** (learner): every agent's LoRA tensors in fp32 with their gradient and
   Adam's two moments (16 bytes a parameter); a rollout worker holds the adapters only;
 - **critic**: the value head with gradient and Adam;
@@ -29,6 +31,7 @@ import torch
 
 from marft.config import Config
 from marft.learner.spec import resolve_algorithm
+from marft.models.loading import resolve_dtype
 
 GIB = 2**30
 ADAM_BYTES = 16  # fp32 parameter, gradient, and Adam's two moments
@@ -47,7 +50,6 @@ SHAPES = {
         num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
     ),
 }  # fmt: skip
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 @dataclass
@@ -147,8 +149,10 @@ def plan(
     (``gpu_memory_gb`` given) attention is taken to be fused (no ``seq x seq`` probabilities kept);
     on CPU they are kept for the backward.
     """
-    dtype = cfg.model.dtype if cfg.model.dtype != "auto" else ("bfloat16" if gpu_memory_gb else "float32")
-    b = DTYPE_BYTES[dtype]
+    # ``auto`` as a run resolves it: a GPU plan assumes native bf16; a CPU plan asks this host.
+    device = torch.device("cuda" if gpu_memory_gb else "cpu")
+    native_bf16 = True if gpu_memory_gb else None
+    b = resolve_dtype(cfg.model.dtype, device, cfg.model.name, native_bf16=native_bf16).itemsize
     n_agents = len(cfg.team.agents)
     trainable = sum(1 for a in cfg.team.agents if a.trainable)
     adapters = 1 if cfg.lora.shared else n_agents  # lora.shared: one adapter (all agents trainable)

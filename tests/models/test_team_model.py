@@ -116,7 +116,12 @@ def test_any_hf_causal_lm_folder_loads_and_trains(tmp_path):
     folder = tmp_path / "hf-model"
     src.policy.get_base_model().save_pretrained(folder)
     src.tokenizer.save_pretrained(folder)
-    cfg = small_config(f"model.name={folder}", "model.local_files_only=true", "run.iterations=1")
+    cfg = small_config(
+        f"model.name={folder}",
+        "model.local_files_only=true",
+        "model.dtype=float32",  # auto: bfloat16 on a CPU with native bf16
+        "run.iterations=1",
+    )
     result = train(cfg, tmp_path / "run")
     assert result.rows[0]["env_steps"] == 8
 

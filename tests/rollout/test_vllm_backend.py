@@ -69,6 +69,7 @@ def smollm2():
         "math_single",
         [
             f"model.name={path}",
+            "model.dtype=float32",  # auto is bfloat16 on a bf16 CPU or GPU: float32 on every host
             "env.kwargs.data=arithmetic",
             "env.kwargs.problem_key=problem",
             "env.kwargs.answer_after=null",

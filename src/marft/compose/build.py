@@ -96,7 +96,7 @@ def build_base(resolved: Resolved, env: Env, device: torch.device | None = None)
     """``(base model, tokenizer, dtype)``: the base of ``model.name`` in the run's dtype, or in
     ``model.dtype`` on ``device`` when given (the tiny model is built from ``env``'s words)."""
     cfg = resolved.cfg
-    dtype = resolved.dtype if device is None else resolve_dtype(cfg.model.dtype, device)
+    dtype = resolved.dtype if device is None else resolve_dtype(cfg.model.dtype, device, cfg.model.name)
     base, tokenizer = load_base(cfg.model, corpus=tiny_corpus(resolved, env), dtype=dtype)
     return base, tokenizer, dtype
 

@@ -54,8 +54,10 @@ class Resolved:
 
     @cached_property
     def dtype(self) -> torch.dtype:
-        """The base model's dtype on :attr:`device` (``model.dtype``; ``auto``: bfloat16 on CUDA)."""
-        return resolve_dtype(self.cfg.model.dtype, self.device)
+        """The base model's dtype on :attr:`device` (``model.dtype``; ``auto``: bfloat16 where the
+        device has native bf16, float32 elsewhere and for ``tiny``; see
+        :func:`~marft.models.loading.resolve_dtype`)."""
+        return resolve_dtype(self.cfg.model.dtype, self.device, self.cfg.model.name)
 
 
 class _Kept:

@@ -73,8 +73,12 @@ class ModelConfig:
     gguf_file: str | None = None
     """A GGUF file inside ``name`` (a local folder) to load with transformers' GGUF support."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Dtype of the frozen base; ``auto`` is float32 on CPU and bfloat16 on CUDA. Adapters, the
-    value head and optimizer states are always float32."""
+    """Dtype of the frozen base. ``auto``: bfloat16 where the device computes it natively (a CUDA
+    GPU with ``torch.cuda.is_bf16_supported()``: Ampere and later; a CPU with AVX512-BF16 or AMX,
+    as torch reports it), float32 elsewhere; always float32 for ``name: tiny`` (a random base
+    built from scratch: its numbers stay the same across hosts). ``float32`` forces full precision
+    (``--set model.dtype=float32``). Adapters, the value head and optimizer states are always
+    float32."""
     device: str = "auto"
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     trust_remote_code: bool = False
@@ -169,6 +173,11 @@ class SamplingConfig:
     backend: str = "hf"
     """Generation backend: ``hf`` (transformers, in-process, shares the learner's weights) or
     ``vllm`` (vLLM's engine; see ``vllm:`` and docs/backends.md)."""
+    decode: Literal["fast", "eager"] = "fast"
+    """The ``hf`` backend's decode loop: ``fast`` (each row's LoRA gathered once per call and applied
+    as batched matmuls, a KV cache allocated once; :mod:`marft.models.decoding`) or ``eager``
+    (PEFT's mixed-adapter forward and transformers' concatenating cache). ``fast`` falls back to
+    ``eager`` for adapters it does not serve (DoRA and other LoRA variants) and says so."""
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, "temperature", "must be > 0")
@@ -234,7 +243,7 @@ class RunConfig:
     """Show a progress bar with the live return."""
     torch_threads: int = 0
     """CPU threads for torch (0: as many as this process may use: its CPU affinity, capped by a
-    cgroup CPU quota)."""
+    cgroup CPU quota; fewer while other processes take some of those cores). N > 0: N, fixed."""
     report: bool = True
     """Write ``report.html`` (plots and transcripts, see ``marft report``) at the end of the run."""
     checkpoint_every: int = 10

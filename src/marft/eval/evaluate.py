@@ -24,7 +24,7 @@ from marft.envs.base import summarize_metrics
 from marft.eval.judged import compare_with_untrained
 from marft.rollout.backends import BASE
 from marft.rollout.collector import Collector
-from marft.runtime import configure_threads
+from marft.runtime import ThreadGovernor
 from marft.trainer.checkpoint import load_adapter_weights, resolve_checkpoint
 
 
@@ -134,7 +134,8 @@ class Evaluator:
         self.per_chunk = max(1, batch // samples)
         self.envs = build_envs(resolved, self.per_chunk * samples)
         self.same_answer: Callable[[str, str], bool] = self.envs.same_answer
-        self.threads = configure_threads(cfg.run.torch_threads)
+        self.governor = ThreadGovernor.for_run(cfg.run.torch_threads)  # adapts to other processes
+        self.threads = self.governor.threads
         self.model = build_team_model(resolved, probe[0], with_critic=False)
         self.checkpoint = load_adapters(self.model, checkpoint) if checkpoint is not None else None
         self.judge = bind_judges(resolved, self.envs, self.model)
@@ -170,6 +171,7 @@ class Evaluator:
             idx = list(range(start, min(start + self.per_chunk, self.n_problems)))
             # the last chunk may be short: its spare env copies repeat a problem and are ignored
             problems = [idx[min(b // K, len(idx) - 1)] for b in range(n_envs)]
+            self.governor.adapt()
             traj = collector.collect(self.cfg.env.horizon, problems=problems)
             for key, value in traj.env_metrics.items():
                 out.env_metrics[key] = out.env_metrics.get(key, 0.0) + value

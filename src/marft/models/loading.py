@@ -25,11 +25,65 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` is float32 on CPU and bfloat16 on CUDA."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""``model.dtype``'s explicit names."""
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), as torch reports it.
+
+    Asks torch's private probes ``torch.cpu._is_avx512_bf16_supported`` and
+    ``torch.cpu._is_amx_tile_supported``; False where this torch has neither (or they fail).
+    """
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        supported = getattr(torch.cpu, probe, None)
+        try:
+            if supported is not None and supported():
+                return True
+        except Exception:  # a private probe: any failure means "not known to be supported"
+            continue
+    return False
+
+
+def cuda_has_bf16(device: torch.device) -> bool:
+    """Whether CUDA ``device`` computes bfloat16 natively (compute capability 8.0+: Ampere and
+    later; emulated bf16 on older GPUs does not count)."""
+    if not torch.cuda.is_available():
+        return False
+    with torch.cuda.device(device):
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # a torch without ``including_emulation``
+            return bool(torch.cuda.is_bf16_supported())
+
+
+def resolve_dtype(
+    name: str, device: torch.device, model_name: str, *, native_bf16: bool | None = None
+) -> torch.dtype:
+    """The frozen base's dtype for ``model.dtype`` ``name`` on ``device``.
+
+    ``float32``, ``bfloat16`` and ``float16`` are used as given. ``auto`` picks:
+
+    - float32 for the built-in model (``model_name == "tiny"``) on any device: a random base
+      built from scratch, whose numbers stay the same across hosts;
+    - bfloat16 on a CUDA device with native bf16 (:func:`cuda_has_bf16`: Ampere and later) and
+      on a CPU whose torch reports native bf16 (:func:`cpu_has_bf16`: AVX512-BF16 or AMX);
+    - float32 everywhere else (older GPUs, CPUs without bf16, MPS).
+
+    Args:
+        name: ``model.dtype``: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
+        device: where the base runs.
+        model_name: ``model.name`` (``tiny``: the built-in model).
+        native_bf16: whether ``device`` computes bf16 natively; None asks this machine's hardware
+            (``marft plan`` passes True to plan for a GPU it does not run on).
+    """
+    if name != "auto":
+        return DTYPES[name]
+    if model_name == "tiny" or device.type not in ("cuda", "cpu"):
+        return torch.float32
+    if native_bf16 is None:
+        native_bf16 = cuda_has_bf16(device) if device.type == "cuda" else cpu_has_bf16()
+    return torch.bfloat16 if native_bf16 else torch.float32
 
 
 def load_base(cfg: ModelConfig, corpus: Sequence[str] = (), dtype: torch.dtype | None = None):

@@ -9,8 +9,9 @@ from typing import Any
 
 from marft.reporting.trackers import TrackerSet
 
-MEASURED = ("time", "memory_", "cuda_memory_")
-"""Prefixes of the metrics that are measurements of this machine (seconds, memory), not results."""
+MEASURED = ("time", "memory_", "cuda_memory_", "torch_threads")
+"""Prefixes of the metrics that are measurements of this machine (seconds, memory, the CPU threads
+torch was given while other processes ran), not results."""
 
 
 def reproducible(row: dict[str, Any]) -> dict[str, Any]:

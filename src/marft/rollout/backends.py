@@ -12,13 +12,17 @@ process. The ``vllm`` backend is registered by its import path: vLLM's module is
 when it is chosen.
 
 The ``hf`` backend samples token by token with a KV cache on the team's shared base, one adapter
-per row (PEFT mixed-adapter batches), and keeps only the log-prob of each sampled token under the
-distribution it was drawn from, never the per-step full-vocabulary logits. It shares its weights
-with the learner, so ``update_weights`` has nothing to do.
+per row, and keeps only the log-prob of each sampled token under the
+distribution it was drawn from, never the per-step full-vocabulary logits. Its decode loop is
+``fast`` by default (:mod:`marft.models.decoding`: each row's LoRA gathered once per call and
+applied as batched matmuls, a KV cache allocated once) or ``eager`` (PEFT's mixed-adapter
+forward, transformers' concatenating cache; ``sampling.decode``). It shares its weights with the
+learner, so ``update_weights`` has nothing to do.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -29,15 +33,13 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from marft.config import Config
+from marft.models.decoding import BASE, fast_decode_unsupported, gathered_lora, growing_cache
 from marft.models.logprobs import SamplingParams, entropy_of, warp_logits
 from marft.models.sequences import position_ids_from_mask
 from marft.models.team_model import TeamModel
 from marft.registry import Registry
 from marft.rollout.streams import keyed_uniform, random_keys, sample_keyed
 from marft.rollout.trajectory import Prompts
-
-BASE = "__base__"
-"""Adapter name of a row that must run on the bare base model (PEFT's convention)."""
 
 AdapterWeights = Mapping[str, Mapping[str, Tensor]]
 """Per agent (adapter name), its adapter as PEFT saves it (``adapter_model.safetensors`` keys)."""
@@ -139,17 +141,30 @@ class HFBackend:
         model: the team model (its adapters are the agents).
         sampling: the distribution tokens are drawn from.
         max_new_tokens: the longest action, where ``generate`` is given no limits.
+        decode: ``fast`` or ``eager`` (see the module docstring); ``fast`` falls back to ``eager``
+            for a model it does not serve, with a warning that says why.
+
+    Attributes:
+        fast: whether ``generate`` takes the fast path (for a model in eval mode).
     """
 
     shares_weights = True
     needs_model_folder = False
 
-    def __init__(self, model: TeamModel, sampling: SamplingParams, max_new_tokens: int) -> None:
+    def __init__(
+        self, model: TeamModel, sampling: SamplingParams, max_new_tokens: int, decode: str = "fast"
+    ) -> None:
         self.model = model
         self.sampling = sampling
         self.max_new_tokens = max_new_tokens
         self.device = model.device
         self.version = 0
+        why = fast_decode_unsupported(model.policy) if decode == "fast" else None
+        if why is not None:
+            warnings.warn(
+                f"sampling.decode=fast does not serve this model ({why}); decoding eagerly", stacklevel=2
+            )
+        self.fast = decode == "fast" and why is None
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:
@@ -159,7 +174,7 @@ class HFBackend:
     def from_config(cls, model: TeamModel, cfg: Config, model_folder: str | None = None) -> HFBackend:
         """The backend of a run with ``sampling``'s distribution and action length (``model_folder``
         is not used: this backend samples with the team model itself)."""
-        return cls(model, SamplingParams.of(cfg.sampling), cfg.sampling.max_new_tokens)
+        return cls(model, SamplingParams.of(cfg.sampling), cfg.sampling.max_new_tokens, cfg.sampling.decode)
 
     def update_weights(
         self, version: int, weights: Callable[..., AdapterWeights], changed: Sequence[str] | None = None
@@ -203,10 +218,18 @@ class HFBackend:
         limits = limits.to(device)
         keys = random_keys(S) if keys is None else keys
         single = None if roles[0] == BASE else roles[0]
+        # A batch of one agent runs under its adapter on both paths: PEFT's active adapter also
+        # decides which tensors require grad, and the rollout leaves it as the eager path does.
         with nullcontext() if mixed else model.adapter(single):
-            return self._decode(prompts, roles if mixed else None, limits, keys)
+            if self.fast and not model.policy.training:
+                cache = growing_cache(prompts.ids.shape[1] + int(limits.max()))
+                with gathered_lora(model.policy, roles, device):
+                    return self._decode(prompts, None, limits, keys, cache)
+            return self._decode(prompts, roles if mixed else None, limits, keys, DynamicCache())
 
-    def _decode(self, prompts: Prompts, names: list[str] | None, limits: Tensor, keys: Tensor) -> Generation:
+    def _decode(
+        self, prompts: Prompts, names: list[str] | None, limits: Tensor, keys: Tensor, cache: DynamicCache
+    ) -> Generation:
         """The token-by-token loop under the active adapter(s), one KV-cached forward a step,
         until every row has ended its turn or reached its limit.
 
@@ -215,6 +238,7 @@ class HFBackend:
             names: ``S`` adapter names of a mixed-adapter batch (None: the active adapter).
             limits: ``[S]`` longest action per row.
             keys: ``[S]`` random-stream keys.
+            cache: an empty KV cache.
         """
         model = self.model
         steps = _Steps(
@@ -223,10 +247,14 @@ class HFBackend:
             pad=model.tokenizer.pad_token_id,
             finished=torch.zeros(limits.shape[0], dtype=torch.bool, device=limits.device),
         )
-        cache = DynamicCache()
-        ids, mask = prompts.ids, prompts.mask
+        ids = prompts.ids
+        length = prompts.mask.shape[1]
+        steps_max = int(limits.max())
+        # The mask of the prompt and every new token, allocated once; step t reads its first columns.
+        full_mask = torch.cat([prompts.mask, prompts.mask.new_ones(prompts.mask.shape[0], steps_max)], 1)
+        mask = full_mask[:, :length]
         pos = position_ids_from_mask(mask)
-        for step in range(int(limits.max())):
+        for step in range(steps_max):
             out = model.forward_logits(
                 ids,
                 mask,
@@ -241,7 +269,7 @@ class HFBackend:
             if steps.add(tok, logp, ent, step):
                 break
             ids = tok[:, None]
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            mask = full_mask[:, : length + step + 1]
             pos = pos[:, -1:] + 1
         return steps.generation()
 

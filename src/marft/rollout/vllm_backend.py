@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from marft.config import Config, ConfigError
+from marft.models.loading import resolve_dtype
 from marft.models.logprobs import SamplingParams
 from marft.models.team_model import TeamModel
 from marft.rollout.backends import BASE, AdapterWeights, Generation
@@ -154,16 +155,15 @@ class VLLMBackend:
             kw = {"kv_cache_memory_bytes": int(cfg.vllm.kv_cache_gb * 2**30)}
         if cfg.vllm.max_model_len is not None:
             kw["max_model_len"] = cfg.vllm.max_model_len
-        dtype = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[
-            cfg.model.dtype
-        ]
+        # The learner's dtype (``auto`` resolved alike), so the engine's base rounds as the learner's.
+        dtype = str(resolve_dtype(cfg.model.dtype, self.device, cfg.model.name)).removeprefix("torch.")
         try:
             llm = LLM(
                 model=model_folder,
                 enable_lora=True,
                 max_loras=len(self.model.adapters) + 1,  # every adapter, plus one while swapping
                 max_lora_rank=max_lora_rank(cfg.lora.r),
-                dtype="float32" if dtype == "auto" and not cuda else dtype,
+                dtype=dtype,
                 enforce_eager=cfg.vllm.enforce_eager,
                 logprobs_mode="processed_logprobs",
                 seed=cfg.run.seed,

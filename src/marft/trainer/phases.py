@@ -13,7 +13,7 @@ import ctypes
 import functools
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,14 +73,20 @@ class PhaseMeter:
         seconds: phase -> seconds (summed if a phase repeats).
         peak_mb: phase -> peak resident memory during the phase.
         cuda_peak_mb: phase -> peak CUDA memory allocated by torch during the phase.
+        before_phase: called as each phase starts; returns torch's CPU threads for the phase (the
+            trainer's :class:`~marft.runtime.ThreadGovernor`; None: they are only read).
+        thread_seconds: threads x seconds summed over the phases (:meth:`mean_threads`).
     """
 
     seconds: dict[str, float] = field(default_factory=dict)
     peak_mb: dict[str, float] = field(default_factory=dict)
     cuda_peak_mb: dict[str, float] = field(default_factory=dict)
+    before_phase: Callable[[], int] | None = field(default=None, repr=False)
+    thread_seconds: float = 0.0
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        threads = self.before_phase() if self.before_phase is not None else torch.get_num_threads()
         resettable = _reset_high_water_mark()
         cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
         if cuda:
@@ -89,13 +95,20 @@ class PhaseMeter:
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+            self.thread_seconds += threads * seconds
             peak = _status_mb("VmHWM" if resettable else "VmRSS")
             if peak is not None:
                 self.peak_mb[name] = max(self.peak_mb.get(name, 0.0), peak)
             if cuda:
                 cuda_peak = torch.cuda.max_memory_allocated() / 2**20
                 self.cuda_peak_mb[name] = max(self.cuda_peak_mb.get(name, 0.0), cuda_peak)
+
+    def mean_threads(self) -> float:
+        """torch's CPU threads over the phases so far, weighted by their seconds."""
+        total = sum(self.seconds.values())
+        return self.thread_seconds / total if total > 0 else float(torch.get_num_threads())
 
     def metrics(self) -> dict[str, float]:
         """``memory_peak_mb`` (the iteration's), ``memory_peak_<phase>_mb``, ``memory_rss_mb`` (at

@@ -27,6 +27,10 @@ class IterationStats:
         collect, score, advantages, critic, policy: each phase's stats.
         timings: seconds of each phase (``trainer.PHASES``).
         memory: the memory columns (:class:`~marft.trainer.phases.PhaseMeter`).
+        torch_threads: torch's CPU threads over the phases, time-weighted (they change between
+            phases when another process takes cores: :class:`~marft.runtime.ThreadGovernor`);
+            the row's ``torch_threads``, one of the measurements of this machine
+            (``reporting.metrics.MEASURED``) that a reproduced run need not repeat.
     """
 
     trajectory: Trajectory
@@ -37,6 +41,7 @@ class IterationStats:
     policy: PolicyStats
     timings: dict[str, float] = field(default_factory=dict)
     memory: dict[str, float] = field(default_factory=dict)
+    torch_threads: float | None = None
 
 
 def metrics_row(
@@ -55,6 +60,7 @@ def metrics_row(
         **stats.collect.metrics(),
         **carried,
         **stats.memory,
+        **({"torch_threads": stats.torch_threads} if stats.torch_threads is not None else {}),
         **stats.advantages.metrics(),
         **stats.policy.metrics(),
         **stats.critic.metrics(),

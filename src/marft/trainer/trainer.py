@@ -32,7 +32,7 @@ from marft.reporting.guard import guard_metrics
 from marft.reporting.metrics import MetricsSink
 from marft.reporting.trackers import RunInfo, TrackerSet, check_trackers
 from marft.rollout.stats import CollectStats
-from marft.runtime import configure_threads
+from marft.runtime import ThreadGovernor
 from marft.trainer.checkpoint import (
     CHECKPOINTS,
     CheckpointError,
@@ -88,6 +88,7 @@ class Trainer:
         self.sink: MetricsSink | None = None
         self.signals = StopSignals()
         self.threads = 0
+        self.governor: ThreadGovernor | None = None  # adapts torch's threads to other processes
         # Seconds of the previous iteration's log and checkpoint phases, reported in the next row
         # (a row is written before its checkpoint, so that no iteration is ever logged twice).
         self._carried = {"time_log_s": 0.0, "time_checkpoint_s": 0.0}
@@ -106,7 +107,8 @@ class Trainer:
                 f"{self.run_dir} already holds a run; continue it with marft train --resume {self.run_dir}, "
                 "or give another --out"
             )
-        self.threads = configure_threads(cfg.run.torch_threads)
+        self.governor = ThreadGovernor.for_run(cfg.run.torch_threads)
+        self.threads = self.governor.threads
         seed_everything(cfg.run.seed)
         # Envs first: a data problem is reported before anything is written or loaded.
         envs = build_envs(resolved, cfg.env.n_envs)
@@ -200,7 +202,7 @@ class Trainer:
         generation backend then receives the new adapter version."""
         parts = self.parts
         learner = parts.learner
-        meter = PhaseMeter()
+        meter = PhaseMeter(before_phase=self.governor.adapt if self.governor is not None else None)
         with meter.phase("collect"):
             trajectory = parts.sampler.collect(self.steps_per_rollout)
         with self.peers.bracket(trajectory, iteration, self.checkpoint, self.run_dir):
@@ -226,6 +228,7 @@ class Trainer:
             policy=policy,
             timings=meter.seconds,
             memory=meter.metrics(),
+            torch_threads=meter.mean_threads(),
         )
 
     def _loop(self) -> TrainResult:
