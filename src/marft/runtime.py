@@ -21,7 +21,9 @@ a :class:`ThreadGovernor`, called at the start of each training phase (and each 
 since its last look. When they took half a core or more of ours, torch gets that many threads
 fewer (at least one: with one thread nobody waits, so spinning cannot collapse); when they are
 gone, it gets all usable cores back. ``run.torch_threads`` > 0 fixes the count (no adapting);
-so does a machine without ``/proc`` (macOS).
+so does a machine without ``/proc`` (macOS). The demo, whole command, alone / beside a busy core
+(benchmarks/README.md, "CPU thread policies"): spinning without a governor 51-53 s / 188 s;
+passive 104 s / 110 s; adaptive 53 s / 80 s.
 """
 
 from __future__ import annotations
