@@ -109,3 +109,11 @@ def test_an_adapter_the_fast_path_does_not_serve_decodes_eagerly_and_says_why():
     with pytest.warns(UserWarning, match="decoding eagerly"):
         backend = HFBackend(model, SAMPLING, max_new_tokens=3)
     assert not backend.fast
+
+
+def test_lora_on_a_layer_other_than_linear_decodes_eagerly():
+    """LoRA on the embeddings (a PEFT ``LoraLayer`` that is not ``lora.Linear``) is not skipped."""
+    model = make_team_model()
+    model.policy.add_adapter("embeddings", LoraConfig(r=2, target_modules=["embed_tokens"]))
+    why = fast_decode_unsupported(model.policy)
+    assert why is not None and "Embedding" in why

@@ -32,6 +32,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from peft.tuners.lora import Linear as LoraLinear
+from peft.tuners.lora import LoraLayer
 from peft.utils import ModulesToSaveWrapper
 from torch import Tensor, nn
 from transformers import DynamicCache
@@ -56,7 +57,7 @@ def fast_decode_unsupported(policy: nn.Module) -> str | None:
                 return f"{name}: a LoRA variant ({', '.join(sorted(module.lora_variant))})"
             if any(b.bias is not None for b in module.lora_B.values()):
                 return f"{name}: LoRA with a bias"
-        elif type(module).__name__.startswith("Lora") and hasattr(module, "lora_A"):
+        elif isinstance(module, LoraLayer):  # LoRA on embeddings, convolutions, quantized layers
             return f"{name}: LoRA on {type(module).__name__}"
     return None
 
