@@ -34,7 +34,8 @@ Three parts, printed as one table (``--json PATH`` writes every figure):
    gives a tokens/s ceiling, ``batch / step floor``.
 
    *Training.* Every micro-batch of the policy phase is recorded (wrapping
-   ``PolicyUpdater.micro_batch_loss``), so ``ppo_epochs``, minibatches, early stops and shared
+   ``PolicyUpdater.micro_batch_loss`` and, with ``algorithm.policy_step=mixed``,
+   ``PolicyUpdater.mixed_micro_batch``), so ``ppo_epochs``, minibatches, early stops and shared
    adapters are counted as they ran. A row runs the decoder over its ``p + r`` real prompt and
    response tokens (:func:`marft.models.sequences.response_states`) and the output layer over its
    ``r`` response tokens only (:func:`marft.models.logprobs.chunked_token_logprobs`). The base is
@@ -489,7 +490,9 @@ class Recorder:
         backend, updater = trainer.parts.backend, trainer.parts.learner.policy
         if not hasattr(backend, "generate"):
             raise SystemExit("roofline.py needs in-process generation (run.ray.enabled=false)")
-        generate, loss = backend.generate, updater.micro_batch_loss
+        generate = backend.generate
+        loss = updater.micro_batch_loss
+        mixed = updater.mixed_micro_batch
 
         def recorded_generate(prompts: Any, adapters: Any, limits: Any = None, keys: Any = None) -> Any:
             gen = generate(prompts, adapters, limits, keys)
@@ -500,8 +503,13 @@ class Recorder:
             self._pending.append((batch, idx))
             return loss(batch, old, idx, norm)
 
+        def recorded_mixed(batch: Any, old: Tensor, idx: Tensor, adapters: Any, norms: Any) -> Any:
+            self._pending.append((batch, idx))
+            return mixed(batch, old, idx, adapters, norms)
+
         backend.generate = recorded_generate
         updater.micro_batch_loss = recorded_loss
+        updater.mixed_micro_batch = recorded_mixed
 
     def take(self) -> tuple[list[GenCall], list[tuple[Tensor, Tensor]]]:
         """The calls and the (trimmed) micro-batches recorded since the last ``take``."""

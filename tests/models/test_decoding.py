@@ -6,7 +6,8 @@ from peft import LoraConfig
 from transformers import DynamicCache
 
 from marft.models import SamplingParams
-from marft.models.decoding import fast_decode_unsupported, gathered_lora, growing_cache
+from marft.models.decoding import growing_cache
+from marft.models.row_adapters import gathered_lora, gathered_lora_unsupported
 from marft.models.sequences import position_ids_from_mask
 from marft.rollout import HFBackend, Prompts
 from marft.rollout.backends import BASE
@@ -101,10 +102,10 @@ def test_growing_cache_holds_what_the_concatenating_cache_holds():
 
 def test_an_adapter_the_fast_path_does_not_serve_decodes_eagerly_and_says_why():
     model = make_team_model()
-    assert fast_decode_unsupported(model.policy) is None
+    assert gathered_lora_unsupported(model.policy) is None
     dora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], use_dora=True)
     model.policy.add_adapter("dora", dora)
-    why = fast_decode_unsupported(model.policy)
+    why = gathered_lora_unsupported(model.policy)
     assert why is not None and "dora" in why.lower()
     with pytest.warns(UserWarning, match="decoding eagerly"):
         backend = HFBackend(model, SAMPLING, max_new_tokens=3)
@@ -115,5 +116,5 @@ def test_lora_on_a_layer_other_than_linear_decodes_eagerly():
     """LoRA on the embeddings (a PEFT ``LoraLayer`` that is not ``lora.Linear``) is not skipped."""
     model = make_team_model()
     model.policy.add_adapter("embeddings", LoraConfig(r=2, target_modules=["embed_tokens"]))
-    why = fast_decode_unsupported(model.policy)
+    why = gathered_lora_unsupported(model.policy)
     assert why is not None and "Embedding" in why

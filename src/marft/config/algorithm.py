@@ -62,6 +62,15 @@ class AlgorithmConfig:
     micro_batch_tokens: int = 0
     """If > 0, also cap a micro-batch at this many padded tokens, so memory stays bounded however
     long prompts grow (later agents in a chain see every earlier output)."""
+    policy_step: Literal["per_adapter", "mixed"] = "per_adapter"
+    """How the training agents' adapters take a step: ``per_adapter``, one adapter after another
+    under PEFT's active adapter; ``mixed``, every adapter's minibatch in one forward and one
+    backward on the shared base (each row under its own adapter, by gathered LoRA), then each
+    adapter's own clip and optimizer step. The same update up to float32 rounding. ``mixed`` saves
+    a forward and a backward per extra adapter, which pays where a step is bound by kernel launches
+    (small models on a GPU); on CPU it measured no faster (``benchmarks/README.md``). It falls back
+    to ``per_adapter``, with a warning, for LoRA variants (DoRA) and LoRA on layers other than
+    ``nn.Linear``."""
     max_grad_norm: float = 1.0
     """Gradient-norm clip per agent and for the critic."""
     normalize_advantages: bool = True

@@ -20,9 +20,7 @@ def sequences(actions: AgentActions) -> SequenceBatch:
 
 def rows_of(seq: SequenceBatch, idx: Tensor) -> SequenceBatch:
     """Rows ``idx`` of a batch, trimmed of the padding columns they all share."""
-    return SequenceBatch(
-        seq.prompt_ids[idx], seq.prompt_mask[idx], seq.response_ids[idx], seq.response_mask[idx]
-    ).trimmed()
+    return seq.take(idx).trimmed()
 
 
 def micro_batches(idx: Tensor, seq: SequenceBatch, max_rows: int, max_tokens: int = 0) -> list[Tensor]:

@@ -4,7 +4,8 @@
    term, the registered advantage estimator, and per agent its advantages;
 2. :meth:`Learner.fit_critic`: the value head's regression (critic-based algorithms);
 3. :meth:`Learner.update_policy`: each trainable agent's clipped update on its own adapter (or,
-   with ``lora.shared``, one update of the shared adapter on all agents' actions).
+   with ``lora.shared``, one update of the shared adapter on all agents' actions), all adapters
+   in one forward and backward per step (``algorithm.policy_step``).
 
 The algorithm is an :class:`~marft.learner.spec.AlgorithmSpec` (estimator + the loss's default
 aggregation); the pure math lives in :mod:`marft.algorithms`. Each step reports typed stats
@@ -250,13 +251,15 @@ class Learner:
         for a in self.graph.agents:
             stats.agents[a.role] = self._agent_stats(traj.agents[a.index], scores, targets, a.index)
             by_adapter.setdefault(self.model.adapter_name(a.role), []).append(a)
+        batches: dict[str, PolicyBatch] = {}
         for name, agents in by_adapter.items():
             members = [a.index for a in agents if a.role in train]
-            if not members:
-                stats.adapters[name] = AdapterStats(trained=False)
-                continue
-            batch = PolicyBatch.merge([self._policy_batch(traj, scores, targets, n) for n in members])
-            stats.adapters[name] = self.policy.update_adapter(name, batch)
+            if members:
+                own = [self._policy_batch(traj, scores, targets, n) for n in members]
+                batches[name] = PolicyBatch.merge(own)
+        updated = self.policy.update(batches)
+        for name in by_adapter:
+            stats.adapters[name] = updated.get(name, AdapterStats(trained=False))
         self.model.policy.eval()
         stats.fwd_bwd_s = self.policy.fwd_bwd_s
         return stats

@@ -1,90 +1,50 @@
-"""The policy step: per-adapter optimizers and micro-batched clipped updates of each adapter.
+"""The policy step: per-adapter optimizers and micro-batched clipped updates of the adapters.
 
-Every agent is trained on its own actions with its own adapter active on the shared frozen base;
-agents that share one adapter (``lora.shared``) train it in one update on all their actions
-(:meth:`~marft.learner.batching.PolicyBatch.merge`).
+Every agent is trained on its own actions with its own adapter on the shared frozen base; agents
+that share one adapter (``lora.shared``) train it in one update on all their actions
+(:meth:`~marft.learner.batching.PolicyBatch.merge`). Two ways to run a step
+(``algorithm.policy_step``):
 
-One path computes a micro-batch's loss (:meth:`PolicyUpdater.micro_batch_loss`): the token
-log-probs and entropies under the adapter, the ratio at the level of ``algorithm.loss_agg_mode``
-(:func:`marft.algorithms.loss_inputs`: per token, or per action for ``action-mean``), the
+* ``per_adapter`` (the default): one adapter after another under PEFT's active adapter; also the
+  path of models the gathered LoRA does not serve (LoRA variants such as DoRA), and of a step
+  with one adapter.
+* ``mixed``: every training adapter's minibatch in one forward and one backward, row
+  ``s`` under its own adapter (:meth:`~marft.models.team_model.TeamModel.mixed`: gathered LoRA),
+  then each adapter's own clip and optimizer step. Each adapter's factors get the gradient of its
+  own rows only, so this is the per-adapter update computed together; float32 rounding of the
+  batched matmuls may differ in the last bits.
+
+A micro-batch's loss terms are :func:`~marft.learner.terms.micro_batch_terms`: the token log-probs
+and entropies under the adapter, the ratio at the level of ``algorithm.loss_agg_mode``, the
 registered clipped objective aggregated by that mode, the entropy bonus and the KL term to the
-reference. A minibatch's gradient is accumulated micro-batch by micro-batch, each weighted by its
-share of the minibatch's units of the mode (real tokens, actions or sequences:
-:func:`marft.algorithms.agg_units`), so it equals one pass over the whole minibatch whatever the
-micro-batching. The entropy and KL terms are token means over the whole minibatch in every mode.
+reference, weighted so that a minibatch's gradient is the same whatever the micro-batching.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+import warnings
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from marft.algorithms import POLICY_LOSSES, agg_units, kl_estimate
+from marft.algorithms import POLICY_LOSSES
 from marft.config import AlgorithmConfig
 from marft.learner.batching import PolicyBatch, micro_batches, rows_of, sequences
 from marft.learner.parallel import SINGLE, DataParallel
 from marft.learner.stats import AdapterStats
+from marft.learner.terms import LossTerms, MinibatchNorm, micro_batch_terms
 from marft.models.logprobs import SamplingParams
+from marft.models.row_adapters import RowAdapters, gathered_lora_unsupported
 from marft.models.team_model import TeamModel
 
 Stop = Literal["target_kl", "nonfinite"]
 """Why an adapter's epochs ended early."""
 
 
-@dataclass
-class LossTerms:
-    """A policy loss's scalars: of a micro-batch, weighted by its share of its minibatch, or of a
-    minibatch (the sum of its micro-batches').
-
-    Attributes:
-        loss: what is minimised: the policy loss, minus ``entropy_coef`` times the token-mean
-            entropy, plus ``kl_coef`` times the token-mean KL to the reference (``kl_mode=loss``);
-            with grad in a micro-batch.
-        policy_loss: the aggregated clipped objective alone.
-        approx_kl: the k3 estimate of KL(old || new) over the ratios.
-        clipfrac: the fraction of ratios that were clipped.
-    """
-
-    loss: Tensor
-    policy_loss: Tensor
-    approx_kl: Tensor
-    clipfrac: Tensor
-
-    @classmethod
-    def zeros(cls, device: torch.device) -> LossTerms:
-        """Every term 0 (an empty minibatch, or the start of a sum)."""
-        zero = torch.zeros((), device=device)
-        return cls(zero, zero, zero, zero)
-
-    def __add__(self, other: LossTerms) -> LossTerms:
-        """The sum, ``other`` detached."""
-        return LossTerms(
-            self.loss + other.loss.detach(),
-            self.policy_loss + other.policy_loss,
-            self.approx_kl + other.approx_kl,
-            self.clipfrac + other.clipfrac,
-        )
-
-
-@dataclass
-class MinibatchNorm:
-    """What a minibatch's terms are normalised by (each at least 1).
-
-    Attributes:
-        units: its units of the aggregation mode (:func:`marft.algorithms.agg_units`).
-        tokens: its real tokens (the entropy and KL terms are token means).
-    """
-
-    units: Tensor
-    tokens: Tensor
-
-
 class PolicyUpdater:
-    """Per-adapter AdamW optimizers and the clipped policy update of one adapter.
+    """Per-adapter AdamW optimizers and the clipped policy update of the adapters.
 
     Args:
         cfg: the algorithm's hyper-parameters.
@@ -116,44 +76,83 @@ class PolicyUpdater:
             )
             for name in dict.fromkeys(model.adapter_name(r) for r in roles)
         }
+        why = gathered_lora_unsupported(model.policy) if cfg.policy_step == "mixed" else None
+        if why is not None and len(self.optimizers) > 1:
+            warnings.warn(
+                f"algorithm.policy_step=mixed does not serve this model ({why}); "
+                "the adapters are updated one after another",
+                stacklevel=2,
+            )
+        self.mixed = cfg.policy_step == "mixed" and why is None
         self.fwd_bwd_s = 0.0  # seconds in policy forwards and backwards since the last reset
 
+    def update(self, batches: dict[str, PolicyBatch]) -> dict[str, AdapterStats]:
+        """``ppo_epochs`` x ``num_minibatches`` steps of each adapter on its batch (an agent's, or
+        a shared adapter's merged batch), all adapters in one forward and backward per step when
+        ``algorithm.policy_step`` is ``mixed``; an adapter's steps end early past ``target_kl``
+        or at a non-finite loss or gradient (its whole update is then skipped this iteration)."""
+        if self.mixed and len(batches) > 1:
+            return self._update_mixed(batches)
+        return {name: self.update_adapter(name, batch) for name, batch in batches.items()}
+
     def update_adapter(self, name: str, batch: PolicyBatch) -> AdapterStats:
-        """``ppo_epochs`` x ``num_minibatches`` steps of adapter ``name`` (an agent's, or the shared
-        one on its agents' merged batch); they end early past ``target_kl`` or at a non-finite loss
-        or gradient (the whole update is then skipped this iteration)."""
+        """The steps of adapter ``name`` alone, under PEFT's active adapter."""
         rows = batch.actions.prompt_ids
         params = self.model.adapter_parameters(name)
         taken: list[LossTerms] = []  # every minibatch stepped on, or stopped at for its KL
         stop: Stop | None = None
         with self.model.adapter(name):
             self.model.policy.train()
-            for _ in range(self.cfg.ppo_epochs):
-                for mb in torch.randperm(rows.shape[0], device=rows.device).chunk(self.cfg.num_minibatches):
-                    stop = self._step(name, params, batch, mb, taken)
-                    if stop is not None:
-                        break
+            for mb in self._minibatches(rows.shape[0], rows.device):
+                self.optimizers[name].zero_grad(set_to_none=True)
+                stop = self._apply(name, params, self.minibatch_backward(batch, mb), taken)
                 if stop is not None:
                     break
-        nan = float("nan")
-        return AdapterStats(
-            policy_loss=float(torch.stack([t.policy_loss for t in taken]).mean()) if taken else nan,
-            approx_kl=float(taken[-1].approx_kl) if taken else nan,
-            clipfrac=float(torch.stack([t.clipfrac for t in taken]).mean()) if taken else nan,
-            optimizer_steps=len(taken) - (stop == "target_kl"),
-            kl_early_stop=stop == "target_kl",
-            nonfinite=stop == "nonfinite",
-        )
+        return _adapter_stats(taken, stop)
 
-    def _step(
-        self, name: str, params: list[Tensor], batch: PolicyBatch, mb: Tensor, taken: list[LossTerms]
+    def _update_mixed(self, batches: dict[str, PolicyBatch]) -> dict[str, AdapterStats]:
+        """Every adapter's steps, the k-th minibatches of all adapters in one forward and backward."""
+        names = list(batches)
+        merged = PolicyBatch.merge(list(batches.values()))  # adapter by adapter, rows in order
+        device = merged.sample_mask.device
+        sizes = torch.tensor([b.sample_mask.shape[0] for b in batches.values()], device=device)
+        owner = torch.repeat_interleave(torch.arange(len(names), device=device), sizes)  # [S]
+        offsets = (sizes.cumsum(0) - sizes).tolist()
+        # The minibatches are drawn adapter by adapter, as the per-adapter path draws them.
+        plans = {
+            name: [mb + offset for mb in self._minibatches(int(size), device)]
+            for name, size, offset in zip(names, sizes.tolist(), offsets, strict=True)
+        }
+        params = {name: self.model.adapter_parameters(name) for name in names}
+        taken: dict[str, list[LossTerms]] = {name: [] for name in names}
+        stops: dict[str, Stop | None] = dict.fromkeys(names)
+        self.model.policy.train()
+        for k in range(max(len(plan) for plan in plans.values())):
+            active = {n: plans[n][k] for n in names if stops[n] is None and k < len(plans[n])}
+            if not active:
+                break
+            for name in active:
+                self.optimizers[name].zero_grad(set_to_none=True)
+            terms = self.mixed_minibatch_backward(merged, owner, names, active)
+            for name in active:
+                stops[name] = self._apply(name, params[name], terms[name], taken[name])
+        return {name: _adapter_stats(taken[name], stops[name]) for name in names}
+
+    def _minibatches(self, rows: int, device: torch.device) -> list[Tensor]:
+        """Row indices of every step: ``ppo_epochs`` permutations, each in ``num_minibatches``."""
+        return [
+            mb
+            for _ in range(self.cfg.ppo_epochs)
+            for mb in torch.randperm(rows, device=device).chunk(self.cfg.num_minibatches)
+        ]
+
+    def _apply(
+        self, name: str, params: list[Tensor], terms: LossTerms, taken: list[LossTerms]
     ) -> Stop | None:
-        """One optimizer step of adapter ``name`` (its ``params``) on minibatch ``mb`` (its terms
-        appended to ``taken`` when finite); why the epochs must stop, if they must."""
+        """Adapter ``name``'s optimizer step from its accumulated gradient (its minibatch's
+        ``terms`` appended to ``taken`` when finite); why its epochs must stop, if they must."""
         cfg = self.cfg
         opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
-        terms = self.minibatch_backward(batch, mb)
         self.dp.sum_gradients(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         if not (torch.isfinite(terms.policy_loss) and torch.isfinite(grad_norm)):
@@ -173,13 +172,11 @@ class PolicyUpdater:
         """Accumulate the gradient of minibatch ``mb`` (row indices of ``batch``), micro-batch by
         micro-batch, with the adapter active; its loss terms (detached, summed over data-parallel
         learners)."""
-        cfg, mode = self.cfg, self.agg_mode
+        cfg = self.cfg
         seq = sequences(batch.actions)
         sample_mask = batch.sample_mask
-        tokens = (seq.response_mask[mb].to(sample_mask.dtype) * sample_mask[mb, None]).sum().clamp(min=1.0)
-        units = agg_units(mode, seq.response_mask[mb], sample_mask[mb]).sum().clamp(min=1.0)
-        norm = MinibatchNorm(units, tokens)
-        old = batch.ratio_old_logprobs(mode, cfg.logprob_norm)
+        norm = MinibatchNorm.of(self.agg_mode, seq.response_mask[mb], sample_mask[mb])
+        old = batch.ratio_old_logprobs(self.agg_mode, cfg.logprob_norm)
         terms = LossTerms.zeros(mb.device)
         # Rows without any real token (finished envs in episodic collection) carry no loss and would
         # trim to an empty sequence: leave them out before micro-batching.
@@ -193,39 +190,95 @@ class PolicyUpdater:
             part.loss.backward()
             self.fwd_bwd_s += time.perf_counter() - t0
             terms = terms + part
-        summed = self.dp.sum(torch.stack([terms.loss, terms.policy_loss, terms.approx_kl, terms.clipfrac]))
-        return LossTerms(summed[0], summed[1], summed[2], summed[3])
+        return LossTerms.of_stacked(self.dp.sum(terms.stacked()))
 
     def micro_batch_loss(
         self, batch: PolicyBatch, old: Tensor, idx: Tensor, norm: MinibatchNorm
     ) -> LossTerms:
-        """The loss terms of rows ``idx`` of ``batch`` (with grad), weighted by their share of the
-        minibatch's units, so that their sum over the micro-batches is the minibatch's.
+        """The loss terms of rows ``idx`` of ``batch`` under the active adapter (with grad),
+        weighted by their share of the minibatch (:func:`~marft.learner.terms.micro_batch_terms`).
 
         ``old``: :meth:`PolicyBatch.ratio_old_logprobs` (``[S]`` or ``[S, L]``).
         """
-        cfg, mode = self.cfg, self.agg_mode
         rows = rows_of(sequences(batch.actions), idx)
-        bonus = cfg.entropy_coef > 0
+        bonus = self.cfg.entropy_coef > 0
         logprobs, entropy = self.model.action_logprobs(rows, self.sampling, entropy=bonus, entropy_grad=bonus)
-        sample_mask = batch.sample_mask[idx]
-        inputs = batch.loss_inputs(mode, idx, rows, logprobs, old, cfg.logprob_norm)
-        pg = self.policy_loss(
-            inputs.logprobs, inputs.old_logprobs, inputs.advantages, inputs.mask, cfg.clip_eps, mode
+        return micro_batch_terms(
+            self.cfg, self.agg_mode, self.policy_loss, batch, old, idx, rows, logprobs, entropy, norm
         )
-        weight = agg_units(mode, rows.response_mask, sample_mask).sum()
-        # Token terms are summed here and scaled so that, once this micro-batch is weighed by
-        # weight / units, they are token means over the minibatch.
-        scale = norm.units / norm.tokens / weight
-        token_mask = rows.response_mask.to(logprobs.dtype) * sample_mask[:, None]  # [m, L]
-        loss = pg.loss
-        if bonus:
-            loss = loss - cfg.entropy_coef * (entropy * token_mask).sum() * scale
-        if cfg.kl_coef > 0 and cfg.kl_mode == "loss":
-            kl_ref = kl_estimate(logprobs, batch.ref_logprobs[idx, : logprobs.shape[1]], cfg.kl_estimator)
-            loss = loss + cfg.kl_coef * (kl_ref * token_mask).sum() * scale
-        share = weight / norm.units
-        return LossTerms(loss * share, pg.loss.detach() * share, pg.approx_kl * share, pg.clipfrac * share)
+
+    def mixed_minibatch_backward(
+        self, batch: PolicyBatch, owner: Tensor, names: list[str], minibatches: dict[str, Tensor]
+    ) -> dict[str, LossTerms]:
+        """Accumulate the gradients of several adapters' minibatches of one merged ``batch``,
+        micro-batch by micro-batch, each micro-batch one forward and one backward with every row
+        under its own adapter; each adapter's loss terms (detached, summed over data-parallel
+        learners).
+
+        Args:
+            batch: the adapters' batches merged (``S`` rows).
+            owner: ``[S]`` int64: each row's adapter, a position in ``names``.
+            names: the adapters of the merged batch.
+            minibatches: per adapter stepping now, its minibatch's row indices (into ``batch``).
+        """
+        cfg = self.cfg
+        seq = sequences(batch.actions)
+        sample_mask = batch.sample_mask
+        norms = {
+            name: MinibatchNorm.of(self.agg_mode, seq.response_mask[mb], sample_mask[mb])
+            for name, mb in minibatches.items()
+        }
+        old = batch.ratio_old_logprobs(self.agg_mode, cfg.logprob_norm)
+        terms = {name: LossTerms.zeros(sample_mask.device) for name in minibatches}
+        rows = torch.cat(list(minibatches.values()))
+        rows = rows[(seq.response_mask[rows].sum(-1) > 0) & (sample_mask[rows] > 0)]
+        if rows.numel() == 0:
+            return terms
+        for idx in micro_batches(self.dp.shard(rows), seq, cfg.micro_batch_size, cfg.micro_batch_tokens):
+            present, index = torch.unique(owner[idx], return_inverse=True)
+            adapters = RowAdapters.from_index([names[i] for i in present.tolist()], index)
+            t0 = time.perf_counter()
+            parts = self.mixed_micro_batch(batch, old, idx, adapters, norms)
+            self.fwd_bwd_s += time.perf_counter() - t0
+            for name, part in parts.items():
+                terms[name] = terms[name] + part
+        summed = self.dp.sum(torch.stack([t.stacked() for t in terms.values()]))
+        return {name: LossTerms.of_stacked(values) for name, values in zip(terms, summed, strict=True)}
+
+    def mixed_micro_batch(
+        self,
+        batch: PolicyBatch,
+        old: Tensor,
+        idx: Tensor,
+        adapters: RowAdapters,
+        norms: dict[str, MinibatchNorm],
+    ) -> dict[str, LossTerms]:
+        """One forward and one backward of rows ``idx`` of ``batch``, row ``idx[s]`` under adapter
+        ``adapters`` gives it; per adapter, the loss terms of its rows (weighted by their share of
+        its minibatch, ``norms[name]``)."""
+        rows = rows_of(sequences(batch.actions), idx)
+        bonus = self.cfg.entropy_coef > 0
+        with self.model.mixed(adapters) as forward:
+            logprobs, entropy = forward.action_logprobs(
+                rows, self.sampling, entropy=bonus, entropy_grad=bonus
+            )
+            parts = {
+                name: micro_batch_terms(
+                    self.cfg,
+                    self.agg_mode,
+                    self.policy_loss,
+                    batch,
+                    old,
+                    idx[own],
+                    rows.take(own),
+                    logprobs[own],
+                    entropy[own] if entropy is not None else None,
+                    norms[name],
+                )
+                for name, own in zip(adapters.names, adapters.rows, strict=True)
+            }
+            torch.stack([part.loss for part in parts.values()]).sum().backward()
+        return parts
 
     def state_dict(self) -> dict[str, dict]:
         return {r: o.state_dict() for r, o in self.optimizers.items()}
@@ -239,3 +292,16 @@ class PolicyUpdater:
             )
         for role, opt in self.optimizers.items():
             opt.load_state_dict(state[role])
+
+
+def _adapter_stats(taken: list[LossTerms], stop: Stop | None) -> AdapterStats:
+    """An adapter's stats from the minibatches it stepped on (or stopped at for their KL)."""
+    nan = float("nan")
+    return AdapterStats(
+        policy_loss=float(torch.stack([t.policy_loss for t in taken]).mean()) if taken else nan,
+        approx_kl=float(taken[-1].approx_kl) if taken else nan,
+        clipfrac=float(torch.stack([t.clipfrac for t in taken]).mean()) if taken else nan,
+        optimizer_steps=len(taken) - (stop == "target_kl"),
+        kl_early_stop=stop == "target_kl",
+        nonfinite=stop == "nonfinite",
+    )

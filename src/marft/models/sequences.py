@@ -30,6 +30,12 @@ class SequenceBatch:
     response_ids: Tensor
     response_mask: Tensor
 
+    def take(self, idx: Tensor) -> SequenceBatch:
+        """Rows ``idx`` (``[m]`` indices), every column kept."""
+        return SequenceBatch(
+            self.prompt_ids[idx], self.prompt_mask[idx], self.response_ids[idx], self.response_mask[idx]
+        )
+
     def trimmed(self) -> SequenceBatch:
         """Drop padding columns that every row has (leading for prompts, trailing for responses)."""
         p_keep = self.prompt_mask.any(0).nonzero()

@@ -13,7 +13,8 @@ log-probs under an agent's adapter or the bare base, and the critic's features.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -23,6 +24,7 @@ from marft.config import LoraSettings
 from marft.models.adapters import TeamAdapters
 from marft.models.loading import eos_token_ids
 from marft.models.logprobs import SamplingParams, chunked_token_logprobs
+from marft.models.row_adapters import BASE, RowAdapters, adapter_specific, as_adapter, gathered_lora
 from marft.models.sequences import SequenceBatch, position_ids_from_mask, response_states
 from marft.models.value_head import ValueHead
 
@@ -210,15 +212,43 @@ class TeamModel(TeamAdapters):
         hidden = self._response_states(batch)
         return self._token_logprobs(hidden, batch, sampling, entropy, entropy_grad)
 
-    def output_logits(self, hidden: Tensor) -> Tensor:
+    def output_logits(self, hidden: Tensor, head: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """The output layer on final hidden states (``[..., H] -> [..., V]``), with the final
-        logit soft-capping of the models that have one (Gemma 2 and 3)."""
+        logit soft-capping of the models that have one (Gemma 2 and 3).
+
+        ``head``: the output layer as one adapter runs it (:func:`~marft.models.row_adapters.as_adapter`);
+        None: the model's, under the active adapter.
+        """
         base = self.policy.get_base_model()
-        logits = base.get_output_embeddings()(hidden)
+        logits = (head or base.get_output_embeddings())(hidden)
         cap = getattr(base.config.get_text_config(), "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
+
+    @contextmanager
+    def mixed(self, adapters: Sequence[str] | RowAdapters) -> Iterator[MixedForward]:
+        """A block in which row ``s`` of every forward runs agent (or adapter) ``adapters[s]``
+        (``__base__``: the bare base), by gathered LoRA (:func:`~marft.models.row_adapters.gathered_lora`),
+        and every adapter named requires grad: one forward and one backward train several
+        agents' adapters at once, each on its own rows.
+
+        The block must hold the backward as well as the forward (a backward may recompute
+        layers, with gradient checkpointing) and no optimizer step (the factors are gathered on
+        entry). Yields the :class:`MixedForward` of the block.
+        """
+        if not isinstance(adapters, RowAdapters):
+            adapters = RowAdapters.of([self.adapter_name(a) for a in adapters], self.device)
+        params = [p for name in adapters.names if name != BASE for p in self.adapter_parameters(name)]
+        flags = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            with gathered_lora(self.policy, adapters, self.device) as rows:
+                yield MixedForward(self, rows)
+        finally:
+            for p, flag in zip(params, flags, strict=True):
+                p.requires_grad_(flag)
 
     def _response_states(self, batch: SequenceBatch) -> Tensor:
         """``[S, L, H]``: :func:`~marft.models.sequences.response_states` under the active adapter."""
@@ -240,6 +270,77 @@ class TeamModel(TeamAdapters):
             self.output_logits,
             sampling,
             self.logit_chunk_tokens,
+            entropy=entropy,
+            entropy_grad=entropy_grad,
+        )
+
+
+class MixedForward:
+    """The forwards of a :meth:`TeamModel.mixed` block: each row under its own adapter.
+
+    Args:
+        model: the team model.
+        rows: which adapter each row of the block's batches runs.
+    """
+
+    def __init__(self, model: TeamModel, rows: RowAdapters) -> None:
+        self.model = model
+        self.rows = rows
+
+    def action_logprobs(
+        self,
+        batch: SequenceBatch,
+        sampling: SamplingParams,
+        entropy: bool = True,
+        entropy_grad: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """:meth:`TeamModel.action_logprobs` with row ``s`` under its adapter: one forward of the
+        decoder for every row; the output layer once for all rows, or, where adapters change it
+        (``modules_to_save`` or LoRA on it), once per adapter on its rows' tokens.
+
+        Args:
+            batch: ``S`` actions, row ``s`` of the block's rows.
+            sampling: the distribution the actions were sampled from.
+            entropy: also return the entropies.
+            entropy_grad: keep the entropy in the graph.
+
+        Returns:
+            ``(logprobs, entropy)``, both ``[S, L]``, zero where ``response_mask`` is 0.
+        """
+        model = self.model
+        hidden = model._response_states(batch)  # [S, L, H]
+        head = model.policy.get_base_model().get_output_embeddings()
+        if not adapter_specific(head) or len(self.rows.names) == 1:
+            own = as_adapter(head, self.rows.names[0]) if adapter_specific(head) else None
+            return self._logprobs(hidden, batch, own, sampling, entropy, entropy_grad)
+        lps, ents = [], []
+        for name, idx in zip(self.rows.names, self.rows.rows, strict=True):
+            own = as_adapter(head, name)
+            lp, ent = self._logprobs(hidden[idx], batch.take(idx), own, sampling, entropy, entropy_grad)
+            lps.append(lp)
+            ents.append(ent)
+        back = torch.argsort(torch.cat(self.rows.rows))  # rows in the batch's order again
+        logprobs = torch.cat(lps)[back]
+        return logprobs, torch.cat(ents)[back] if entropy else None
+
+    def _logprobs(
+        self,
+        hidden: Tensor,
+        batch: SequenceBatch,
+        head: Callable[[Tensor], Tensor] | None,
+        sampling: SamplingParams,
+        entropy: bool,
+        entropy_grad: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        """:func:`chunked_token_logprobs` of ``batch``'s responses from ``[S, L, H]`` states through
+        ``head`` (None: the model's output layer as it is)."""
+        return chunked_token_logprobs(
+            hidden,
+            batch.response_ids,
+            batch.response_mask,
+            lambda h: self.model.output_logits(h, head),
+            sampling,
+            self.model.logit_chunk_tokens,
             entropy=entropy,
             entropy_grad=entropy_grad,
         )

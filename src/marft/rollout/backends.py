@@ -33,8 +33,9 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from marft.config import Config
-from marft.models.decoding import BASE, fast_decode_unsupported, gathered_lora, growing_cache
+from marft.models.decoding import growing_cache
 from marft.models.logprobs import SamplingParams, entropy_of, warp_logits
+from marft.models.row_adapters import BASE, gathered_lora, gathered_lora_unsupported
 from marft.models.sequences import position_ids_from_mask
 from marft.models.team_model import TeamModel
 from marft.registry import Registry
@@ -159,7 +160,7 @@ class HFBackend:
         self.max_new_tokens = max_new_tokens
         self.device = model.device
         self.version = 0
-        why = fast_decode_unsupported(model.policy) if decode == "fast" else None
+        why = gathered_lora_unsupported(model.policy) if decode == "fast" else None
         if why is not None:
             warnings.warn(
                 f"sampling.decode=fast does not serve this model ({why}); decoding eagerly", stacklevel=2
