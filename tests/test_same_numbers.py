@@ -5,7 +5,9 @@ issue 11 and recorded again, on purpose, when issue 13 gave every env copy its o
 more when issue 14 took log-probs by applying the output layer to real response tokens only, in
 chunks: float32 rounding of the differently shaped product moved the recorded rows by at most
 6e-6 relative (an ``approx_kl``, a small difference of log-probs) and adapter sums after three
-iterations by at most 5e-5.
+iterations by at most 5e-5. Recorded again, on purpose, when issue 33 gave every env copy's resets a
+stream of their own (:func:`marft.rollout.streams.problem_stream`: the problems met changed) and
+drew group-relative minibatches by whole groups.
 
 Each case runs in a subprocess whose CPU kernels are pinned to the fixture's capability (AVX2:
 ``ATEN_CPU_CAPABILITY``, ``MKL_ENABLE_INSTRUCTIONS``, ``ONEDNN_MAX_CPU_ISA``), so an AVX-512 host

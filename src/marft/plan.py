@@ -181,7 +181,7 @@ def plan(
     # MLP's gate, activation, up and their product (4 x intermediate); on CPU also the attention
     # probabilities (heads x seq).
     per_token = 7 * h + 3 * kvd + 4 * inter + (0 if gpu_memory_gb else shape.heads * seq)
-    scores_ref = cfg.algorithm.kl_coef > 0 or cfg.sampling.backend != "hf" or rc.enabled or b != 4
+    scores_ref = cfg.uses_kl() or cfg.sampling.backend != "hf" or rc.enabled or b != 4
 
     def phases(chunk: int, checkpointed: bool) -> tuple[float, float]:
         """(scoring, update) bytes; ``chunk``: response tokens whose logits exist at once (0: all)."""

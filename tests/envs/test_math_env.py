@@ -29,7 +29,8 @@ def test_loads_jsonl_and_draws_with_the_seed(jsonl):
     draws = [env.reset(seed=s).text for s in range(6)]
     again = [env.reset(seed=s).text for s in range(6)]
     assert draws == again and len(set(draws)) == 2
-    assert "\\boxed{}" in draws[0]
+    obs = env.reset(seed=0)  # the answer format is the graded agent's private text
+    assert "boxed" not in obs.text and obs.private == {"agent1": "\nPut your final answer within \\boxed{}."}
 
 
 def test_right_answer_ends_the_episode_wrong_answer_gets_feedback(jsonl):

@@ -18,6 +18,7 @@ from marft.algorithms.estimators import (
     Estimator,
     EstimatorParams,
 )
+from marft.algorithms.group_baselines import GROUP_BASELINES, GroupBaseline, masked_group_advantages
 from marft.algorithms.kl import kl_estimate
 from marft.algorithms.losses import (
     LOSS_AGG_MODES,
@@ -37,12 +38,14 @@ from marft.algorithms.losses import (
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
+    "GROUP_BASELINES",
     "LOSS_AGG_MODES",
     "POLICY_LOSSES",
     "AdvantageInputs",
     "AdvantageOutput",
     "Estimator",
     "EstimatorParams",
+    "GroupBaseline",
     "LossAggMode",
     "LossInputs",
     "PolicyLoss",
@@ -56,6 +59,7 @@ __all__ = [
     "grpo_advantages",
     "kl_estimate",
     "loss_inputs",
+    "masked_group_advantages",
     "masked_mean",
     "masked_normalize",
     "ppo_policy_loss",

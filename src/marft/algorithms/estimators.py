@@ -30,6 +30,13 @@ from marft.algorithms.advantages import (
     reinforce_pp_advantages,
     rloo_advantages,
 )
+from marft.algorithms.group_baselines import (
+    GroupBaseline,
+    MaskedKind,
+    agent_turn_values,
+    masked_group_advantages,
+    nested_advantages,
+)
 from marft.registry import Registry
 
 CriticValues = Literal["none", "action", "token"]
@@ -87,13 +94,18 @@ class AdvantageInputs:
 
 @dataclass(frozen=True)
 class EstimatorParams:
-    """Discounts and group size (``algorithm.*`` in the config)."""
+    """Discounts, group size and group baseline (``algorithm.*`` in the config)."""
 
     gamma: float = 1.0
     lam: float = 0.95
     token_gamma: float = 1.0
     token_lam: float = 1.0
     group_size: int = 1
+    group_baseline: GroupBaseline = "episode"
+    branching: tuple[int, ...] = ()
+    """``nested``: the branching factor of each depth of the graph (product: ``group_size``)."""
+    depths: tuple[int, ...] = ()
+    """``nested``: each agent's depth in the graph, in acting order."""
 
 
 @dataclass
@@ -188,18 +200,39 @@ def rollout_returns(inputs: AdvantageInputs) -> Tensor:
     return returns
 
 
-def _group(fn: Callable[[Tensor, int], Tensor]):
+def _group(fn: Callable[[Tensor, int], Tensor], kind: MaskedKind):
     """An estimator from a ``(returns [B] or [B, N], group_size) -> same shape`` function: every
-    action of a rollout gets its rollout's advantage (joint credit)."""
+    action of a rollout gets its rollout's advantage (joint credit), or, with
+    ``params.group_baseline`` ``agent`` / ``agent_turn``, an advantage formed per agent / per
+    agent and step (:mod:`marft.algorithms.group_baselines`, the same arithmetic as ``kind``)."""
 
     def estimator(inputs: AdvantageInputs, params: EstimatorParams) -> AdvantageOutput:
         B, T, N = inputs.rewards.shape
         returns = rollout_returns(inputs)
-        adv = fn(returns, params.group_size)
-        if adv.dim() == 1:
-            adv = adv[:, None].expand(B, N)
         std = returns.reshape(-1, params.group_size, *returns.shape[1:]).std(1).mean()
-        return AdvantageOutput(adv[:, None, :].expand(B, T, N), None, {"group_return_std": float(std)})
+        metrics = {"group_return_std": float(std)}
+        if params.group_baseline == "episode":
+            adv = fn(returns, params.group_size)
+            if adv.dim() == 1:
+                adv = adv[:, None].expand(B, N)
+            return AdvantageOutput(adv[:, None, :].expand(B, T, N), None, metrics)
+        acted = inputs.action_mask > 0  # [B, T, N]
+        if params.group_baseline == "nested":
+            if returns.dim() == 2:
+                raise ValueError("nested groups credit the team's return; use a team reward")
+            adv, moved = nested_advantages(returns, params.depths, params.branching, kind)
+            metrics.update({f"nested_effect/depth{d}": share for d, share in enumerate(moved)})
+            return AdvantageOutput(adv[:, None, :].expand(B, T, N), None, metrics)
+        if params.group_baseline == "agent":
+            per_agent = returns if returns.dim() == 2 else returns[:, None].expand(B, N)
+            adv = masked_group_advantages(per_agent, acted.any(1), params.group_size, kind)
+            return AdvantageOutput(adv[:, None, :].expand(B, T, N), None, metrics)
+        own = inputs.penalised_rewards(1.0) if inputs.per_agent_rewards else None
+        values = agent_turn_values(inputs.team_rewards, inputs.action_mask, inputs.penalty, own)
+        adv = masked_group_advantages(
+            values.reshape(B, T * N), acted.reshape(B, T * N), params.group_size, kind
+        )
+        return AdvantageOutput(adv.reshape(B, T, N), None, metrics)
 
     estimator.__doc__ = fn.__doc__
     return estimator
@@ -211,4 +244,4 @@ for _name, _fn in (
     ("rloo", rloo_advantages),
     ("reinforce_pp", reinforce_pp_advantages),
 ):
-    ADVANTAGE_ESTIMATORS.register(_name)(Estimator(_group(_fn), values="none", grouped=True))
+    ADVANTAGE_ESTIMATORS.register(_name)(Estimator(_group(_fn, _name), values="none", grouped=True))

@@ -193,6 +193,7 @@ def build_collector(
         group_size=cfg.algorithm.group_size,
         transcripts_per_iter=cfg.run.transcripts_per_iter,
         env_offset=env_offset,
+        branching=tuple(cfg.algorithm.branching) if cfg.algorithm.group_baseline == "nested" else (),
     )
 
 
@@ -265,7 +266,7 @@ def build_training(
     # The learner recomputes old log-probs when the sampler's forward is not its own: a half-
     # precision base rounds differently, and a separate engine (vLLM, a rollout worker) has its own.
     half = next(p.dtype for _, p in model.base_parameters()) != torch.float32
-    needs = algorithm.scoring_needs(cfg.algorithm, half or not backend.shares_weights)
+    needs = algorithm.scoring_needs(cfg.algorithm, half or not backend.shares_weights, cfg.uses_kl())
     sampling = SamplingParams.of(cfg.sampling)
     scorer = Scorer(model, needs, sampling, cfg.algorithm, all_roles=not backend.shares_weights)
     learner = Learner(cfg.algorithm, sampling, algorithm, model, resolved.graph, dp)

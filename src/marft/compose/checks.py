@@ -15,6 +15,7 @@ from marft.envs.capabilities import EnvCapabilities
 from marft.learner.spec import ALGORITHMS, ResolvedAlgorithm, resolve_algorithm
 from marft.registry import Registry
 from marft.rollout.backends import BackendFactory
+from marft.team.graph import TeamGraph
 
 
 def check_choice(registry: Registry, name: str, key: str, what: str) -> None:
@@ -36,6 +37,8 @@ def check_config(cfg: Config, env: EnvCapabilities, backend: BackendFactory) -> 
         check_ray(cfg, group=cfg.algorithm.group_size if algorithm.estimator.grouped else 1)
     check_env_arguments(cfg, env)
     check_team(cfg)
+    if cfg.algorithm.group_baseline != "episode":
+        check_group_baseline(cfg, algorithm.estimator.grouped)
     return algorithm
 
 
@@ -125,4 +128,42 @@ def check_team(cfg: Config) -> None:
             "lora.shared",
             f"one shared adapter trains whenever any agent does, so {', '.join(frozen)} cannot stay "
             "frozen; set lora.shared=false (an adapter per agent) or make every agent trainable",
+        )
+    for key in ("lr", "kl_coef"):
+        own = {a.role: getattr(a, key) for a in cfg.team.agents if getattr(a, key) is not None}
+        if cfg.lora.shared and own and (len(own) < len(cfg.team.agents) or len(set(own.values())) > 1):
+            raise ConfigError(
+                f"team.agents.*.{key}",
+                f"one shared adapter has one {key}, but the agents set {own}; set lora.shared=false "
+                f"(an adapter per agent) or give every agent the same {key}",
+            )
+
+
+def check_group_baseline(cfg: Config, grouped: bool) -> None:
+    """``algorithm.group_baseline`` fits the algorithm and, for nested groups, the team."""
+    alg = cfg.algorithm
+    if not grouped:
+        raise ConfigError(
+            "algorithm.group_baseline",
+            f"only group-relative algorithms form group baselines; {alg.name} uses GAE (set it to episode)",
+        )
+    if alg.group_baseline != "nested":
+        return
+    graph = TeamGraph.from_config(cfg.team)
+    if graph.routing is not None:
+        raise ConfigError("algorithm.group_baseline", "nested groups need a static graph, not team.routing")
+    depths = len(graph.levels)
+    if len(alg.branching) != depths:
+        raise ConfigError(
+            "algorithm.branching",
+            f"give one branching factor per depth of the team's graph ({depths}), got {alg.branching}",
+        )
+    if cfg.env.horizon != 1:
+        raise ConfigError(
+            "env.horizon",
+            f"nested groups branch an episode's single step; set env.horizon=1 (got {cfg.env.horizon})",
+        )
+    if cfg.env.reward_assignment == "per_agent":
+        raise ConfigError(
+            "env.reward_assignment", "nested groups credit the team's return; use 'last' or 'shared'"
         )

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Literal
 
 from marft.config.errors import _check
@@ -29,6 +30,20 @@ class AlgorithmConfig:
     algorithm's own (appo: action-mean; tppo and the group-relative algorithms: token-mean)."""
     group_size: int = 8
     """Group-relative algorithms: rollouts per task instance (env.n_envs must be a multiple)."""
+    group_baseline: Literal["episode", "agent", "agent_turn", "nested"] = "episode"
+    """Group-relative algorithms: what an action is compared with. ``episode``: every action of a
+    rollout gets the rollout's advantage against its whole group; ``agent``: each agent's advantage
+    is formed over the group's rollouts in which it acted, with their statistics only (agent-wise
+    normalisation, Dr. MAS); ``agent_turn``: each agent's action at step t against the same agent's
+    actions at step t of the group, on the return from t on (AT-GRPO). In a static team of one step
+    these three are the same (:mod:`marft.algorithms.group_baselines`). ``nested``: the group is a
+    tree that branches at each depth of the graph (``branching``): each action is compared with its
+    sibling subtrees, so an upstream agent (a planner) is credited with how much better its
+    message did than the other messages for the same task."""
+    branching: list[int] = field(default_factory=list)
+    """``group_baseline: nested``: the branching factor of each depth of the team's graph, e.g.
+    ``[2, 4]``: 2 plans per task, 4 answers per plan; the product is ``group_size``. Only the
+    first env copy of each branch generates its depth's action (:mod:`marft.rollout.nested`)."""
     gamma: float = 1.0
     """Discount over (step, agent) micro-steps."""
     lam: float = 0.95
@@ -62,6 +77,10 @@ class AlgorithmConfig:
     micro_batch_tokens: int = 0
     """If > 0, also cap a micro-batch at this many padded tokens, so memory stays bounded however
     long prompts grow (later agents in a chain see every earlier output)."""
+    minibatch_groups: bool = True
+    """Group-relative algorithms: draw minibatches by whole groups (every row of a task instance's
+    group, every agent's, in one minibatch), so that each optimizer step sees advantages that sum
+    to zero per group; False: rows are drawn one by one, and a group may be split across steps."""
     policy_step: Literal["per_adapter", "mixed"] = "per_adapter"
     """How the training agents' adapters take a step: ``per_adapter``, one adapter after another
     under PEFT's active adapter; ``mixed``, every adapter's minibatch in one forward and one
@@ -120,6 +139,20 @@ class AlgorithmConfig:
         _check(self.critic_warmup_iters >= 0, "critic_warmup_iters", "must be >= 0")
         _check(self.agent_by_agent >= 0, "agent_by_agent", "must be >= 0 (0 trains all agents together)")
         _check(self.group_size >= 1, "group_size", "must be a positive integer")
+        nested = self.group_baseline == "nested"
+        _check(
+            not nested or (self.branching and min(self.branching) >= 1),
+            "branching",
+            "group_baseline=nested needs a positive branching factor per depth of the graph, e.g. [2, 4]",
+        )
+        _check(
+            not self.branching or nested, "branching", "only group_baseline=nested branches (set it to [])"
+        )
+        _check(
+            not nested or math.prod(self.branching) == self.group_size,
+            "branching",
+            f"the product of {self.branching} must equal group_size={self.group_size}",
+        )
         _check(0.0 <= self.token_gamma <= 1.0, "token_gamma", "must be in [0, 1]")
         _check(0.0 <= self.token_lam <= 1.0, "token_lam", "must be in [0, 1]")
         _check(self.kl_coef >= 0, "kl_coef", "must be >= 0 (0 turns the KL anchor off)")

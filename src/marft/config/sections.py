@@ -296,3 +296,12 @@ class Config:
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def kl_coefs(self) -> dict[str, float]:
+        """Each agent's KL coefficient: its own ``kl_coef``, else ``algorithm.kl_coef``."""
+        default = self.algorithm.kl_coef
+        return {a.role: default if a.kl_coef is None else a.kl_coef for a in self.team.agents}
+
+    def uses_kl(self) -> bool:
+        """Some agent has a KL term to the reference (the scoring phase then scores it)."""
+        return max(self.kl_coefs().values()) > 0

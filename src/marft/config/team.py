@@ -27,7 +27,14 @@ class AgentConfig:
     agent declared before it (with ``team.routing``: none beyond its route). ``[]`` means it sees
     only the environment."""
     trainable: bool = True
-    """Whether RL updates this agent's adapter."""
+    """Whether RL updates this agent's adapter (false: it keeps its adapter as loaded, while the
+    others train: freeze a role)."""
+    lr: float | None = None
+    """This agent's adapter's learning rate (None: ``algorithm.policy_lr``): train one role more
+    gently than another. Agents that share an adapter (``lora.shared``) must agree."""
+    kl_coef: float | None = None
+    """This agent's KL coefficient to the reference (None: ``algorithm.kl_coef``): hold one role
+    near the base while the others move. Agents that share an adapter must agree."""
     graded: bool = False
     """Whether the environment grades this agent's output (envs that grade read this)."""
     max_new_tokens: int | None = None
@@ -75,6 +82,10 @@ class AgentConfig:
                 "routes",
                 "each word maps to a role or done",
             )
+        _check(self.lr is None or self.lr > 0, "lr", "must be > 0 or null (algorithm.policy_lr)")
+        _check(
+            self.kl_coef is None or self.kl_coef >= 0, "kl_coef", "must be >= 0 or null (algorithm.kl_coef)"
+        )
         _check(not (self.routes and self.next), "next", "a router chooses who acts next: give routes or next")
         _check(
             self.route_by == "output" or bool(self.routes), "route_by", "only a router (with routes) has one"

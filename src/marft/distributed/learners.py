@@ -67,7 +67,7 @@ class LearnerWorker(ActorProcess):
         cfg = self.cfg
         dp = init_group(address, self.rank, self.world, self.model.device, cfg.run.ray.learner_timeout_s)
         # Rollouts come from rollout workers: old log-probs are recomputed, as the driver does.
-        needs = self.algorithm.scoring_needs(cfg.algorithm, True)
+        needs = self.algorithm.scoring_needs(cfg.algorithm, True, cfg.uses_kl())
         sampling = SamplingParams.of(cfg.sampling)
         self.scorer = Scorer(self.model, needs, sampling, cfg.algorithm, all_roles=True)
         self.learner = Learner(cfg.algorithm, sampling, self.algorithm, self.model, self.graph, dp)

@@ -123,6 +123,10 @@ class PolicyBatch:
         ref_logprobs: ``[S, L]`` under the reference policy, or None (no KL term).
         advantages: ``[S]`` per action, or ``[S, L]`` per token.
         sample_mask: ``[S]`` 1 where the agent really acted.
+        groups: ``[S]`` int64, the group (task instance) of each row for a group-relative
+            algorithm, the same numbering for every agent of the batch; None: rows are independent.
+        kl_coef: the KL coefficient of the batch's agents (their ``kl_coef``, one for all of
+            them), or None: ``algorithm.kl_coef``.
     """
 
     actions: AgentActions
@@ -130,6 +134,8 @@ class PolicyBatch:
     ref_logprobs: Tensor | None
     advantages: Tensor
     sample_mask: Tensor
+    groups: Tensor | None = None
+    kl_coef: float | None = None
 
     @classmethod
     def merge(cls, batches: list[PolicyBatch]) -> PolicyBatch:
@@ -138,12 +144,15 @@ class PolicyBatch:
         if len(batches) == 1:
             return batches[0]
         refs = [b.ref_logprobs for b in batches]
+        groups = [b.groups for b in batches]
         return cls(
             merge_actions([b.actions for b in batches]),
             cat_rows([b.old_logprobs for b in batches]),
             None if any(r is None for r in refs) else cat_rows(refs),
             cat_rows([b.advantages for b in batches]),
             cat_rows([b.sample_mask for b in batches]),
+            None if any(g is None for g in groups) else torch.cat(groups),
+            batches[0].kl_coef,  # agents that share an adapter share it (a config check)
         )
 
     def ratio_old_logprobs(self, agg_mode: str, norm: str) -> Tensor:

@@ -34,7 +34,16 @@ from marft.learner.parallel import SINGLE, DataParallel
 from marft.learner.policy import PolicyUpdater
 from marft.learner.scoring import Scores
 from marft.learner.spec import ResolvedAlgorithm
-from marft.learner.stats import AdapterStats, AdvantageStats, AgentStats, CriticStats, PolicyStats, TisStats
+from marft.learner.stats import (
+    AdapterStats,
+    AdvantageStats,
+    AgentAdvantages,
+    AgentStats,
+    CriticStats,
+    PolicyStats,
+    TisStats,
+    cut_share,
+)
 from marft.models.logprobs import SamplingParams
 from marft.models.team_model import TeamModel
 from marft.rollout.trajectory import AgentActions, Trajectory
@@ -48,7 +57,8 @@ class Targets:
     Attributes:
         agents: per agent (acting order), its advantages and sample mask.
         critic: what the critic regresses on, or None without a critic.
-        stats: this step's stats (KL to the reference, TIS weights, the estimator's scalars).
+        stats: this step's stats (KL to the reference, TIS weights, the estimator's scalars, and
+            each agent's advantages as the policy trains on them).
     """
 
     agents: list[AgentTargets]
@@ -110,13 +120,25 @@ class Learner:
         self.model = model
         self.graph = graph
         self.trainable = [a.role for a in graph.agents if a.trainable]
-        self.policy = PolicyUpdater(cfg, sampling, model, self.trainable, algorithm.agg_mode, dp)
+        lrs = {a.role: a.lr for a in graph.agents if a.lr is not None}
+        self.policy = PolicyUpdater(cfg, sampling, model, self.trainable, algorithm.agg_mode, dp, lrs)
+        # [N] each agent's KL coefficient (its own, else algorithm.kl_coef)
+        self.kl_coefs = [cfg.kl_coef if a.kl_coef is None else a.kl_coef for a in graph.agents]
         self.critic: CriticFitter | None = None
         if algorithm.critic:
             if model.value_head is None:
                 raise ValueError(f"algorithm {algorithm.name} needs the model's value head")
             self.critic = CriticFitter(model.value_head, cfg, dp)
-        self.params = EstimatorParams(cfg.gamma, cfg.lam, cfg.token_gamma, cfg.token_lam, cfg.group_size)
+        self.params = EstimatorParams(
+            cfg.gamma,
+            cfg.lam,
+            cfg.token_gamma,
+            cfg.token_lam,
+            cfg.group_size,
+            cfg.group_baseline,
+            branching=tuple(cfg.branching),
+            depths=tuple(a.depth for a in graph.agents),
+        )
 
     def roles_to_train(self, iteration: int) -> list[str]:
         """Which agents update at ``iteration`` (none during critic warm-up)."""
@@ -165,7 +187,11 @@ class Learner:
             adv = adv.reshape(B * T, -1) if adv.dim() == 3 else adv.reshape(-1)
             if self.cfg.rollout_correction == "tis":
                 adv = self._tis(a.role, traj.agents[a.index], scores.old_logprobs[a.index], adv, stats)
-            per_agent.append(AgentTargets(adv, traj.action_mask[:, :, a.index].reshape(-1)))
+            sample_mask = traj.action_mask[:, :, a.index].reshape(-1)
+            trained_on = AgentAdvantages.of(adv, sample_mask, traj.agents[a.index].response_mask)
+            if trained_on is not None:  # an agent without a real sample has no column
+                stats.agents[a.role] = trained_on
+            per_agent.append(AgentTargets(adv, sample_mask))
         return Targets(per_agent, critic, stats)
 
     def _tis(
@@ -189,7 +215,7 @@ class Learner:
 
     def _kl_penalty(self, traj: Trajectory, scores: Scores, stats: AdvantageStats) -> Tensor | None:
         """Log each agent's KL to the reference; the ``[B, T, N]`` penalty in ``penalty`` mode."""
-        if self.cfg.kl_coef <= 0:
+        if max(self.kl_coefs) <= 0:
             return None
         B, T, N = traj.shape
         per_agent = []
@@ -202,7 +228,10 @@ class Learner:
             stats.kl_ref[a.role] = float(kl_action[:, :, a.index].sum() / n_tok)
         if self.cfg.kl_mode != "penalty":
             return None
-        return self.cfg.kl_coef * kl_action * traj.action_mask
+        if len(set(self.kl_coefs)) == 1:
+            return self.kl_coefs[0] * kl_action * traj.action_mask
+        coefs = torch.tensor(self.kl_coefs, dtype=kl_action.dtype, device=kl_action.device)
+        return coefs * kl_action * traj.action_mask
 
     @torch.no_grad()
     def _values(
@@ -264,24 +293,32 @@ class Learner:
         stats.fwd_bwd_s = self.policy.fwd_bwd_s
         return stats
 
-    @staticmethod
-    def _policy_batch(traj: Trajectory, scores: Scores, targets: Targets, n: int) -> PolicyBatch:
-        """Agent ``n``'s actions, log-probs and targets."""
+    def _policy_batch(self, traj: Trajectory, scores: Scores, targets: Targets, n: int) -> PolicyBatch:
+        """Agent ``n``'s actions, log-probs and targets; for a group-relative algorithm with
+        ``algorithm.minibatch_groups``, each row's group (env copy ``b``'s rows ``b*T .. b*T+T-1``
+        belong to group ``b // group_size``)."""
         ref = scores.ref_logprobs[n] if scores.ref_logprobs is not None else None
         own = targets.agents[n]
-        return PolicyBatch(traj.agents[n], scores.old_logprobs[n], ref, own.advantages, own.sample_mask)
+        groups = None
+        if self.algorithm.episodic and self.cfg.minibatch_groups:
+            B, T, _ = traj.shape
+            env_copy = torch.arange(B, device=own.sample_mask.device).repeat_interleave(T)
+            groups = env_copy // self.params.group_size
+        old = scores.old_logprobs[n]
+        kl_coef = self.kl_coefs[n]
+        return PolicyBatch(traj.agents[n], old, ref, own.advantages, own.sample_mask, groups, kl_coef)
 
-    @staticmethod
-    def _agent_stats(actions: AgentActions, scores: Scores, targets: Targets, n: int) -> AgentStats:
-        """Agent ``n``'s token entropy and mean action length."""
+    def _agent_stats(self, actions: AgentActions, scores: Scores, targets: Targets, n: int) -> AgentStats:
+        """Agent ``n``'s token entropy, mean action length and share of actions cut at the length
+        limit."""
         entropy = actions.entropy
         if scores.entropy is not None and scores.entropy[n] is not None:
             entropy = scores.entropy[n]  # the sampler may not report it (vLLM)
+        sample_mask = targets.agents[n].sample_mask
         return AgentStats(
             entropy=float(masked_mean(entropy, actions.response_mask)),
-            response_tokens=float(
-                masked_mean(actions.response_mask.sum(-1).float(), targets.agents[n].sample_mask)
-            ),
+            response_tokens=float(masked_mean(actions.response_mask.sum(-1).float(), sample_mask)),
+            cut_share=cut_share(actions.response_ids, actions.response_mask, sample_mask, self.model.eos_ids),
         )
 
     # ------------------------------------------------------------------------------ checkpoints

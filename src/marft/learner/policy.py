@@ -53,6 +53,7 @@ class PolicyUpdater:
         roles: the trainable agents (one optimizer per adapter they use).
         agg_mode: the policy loss's aggregation (``marft.algorithms.LOSS_AGG_MODES``).
         dp: this process's share of the minibatches among data-parallel learners.
+        lrs: per agent with a learning rate of its own, that rate (others: ``policy_lr``).
     """
 
     def __init__(
@@ -63,6 +64,7 @@ class PolicyUpdater:
         roles: list[str],
         agg_mode: str,
         dp: DataParallel = SINGLE,
+        lrs: dict[str, float] | None = None,
     ) -> None:
         self.cfg = cfg
         self.sampling = sampling
@@ -70,9 +72,12 @@ class PolicyUpdater:
         self.agg_mode = agg_mode
         self.dp = dp
         self.policy_loss = POLICY_LOSSES.get(cfg.policy_loss)
+        own_lr = {model.adapter_name(r): lr for r, lr in (lrs or {}).items()}
         self.optimizers = {
             name: torch.optim.AdamW(
-                model.adapter_parameters(name), lr=cfg.policy_lr, weight_decay=cfg.weight_decay
+                model.adapter_parameters(name),
+                lr=own_lr.get(name, cfg.policy_lr),
+                weight_decay=cfg.weight_decay,
             )
             for name in dict.fromkeys(model.adapter_name(r) for r in roles)
         }
@@ -97,18 +102,19 @@ class PolicyUpdater:
 
     def update_adapter(self, name: str, batch: PolicyBatch) -> AdapterStats:
         """The steps of adapter ``name`` alone, under PEFT's active adapter."""
-        rows = batch.actions.prompt_ids
         params = self.model.adapter_parameters(name)
+        start = _flat(params)
         taken: list[LossTerms] = []  # every minibatch stepped on, or stopped at for its KL
+        norms: list[Tensor] = []  # their gradient norms before clipping
         stop: Stop | None = None
         with self.model.adapter(name):
             self.model.policy.train()
-            for mb in self._minibatches(rows.shape[0], rows.device):
+            for mb in self._minibatches(batch):
                 self.optimizers[name].zero_grad(set_to_none=True)
-                stop = self._apply(name, params, self.minibatch_backward(batch, mb), taken)
+                stop = self._apply(name, params, self.minibatch_backward(batch, mb), taken, norms)
                 if stop is not None:
                     break
-        return _adapter_stats(taken, stop)
+        return _adapter_stats(taken, norms, stop, _distance(params, start))
 
     def _update_mixed(self, batches: dict[str, PolicyBatch]) -> dict[str, AdapterStats]:
         """Every adapter's steps, the k-th minibatches of all adapters in one forward and backward."""
@@ -120,11 +126,13 @@ class PolicyUpdater:
         offsets = (sizes.cumsum(0) - sizes).tolist()
         # The minibatches are drawn adapter by adapter, as the per-adapter path draws them.
         plans = {
-            name: [mb + offset for mb in self._minibatches(int(size), device)]
-            for name, size, offset in zip(names, sizes.tolist(), offsets, strict=True)
+            name: [mb + offset for mb in self._minibatches(batches[name])]
+            for name, offset in zip(names, offsets, strict=True)
         }
         params = {name: self.model.adapter_parameters(name) for name in names}
+        starts = {name: _flat(params[name]) for name in names}
         taken: dict[str, list[LossTerms]] = {name: [] for name in names}
+        norms: dict[str, list[Tensor]] = {name: [] for name in names}
         stops: dict[str, Stop | None] = dict.fromkeys(names)
         self.model.policy.train()
         for k in range(max(len(plan) for plan in plans.values())):
@@ -135,22 +143,35 @@ class PolicyUpdater:
                 self.optimizers[name].zero_grad(set_to_none=True)
             terms = self.mixed_minibatch_backward(merged, owner, names, active)
             for name in active:
-                stops[name] = self._apply(name, params[name], terms[name], taken[name])
-        return {name: _adapter_stats(taken[name], stops[name]) for name in names}
+                stops[name] = self._apply(name, params[name], terms[name], taken[name], norms[name])
+        return {
+            name: _adapter_stats(taken[name], norms[name], stops[name], _distance(params[name], starts[name]))
+            for name in names
+        }
 
-    def _minibatches(self, rows: int, device: torch.device) -> list[Tensor]:
-        """Row indices of every step: ``ppo_epochs`` permutations, each in ``num_minibatches``."""
+    def _minibatches(self, batch: PolicyBatch) -> list[Tensor]:
+        """Row indices of every step: ``ppo_epochs`` permutations, each in ``num_minibatches``;
+        with ``batch.groups``, permutations of the groups, a group's rows in one minibatch."""
+        rows = batch.sample_mask.shape[0]
+        device = batch.sample_mask.device
+        epochs, chunks = self.cfg.ppo_epochs, self.cfg.num_minibatches
+        if batch.groups is None:
+            return [mb for _ in range(epochs) for mb in torch.randperm(rows, device=device).chunk(chunks)]
+        n_groups = int(batch.groups.max()) + 1 if rows else 0
+        # tensor_split: ``chunks`` parts as even as whole groups allow (chunk would give fewer)
         return [
-            mb
-            for _ in range(self.cfg.ppo_epochs)
-            for mb in torch.randperm(rows, device=device).chunk(self.cfg.num_minibatches)
+            torch.isin(batch.groups, drawn).nonzero().squeeze(1)
+            for _ in range(epochs)
+            for drawn in torch.randperm(n_groups, device=device).tensor_split(chunks)
+            if drawn.numel()
         ]
 
     def _apply(
-        self, name: str, params: list[Tensor], terms: LossTerms, taken: list[LossTerms]
+        self, name: str, params: list[Tensor], terms: LossTerms, taken: list[LossTerms], norms: list[Tensor]
     ) -> Stop | None:
         """Adapter ``name``'s optimizer step from its accumulated gradient (its minibatch's
-        ``terms`` appended to ``taken`` when finite); why its epochs must stop, if they must."""
+        ``terms`` appended to ``taken`` and the gradient's norm before clipping to ``norms``, when
+        finite); why its epochs must stop, if they must."""
         cfg = self.cfg
         opt = self.optimizers[name]
         self.dp.sum_gradients(params)
@@ -161,6 +182,7 @@ class PolicyUpdater:
             opt.zero_grad(set_to_none=True)
             return "nonfinite"
         taken.append(terms)
+        norms.append(grad_norm.detach())
         # The KL of this forward is that of the policy about to be stepped: stop before a step
         # that would start from a policy already too far from the sampler's.
         if cfg.target_kl is not None and float(terms.approx_kl) > cfg.target_kl:
@@ -294,8 +316,22 @@ class PolicyUpdater:
             opt.load_state_dict(state[role])
 
 
-def _adapter_stats(taken: list[LossTerms], stop: Stop | None) -> AdapterStats:
-    """An adapter's stats from the minibatches it stepped on (or stopped at for their KL)."""
+def _flat(params: list[Tensor]) -> Tensor:
+    """``[P]`` float32: an adapter's trainable tensors, copied into one flat tensor (LoRA factors
+    and any ``modules_to_save`` copy: one copy per update, to measure how far it moved)."""
+    return torch.cat([p.detach().reshape(-1).float() for p in params])
+
+
+def _distance(params: list[Tensor], start: Tensor) -> float:
+    """The L2 norm of ``params`` (now) minus ``start`` (their :func:`_flat` copy before the update)."""
+    return float((_flat(params) - start).norm())
+
+
+def _adapter_stats(
+    taken: list[LossTerms], norms: list[Tensor], stop: Stop | None, moved: float
+) -> AdapterStats:
+    """An adapter's stats from the minibatches it stepped on (or stopped at for their KL), their
+    gradient norms before clipping, and how far its parameters ``moved`` (:func:`_distance`)."""
     nan = float("nan")
     return AdapterStats(
         policy_loss=float(torch.stack([t.policy_loss for t in taken]).mean()) if taken else nan,
@@ -304,4 +340,6 @@ def _adapter_stats(taken: list[LossTerms], stop: Stop | None) -> AdapterStats:
         optimizer_steps=len(taken) - (stop == "target_kl"),
         kl_early_stop=stop == "target_kl",
         nonfinite=stop == "nonfinite",
+        grad_norm=float(torch.stack(norms).mean()) if norms else nan,
+        update_norm=moved,
     )

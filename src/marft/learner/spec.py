@@ -102,11 +102,15 @@ class ResolvedAlgorithm:
         """Whether rollouts are whole episodes, ``group_size`` per task instance."""
         return self.estimator.grouped
 
-    def scoring_needs(self, cfg: AlgorithmConfig, half_precision_base: bool) -> ScoringNeeds:
+    def scoring_needs(
+        self, cfg: AlgorithmConfig, half_precision_base: bool, kl: bool | None = None
+    ) -> ScoringNeeds:
+        """What the scoring phase computes; ``kl``: some agent has a KL term (None: whether
+        ``algorithm.kl_coef`` > 0)."""
         recompute = cfg.recompute_old_logprobs
         return ScoringNeeds(
             critic_features=self.estimator.values,
-            ref_logprobs=cfg.kl_coef > 0,
+            ref_logprobs=cfg.kl_coef > 0 if kl is None else kl,
             old_logprobs=half_precision_base if recompute is None else recompute,
         )
 

@@ -106,7 +106,8 @@ def micro_batch_terms(
     micro-batches is the minibatch's.
 
     Args:
-        cfg: the algorithm's coefficients (``clip_eps``, ``entropy_coef``, ``kl_coef``, ...).
+        cfg: the algorithm's coefficients (``clip_eps``, ``entropy_coef``, ``kl_coef`` unless the
+            batch has its own, ...).
         mode: the loss's aggregation (``marft.algorithms.LOSS_AGG_MODES``).
         policy_loss: the registered clipped objective.
         batch: the adapter's batch (``S`` rows).
@@ -128,8 +129,9 @@ def micro_batch_terms(
     loss = pg.loss
     if entropy is not None:
         loss = loss - cfg.entropy_coef * (entropy * token_mask).sum() * scale
-    if cfg.kl_coef > 0 and cfg.kl_mode == "loss":
+    kl_coef = cfg.kl_coef if batch.kl_coef is None else batch.kl_coef
+    if kl_coef > 0 and cfg.kl_mode == "loss":
         kl_ref = kl_estimate(logprobs, batch.ref_logprobs[idx, : logprobs.shape[1]], cfg.kl_estimator)
-        loss = loss + cfg.kl_coef * (kl_ref * token_mask).sum() * scale
+        loss = loss + kl_coef * (kl_ref * token_mask).sum() * scale
     share = weight / norm.units
     return LossTerms(loss * share, pg.loss.detach() * share, pg.approx_kl * share, pg.clipfrac * share)

@@ -1,8 +1,10 @@
 """``marft report``: one or more runs as a single self-contained HTML page.
 
-The page holds the team's return, per-agent policy loss, approximate KL and entropy, the value
-loss (for algorithms with a critic), time and peak memory per phase, each run's resolved config,
-and the episode transcripts, best and worst first, each agent's turn under its role. Plots are
+The page holds the team's return, per-agent policy loss, approximate KL and entropy, per-agent
+learning diagnostics (advantages, gradient and update norms, actions cut at the length limit; for
+runs that logged them), the value loss (for algorithms with a critic), time and peak memory per
+phase, each run's resolved config, and the episode transcripts, best and worst first, each agent's
+turn under its role. Plots are
 drawn with matplotlib and embedded as inline SVG, so the file opens anywhere without a network.
 
 Example:
@@ -44,6 +46,16 @@ PER_AGENT = {
     "approx_kl": "Approximate KL per agent (learner vs sampler, last minibatch)",
     "entropy": "Entropy per token, per agent",
 }
+DIAGNOSTICS = {
+    "adv_mean": "Advantage mean per agent",
+    "adv_std": "Advantage std per agent",
+    "adv_zero_share": "Share of zero advantages per agent",
+    "grad_norm": "Gradient norm before clipping per adapter",
+    "update_norm": "Update norm per adapter",
+    "cut_share": "Share of actions cut at the length limit per agent",
+}
+"""Per-agent (or per-adapter) learning diagnostics, plotted like :data:`PER_AGENT` where a run
+logged them (runs from before these columns have no such plot)."""
 TRANSCRIPTS_SHOWN = 5  # best and worst episodes on the page; the rest are one click away, capped
 TRANSCRIPTS_MAX = 200
 
@@ -155,8 +167,10 @@ def plots(runs: list[RunData]) -> dict[str, tuple[str, str]]:
             "mean",
         ),
     )
-    for key, title in PER_AGENT.items():
+    for key, title in {**PER_AGENT, **DIAGNOSTICS}.items():
         roles = sorted({name for r in runs for name in r.names(key)})
+        if not roles and key in DIAGNOSTICS:
+            continue
         panels = [
             (role, [(_label(r, many), *_series(r.rows, f"{key}/{role}")) for r in runs]) for role in roles
         ]

@@ -30,9 +30,10 @@ from marft.envs.copies import EnvCopies
 from marft.rollout.backends import GenerationBackend
 from marft.rollout.builder import ActionRows, TrajectoryBuilder
 from marft.rollout.episodes import LiveEpisodes, TeamStep, transcript_step
+from marft.rollout.nested import NestedGroups
 from marft.rollout.prompting import PromptEncoder
 from marft.rollout.rewards import team_reward_vector
-from marft.rollout.streams import draw_keys, env_stream
+from marft.rollout.streams import draw_keys, env_stream, problem_stream
 from marft.rollout.trajectory import Trajectory
 from marft.team.graph import Agent, TeamGraph
 from marft.team.prompts import build_messages
@@ -52,8 +53,10 @@ class Collector:
         backend: a generation backend (:class:`~marft.rollout.backends.GenerationBackend`).
         env_cfg: horizon and reward assignment.
         sampling: sampling parameters (the default action length).
-        seed: the run seed: env copy b's resets and samples draw from its own stream
-            (:func:`~marft.rollout.streams.env_stream` of ``env_offset + b``).
+        seed: the run seed: env copy b's samples draw from its own stream
+            (:func:`~marft.rollout.streams.env_stream` of ``env_offset + b``), its resets from its
+            own problem stream (:func:`~marft.rollout.streams.problem_stream`; in episodic mode
+            a group's, that of its first copy).
         episodic: collect whole episodes in groups of ``group_size`` (see the module docstring).
         group_size: G, in episodic mode.
         transcripts_per_iter: finished episodes kept as full conversations per call.
@@ -61,6 +64,8 @@ class Collector:
             the bare base model (evaluation's per-agent ablation).
         schedule: who acts next (default: the team's, :func:`~marft.team.schedule.schedule_for`).
         env_offset: the global index of the first env copy (a rollout worker's slice of the run).
+        branching: episodic mode: nested groups' branching factor per depth
+            (:mod:`marft.rollout.nested`); empty: every env copy generates every action.
     """
 
     def __init__(
@@ -78,6 +83,7 @@ class Collector:
         adapter_of: dict[str, str] | None = None,
         schedule: Schedule | None = None,
         env_offset: int = 0,
+        branching: tuple[int, ...] = (),
     ) -> None:
         self.envs = envs
         self.graph = graph
@@ -96,9 +102,11 @@ class Collector:
         self.device = backend.device
         self.prompts = PromptEncoder(tokenizer, graph, self.device)
         self.env_offset = env_offset
+        self.nested = NestedGroups(tuple(branching), env_offset) if branching and episodic else None
         self._streams = [env_stream(seed, env_offset + b) for b in range(len(envs))]
+        self._problems = [problem_stream(seed, env_offset + b) for b in range(len(envs))]
         self.episodes = LiveEpisodes.start(
-            [env.reset(seed=stream.getrandbits(31)) for env, stream in zip(envs, self._streams, strict=True)]
+            [env.reset(seed=stream.getrandbits(31)) for env, stream in zip(envs, self._problems, strict=True)]
         )
 
     @property
@@ -115,6 +123,7 @@ class Collector:
         streams, live episodes, env states."""
         return {
             "streams": [s.getstate() for s in self._streams],
+            "problem_streams": [s.getstate() for s in self._problems],
             **self.episodes.state_dict(),
             "envs": self.envs.states(),
         }
@@ -127,12 +136,14 @@ class Collector:
             )
         for stream, st in zip(self._streams, state["streams"], strict=True):
             stream.setstate(st)
+        for stream, st in zip(self._problems, state["problem_streams"], strict=True):
+            stream.setstate(st)
         self.episodes.load_state_dict(state)
         self.envs.load_states(state["envs"])
 
     def _reset_groups(self, problems: list[int] | None = None) -> None:
         G = self.group_size
-        seeds = [self._streams[g * G].getrandbits(31) for g in range(len(self.envs) // G)]
+        seeds = [self._problems[g * G].getrandbits(31) for g in range(len(self.envs) // G)]
         for b, env in enumerate(self.envs):
             if problems is not None:
                 self.episodes.restart(b, self.envs.reset_to(b, problems[b]))
@@ -196,9 +207,34 @@ class Collector:
                 break
             rows.sort(key=lambda row: row[0].index)  # agents in acting order, env copies ascending
             buf.call = step * self._turns_per_step + turn
-            self._generate_turn(rows, acts, buf)
+            copies = self._copies(rows)
+            leaders = [row for row in rows if row not in copies]
+            if leaders:
+                self._generate_turn(leaders, acts, buf)
+            self._take_copies(copies, acts)
         buf.close_steps({b: acts[b].end for b in active})
         return acts
+
+    def _copies(self, rows: list[tuple[Agent, int]]) -> dict[tuple[Agent, int], int]:
+        """Nested groups: the rows that take their block leader's action instead of generating,
+        each with its leader (an episode's first step only)."""
+        if self.nested is None:
+            return {}
+        out = {}
+        for a, b in rows:
+            lead = self.nested.leader(b, a.depth)
+            if lead != b and self.episodes.lengths[b] == 0:
+                out[(a, b)] = lead
+        return out
+
+    def _take_copies(self, copies: dict[tuple[Agent, int], int], acts: dict[int, TeamStep]) -> None:
+        """Each copy takes its leader's action as its own text (seen by the agents after it); it
+        is not an action of its own (no slot: not trained, not counted)."""
+        for (a, b), lead in copies.items():
+            acts[b].copied.add(len(acts[b].step.actions))
+            acts[b].step.record(a, outputs_of(acts[lead].step)[a.role])
+            if acts[b].kept is not None:
+                acts[b].kept.append(acts[lead].kept[-1] if acts[lead].kept else [])
 
     def _generate_turn(self, rows: list[tuple[Agent, int]], acts: dict[int, TeamStep], buf) -> None:
         """One batched generation over (agent, env copy) rows, agents in acting order."""
@@ -272,7 +308,8 @@ class Collector:
             buf.drop_episode(b, t)
             self._new_episode(b)
             return self.episodic
-        buf.end_step(b, t, act.slots, r_vec, team_r)
+        own = [r for i, r in enumerate(r_vec) if i not in act.copied]  # copies hold no slot
+        buf.end_step(b, t, act.slots, own, team_r)
         if self.graph.routing is not None:
             step = act.step
             buf.count_route(route_of(step), step.router_actions, step.invalid, step.cut)
@@ -310,7 +347,7 @@ class Collector:
         if self.episodic:
             self.episodes.restart(b)
         else:
-            self.episodes.restart(b, self.envs[b].reset(seed=self._streams[b].getrandbits(31)))
+            self.episodes.restart(b, self.envs[b].reset(seed=self._problems[b].getrandbits(31)))
 
     def _assemble(self, buf: TrajectoryBuilder) -> Trajectory:
         with buf.timed("env"):

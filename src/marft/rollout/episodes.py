@@ -20,12 +20,15 @@ class TeamStep:
         end: the index of the trajectory's step axis where the team step ends (so far).
         kept: the prompts of its actions, when its transcript is kept (else None).
         slots: the ``(step index, agent)`` of each of its actions, in the order they happened.
+        copied: positions in ``step.actions`` of actions taken from another env copy (nested
+            groups' block leader): they hold no slot.
     """
 
     step: Step
     end: int
     kept: list | None = None
     slots: list[tuple[int, int]] = field(default_factory=list)
+    copied: set[int] = field(default_factory=set)
 
 
 def transcript_step(

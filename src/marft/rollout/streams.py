@@ -1,8 +1,12 @@
 """Random streams per env copy, so that what is sampled does not depend on how env copies are batched.
 
-Every env copy owns a :class:`random.Random` seeded from ``(run seed, global env index)``. Its
-resets and every action its agents sample draw from it alone, so env copy 5 samples the same
-tokens whether it runs in one process beside 15 others or in the second of four rollout workers.
+Every env copy owns two :class:`random.Random` streams seeded from ``(run seed, global env
+index)``: its *sampling* stream (:func:`env_stream`), from which every action its agents sample
+and every random route draws, and its *problem* stream (:func:`problem_stream`), from which its
+resets draw their seeds. So env copy 5 samples the same tokens whether it runs in one process
+beside 15 others or in the second of four rollout workers, and it meets the same sequence of
+problems whatever its team draws: a team of two agents and one agent alone, run with the same
+seed, train on the same problems (a paired comparison).
 
 Token sampling is counter-based: row ``s`` of a generation call carries a 63-bit ``key`` drawn from
 its env copy's stream, and the uniform number behind its ``i``-th token is a hash of ``(key, i)``
@@ -23,6 +27,11 @@ _M32 = 0xFFFFFFFF
 def env_stream(seed: int, index: int) -> random.Random:
     """The random stream of env copy ``index`` (global, 0-based) of a run seeded ``seed``."""
     return random.Random(f"marft-env/{seed}/{index}")  # a str seed hashes the same in every process
+
+
+def problem_stream(seed: int, index: int) -> random.Random:
+    """The stream of env copy ``index``'s reset seeds (global, 0-based) in a run seeded ``seed``."""
+    return random.Random(f"marft-problems/{seed}/{index}")
 
 
 def _fmix32(h: Tensor) -> Tensor:

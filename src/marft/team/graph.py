@@ -37,6 +37,10 @@ class Agent:
     """``output``: read the choice from the output; ``uniform``: draw it uniformly at random."""
     next: tuple[str, ...] = ()
     """Routing teams: the agents that act after this one (non-routers)."""
+    lr: float | None = None
+    """This agent's adapter's learning rate (None: ``algorithm.policy_lr``)."""
+    kl_coef: float | None = None
+    """This agent's KL coefficient (None: ``algorithm.kl_coef``)."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,8 @@ class TeamGraph:
                 default_route=team.agents[i].default_route,
                 route_by=team.agents[i].route_by,
                 next=tuple(team.agents[i].next),
+                lr=team.agents[i].lr,
+                kl_coef=team.agents[i].kl_coef,
             )
             for k, i in enumerate(order)
         )

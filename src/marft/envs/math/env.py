@@ -6,6 +6,10 @@ datasets marft knows, GSM8K, MATH and MATH-500, arrive as ``{"problem", "answer"
 (keys configurable). Each reset draws a problem with
 the seed it is given, so env copies reset with the same seed (a group) get the same problem.
 
+Every agent sees the problem (``instruction``); only the graded agents are also told how to give
+the answer (``answer_instruction``, their private text), so a planner told not to compute the
+result is not asked to box one.
+
 Multi-turn: after a wrong answer the env shows the attempt and the judge's feedback and the team
 tries again, up to ``max_attempts``; a right answer ends the episode.
 """
@@ -54,8 +58,13 @@ class MathConfig:
     """If set, the reference is the text after this marker (``"####"`` for raw GSM8K solutions)."""
     limit: int | None = None
     """Use only the first N problems."""
-    instruction: str = "{problem}\n\nPut your final answer within \\boxed{{}}."
-    """The shared observation; ``{problem}`` is replaced by the problem."""
+    instruction: str = "{problem}"
+    """The shared observation, shown to every agent; ``{problem}`` is replaced by the problem."""
+    answer_instruction: str = "Put your final answer within \\boxed{}."
+    """How to give the answer, shown only to the graded agents (as their private text, after the
+    shared observation and a blank line), so that an agent told not to compute the result is not
+    asked for one; empty: none. Plain text (no ``{}`` fields). An ``instruction`` that still asks
+    for the answer itself would ask the graded agents twice: set ``answer_instruction: ""`` then."""
     feedback: str = "Your team's answer {answer} is wrong. Check the work and try again."
     """Judge feedback after a wrong answer; ``{answer}`` is the extracted answer."""
     max_attempts: int = 1
@@ -87,6 +96,12 @@ class MathConfig:
             raise ConfigError(
                 "instruction", f"only {{problem}} (and {{answer}} in feedback) may be used ({e})"
             ) from None
+        if "{problem}" in self.answer_instruction or "{{" in self.answer_instruction:
+            raise ConfigError(
+                "answer_instruction",
+                "is plain text, shown as written: no {problem} (use instruction) and single braces "
+                "(\\boxed{})",
+            )
 
     @staticmethod
     def check_team(cfg: MathConfig, team) -> tuple[str, str] | None:
@@ -215,7 +230,11 @@ class MathEnv(ProblemEpisodes):
 
     def vocabulary(self) -> list[str]:
         """Every problem and answer (the built-in tiny tokenizer is trained to cover them)."""
-        return [f"{p} {a}" for p, a in self.problems] + [self.cfg.instruction, self.cfg.feedback]
+        return [f"{p} {a}" for p, a in self.problems] + [
+            self.cfg.instruction,
+            self.cfg.answer_instruction,
+            self.cfg.feedback,
+        ]
 
     @property
     def problem(self) -> str:
@@ -229,7 +248,11 @@ class MathEnv(ProblemEpisodes):
         text = self.cfg.instruction.format(problem=self.problem)
         if self.history:
             text = text + "\n\n" + "\n".join(self.history)
-        return Observation(text=text)
+        # Private text follows the shared text after one "\n" (build_messages): the leading "\n"
+        # makes the blank line that separated the two when the answer instruction was shared.
+        answer = self.cfg.answer_instruction
+        private = {role: "\n" + answer for role in self.graded_roles} if answer else {}
+        return Observation(text=text, private=private)
 
     def step(self, actions: Mapping[str, str]) -> StepResult:
         if not self.graded_roles:
