@@ -12,6 +12,11 @@ more, this trains and evaluates:
    problem match row 5's (rounded; the table gives both). Envs whose answers are programs (``code``)
    give nothing to vote on: the row says so and its test is left out.
 
+``--variant "LABEL: KEY=VALUE; KEY=VALUE"`` (repeatable) adds rows 7, 8, ...: the per-role team
+with those overrides (a credit-assignment lever, e.g. ``algorithm.group_baseline=nested;
+algorithm.branching=[2,2]``, or a frozen planner), trained at row 5's budget like rows 2 and 4.
+Every trained team row is compared with row 2 (and each variant with row 5) problem by problem.
+
 Row 5 trains for ``--team-iterations``; the tokens it generated (every agent's sampled training
 tokens, ``generated_tokens`` in its ``metrics.jsonl``) are the budget of rows 2 and 4
 (``run.token_budget``: each stops after the iteration that reaches it, so it may overshoot by
@@ -202,8 +207,27 @@ def paired(a: list[list[float]], b: list[list[float]]) -> dict[str, float]:
     return {"better_first": better_a, "better_second": better_b, "p": sign_test(better_a, better_b)}
 
 
+def parse_variants(specs: list[str]) -> list[tuple[str, list[str]]]:
+    """``"LABEL: KEY=VALUE; KEY=VALUE"`` -> ``(LABEL, [KEY=VALUE, ...])`` (``;`` separates overrides:
+    a value may hold commas)."""
+    out = []
+    for spec in specs:
+        label, sep, rest = spec.partition(":")
+        overrides = [o.strip() for o in rest.split(";") if o.strip()]
+        if not sep or not label.strip() or not overrides or any("=" not in o for o in overrides):
+            raise SystemExit(f"--variant {spec!r}: give 'LABEL: KEY=VALUE; KEY=VALUE'")
+        out.append((label.strip(), overrides))
+    return out
+
+
+def slug(label: str) -> str:
+    """A folder name for a variant's label."""
+    return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
+
+
 def run_seed(args, team: Config, single: Config, seed: int, base_evals: dict) -> dict[int, dict]:
-    """Rows 2, 4, 5 and 6 of one seed (training and evaluation); rows 1 and 3 are ``base_evals``."""
+    """Rows 2, 4, 5, 6 and the variants' (7, 8, ...) of one seed (training and evaluation); rows 1
+    and 3 are ``base_evals``."""
     root = args.out / f"seed{seed}"
     common = [f"run.seed={seed}", "run.report=false", f"run.checkpoint_every={args.checkpoint_every}"]
     held = args.heldout
@@ -216,8 +240,12 @@ def run_seed(args, team: Config, single: Config, seed: int, base_evals: dict) ->
     ]
     r4 = train_row(with_overrides(team, [*budget, "lora.shared=true"]), root / "team-shared")
     r2 = train_row(with_overrides(single, budget), root / "single-rl")
+    trained = [(5, team, r5), (4, with_overrides(team, ["lora.shared=true"]), r4), (2, single, r2)]
+    for i, (label, overrides) in enumerate(parse_variants(args.variant)):
+        run = train_row(with_overrides(team, [*budget, *overrides]), root / f"team-{slug(label)}")
+        trained.append((7 + i, with_overrides(team, overrides), run))
     rows: dict[int, dict] = {}
-    for n, cfg, run in ((5, team, r5), (4, with_overrides(team, ["lora.shared=true"]), r4), (2, single, r2)):
+    for n, cfg, run in trained:
         rows[n] = {
             **run,
             **eval_row(
@@ -230,7 +258,17 @@ def run_seed(args, team: Config, single: Config, seed: int, base_evals: dict) ->
     return rows
 
 
-def summarize(per_seed: list[dict[int, dict]], seeds: list[int]) -> dict[str, Any]:
+def row_names(variants: list[str]) -> dict[int, str]:
+    """Every row's name, the variants' after the six."""
+    names = dict(ROWS)
+    for i, (label, _) in enumerate(parse_variants(variants)):
+        names[7 + i] = f"team, RL, adapter per role, {label}"
+    return names
+
+
+def summarize(
+    per_seed: list[dict[int, dict]], seeds: list[int], names: dict[int, str] = ROWS
+) -> dict[str, Any]:
     """The table's numbers: per row accuracy (per seed, and the mean over seeds) with its 95%
     interval, tokens, seconds; the paired tests.
 
@@ -238,7 +276,7 @@ def summarize(per_seed: list[dict[int, dict]], seeds: list[int]) -> dict[str, An
     the interval is over the ``limit`` problems, each scored by its mean over seeds: seeds do not
     count as more problems."""
     table = {}
-    for n, name in ROWS.items():
+    for n, name in names.items():
         runs = [s[n] for s in per_seed]
         if any(r["scores"] is None for r in runs):
             table[n] = {"row": name, "accuracy": None, "k": runs[0].get("k")}
@@ -257,10 +295,14 @@ def summarize(per_seed: list[dict[int, dict]], seeds: list[int]) -> dict[str, An
             "eval_s": _mean([r["eval_s"] for r in runs]),
             "k": runs[0].get("k"),
         }
-    scores = {n: [s[n]["scores"] for s in per_seed] for n in ROWS}
+    scores = {n: [s[n]["scores"] for s in per_seed] for n in names}
     tests = {"2 vs 5": paired(scores[2], scores[5])}
     if table[6]["accuracy"] is not None:
         tests["5 vs 6"] = paired(scores[5], scores[6])
+    for n in names:
+        if n > 6:
+            tests[f"2 vs {n}"] = paired(scores[2], scores[n])
+            tests[f"5 vs {n}"] = paired(scores[5], scores[n])
     return {"seeds": seeds, "rows": table, "paired": tests}
 
 
@@ -316,6 +358,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     p.add_argument("--limit", type=int, default=200, help="held-out problems evaluated")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="'LABEL: KEY=VALUE; ...'",
+        help="a per-role team row with these overrides, at row 5's budget (repeatable)",
+    )
     p.add_argument("--checkpoint-every", type=int, default=4)
     p.add_argument("--out", type=Path, default=Path("runs/team-vs-single"))
     args = p.parse_args(argv)
@@ -329,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         3: eval_row(with_overrides(team, args.heldout), None, args.out / "eval-3.json", args.limit, 1, True),
     }
     per_seed = [{**base_evals, **run_seed(args, team, single, s, base_evals)} for s in args.seeds]
-    summary = summarize(per_seed, args.seeds)
+    summary = summarize(per_seed, args.seeds, row_names(args.variant))
     summary["wall_s"] = time.perf_counter() - t0
     summary["command"] = shlex.join(sys.argv if argv is None else ["team_vs_single.py", *argv])
     args.out.mkdir(parents=True, exist_ok=True)

@@ -41,16 +41,17 @@ def test_the_six_rows_end_to_end_on_the_tiny_model(tmp_path):
     script = load_script()
     out = tmp_path / "out"
     argv = [str(tiny_team(tmp_path)), "--single-prompt", "answer", "--team-iterations", "2"]
-    argv += ["--limit", "4", "--out", str(out)]
+    argv += ["--limit", "4", "--out", str(out), "--variant", "frozen planner: team.agents.0.trainable=false"]
     summary = script.main(argv)
     rows = summary["rows"]
-    assert list(rows) == [1, 2, 3, 4, 5, 6]
+    assert list(rows) == [1, 2, 3, 4, 5, 6, 7]
+    assert rows[7]["row"] == "team, RL, adapter per role, frozen planner"
     for r in rows.values():
         assert 0.0 <= r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] <= 1.0 and len(r["per_seed"]) == 1
     # row 5 sets the budget; rows 2 and 4 stop after the iteration that reaches it
     budget = rows[5]["train_tokens"]
     assert rows[5]["train_iterations"] == 2
-    for n in (2, 4):
+    for n in (2, 4, 7):
         one_more = budget / 2 + 4 * 5  # at most one more iteration: 4 envs x up to 5 tokens per agent
         assert budget <= rows[n]["train_tokens"] < budget + one_more
     assert rows[2]["train_iterations"] > 2  # one agent generates fewer tokens per iteration
@@ -64,11 +65,13 @@ def test_the_six_rows_end_to_end_on_the_tiny_model(tmp_path):
     assert rows[3]["eval_tokens_per_problem"] > rows[1]["eval_tokens_per_problem"]
     k = rows[6]["k"]
     assert k == max(1, round(rows[5]["eval_tokens_per_problem"] / rows[1]["eval_tokens_per_problem"]))
-    assert set(summary["paired"]) == {"2 vs 5", "5 vs 6"}
+    assert set(summary["paired"]) == {"2 vs 5", "5 vs 6", "2 vs 7", "5 vs 7"}
+    frozen = json.loads((seed / "team-frozen-planner" / "done.json").read_text())["checkpoint"]
+    assert sorted(p.name for p in (Path(frozen) / "adapters").iterdir()) == ["planner", "solver"]
     for t in summary["paired"].values():
         assert 0.0 <= t["p"] <= 1.0 and t["better_first"] + t["better_second"] <= 4
     table = (out / "table.md").read_text()
-    assert sum(line.startswith("| ") for line in table.splitlines()) == 7 and f"(k={k})" in table  # head + 6
+    assert sum(line.startswith("| ") for line in table.splitlines()) == 8 and f"(k={k})" in table  # head + 7
     # a second call reuses every run and evaluation: the same numbers, no new files
     files = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in ("results.json", "table.md"))
     again = script.main(argv)
@@ -79,7 +82,7 @@ def test_the_six_rows_end_to_end_on_the_tiny_model(tmp_path):
     )
     # a cache made with other settings is not silently reused
     with pytest.raises(SystemExit, match="other settings"):
-        script.main([*argv[:-4], "--limit", "3", "--out", str(out)])
+        script.main([*argv[:-6], "--limit", "3", "--out", str(out), *argv[-2:]])
 
 
 def test_wilson_interval_and_the_single_agent_config_by_hand(tmp_path):
@@ -106,3 +109,15 @@ def test_a_vote_without_answers_is_reported_not_scored():
     assert summary["rows"][6]["accuracy"] is None and set(summary["paired"]) == {"2 vs 5"}
     assert summary["rows"][5]["accuracy"] == 0.5
     assert "no answers to vote on" in script.markdown(summary)
+
+
+def test_variant_rows_are_parsed_with_their_overrides():
+    script = load_script()
+    spec = "nested: algorithm.group_baseline=nested; algorithm.branching=[2,2]"
+    assert script.parse_variants([spec]) == [
+        ("nested", ["algorithm.group_baseline=nested", "algorithm.branching=[2,2]"])
+    ]
+    assert script.slug("frozen planner (lr 1e-5)") == "frozen-planner--lr-1e-5"
+    for bad in ["no colon", "label:", ": a=1", "x: novalue"]:
+        with pytest.raises(SystemExit, match="--variant"):
+            script.parse_variants([bad])
