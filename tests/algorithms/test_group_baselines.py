@@ -131,3 +131,20 @@ def test_a_static_one_step_team_gets_the_episode_advantages(name, baseline):
     want = est(inputs, EstimatorParams(group_size=4)).advantages
     got = est(inputs, EstimatorParams(group_size=4, group_baseline=baseline)).advantages
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_per_agent_normalisation_by_hand():
+    """Agent 0's real entries 1, 3 (mean 2, std sqrt(2)); agent 1's 10, 20, 30 (mean 20, std 10).
+    Over the batch together, agent 0's entries would be scaled by the experts' spread."""
+    from marft.algorithms import masked_normalize_per_agent
+
+    x = torch.tensor([[[1.0, 10.0]], [[3.0, 20.0]], [[7.0, 30.0]]])  # [B=3, T=1, N=2]
+    mask = torch.tensor([[[1.0, 1.0]], [[1.0, 1.0]], [[0.0, 1.0]]])
+    got = masked_normalize_per_agent(x, mask)
+    r = 1 / math.sqrt(2)
+    torch.testing.assert_close(got[:, 0, 0], torch.tensor([-r, r, 0.0]))
+    torch.testing.assert_close(got[:, 0, 1], torch.tensor([-1.0, 0.0, 1.0]))
+    # [B, T, N, L] per-token values: the statistics span the steps and tokens of each agent; two
+    # tokens per entry: agent 1's 10, 10, 20, 20, 30, 30 have mean 20 and unbiased std sqrt(80)
+    tok = masked_normalize_per_agent(x[..., None].expand(3, 1, 2, 2), mask[..., None].expand(3, 1, 2, 2))
+    torch.testing.assert_close(tok[:, 0, 1, 0], torch.tensor([-10.0, 0.0, 10.0]) / math.sqrt(80))

@@ -90,3 +90,15 @@ def test_a_frozen_role_keeps_its_adapter_while_the_other_trains(tmp_path):
     after = {r: model.adapter_parameters(r) for r in before}
     assert all(torch.equal(a, b) for a, b in zip(after["speaker"], before["speaker"], strict=True))
     assert any(not torch.equal(a, b) for a, b in zip(after["listener"], before["listener"], strict=True))
+
+
+def test_agent_wise_normalisation_standardises_each_agents_advantages(tmp_path):
+    """``normalize_scope: agent`` (APPO): each agent's advantages have mean 0 and std 1 over its
+    own actions."""
+    trainer = Trainer(small_config("algorithm.normalize_scope=agent"), tmp_path / "run")
+    trainer.setup()
+    traj, scores = collect_scored(trainer, 2)
+    targets = trainer.parts.learner.targets(traj, scores)
+    for own in targets.agents:
+        real = own.advantages[own.sample_mask > 0]
+        assert abs(float(real.mean())) < 1e-5 and abs(float(real.std()) - 1.0) < 1e-4

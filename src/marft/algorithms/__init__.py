@@ -7,6 +7,7 @@ from marft.algorithms.advantages import (
     grpo_advantages,
     masked_mean,
     masked_normalize,
+    masked_normalize_per_agent,
     reinforce_pp_advantages,
     rloo_advantages,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "masked_group_advantages",
     "masked_mean",
     "masked_normalize",
+    "masked_normalize_per_agent",
     "ppo_policy_loss",
     "regression_loss",
     "reinforce_pp_advantages",

@@ -30,6 +30,25 @@ def masked_normalize(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
     return (x - mean) / (var.sqrt() + eps) * m
 
 
+def masked_normalize_per_agent(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """Standardise each agent's entries over its own real entries (agent-wise normalisation, as in
+    Dr. MAS): :func:`masked_normalize` applied to every ``x[:, :, n]`` at once.
+
+    Args:
+        x: ``[B, T, N]`` or ``[B, T, N, L]``.
+        mask: the same shape, 1 on real entries.
+
+    Returns:
+        The same shape; padding is 0. An agent with one real entry gets 0 there.
+    """
+    m = mask.to(x.dtype)
+    dims = [d for d in range(x.dim()) if d != 2]
+    n = m.sum(dims, keepdim=True)
+    mean = (x * m).sum(dims, keepdim=True) / n.clamp(min=1.0)
+    var = (((x - mean) * m) ** 2).sum(dims, keepdim=True) / (n - 1).clamp(min=1.0)
+    return (x - mean) / (var.sqrt() + eps) * m
+
+
 @dataclass
 class ActionOrder:
     """Each env copy's actions in acting order: ``M = T * N`` positions, real actions first.

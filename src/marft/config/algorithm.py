@@ -93,7 +93,11 @@ class AlgorithmConfig:
     max_grad_norm: float = 1.0
     """Gradient-norm clip per agent and for the critic."""
     normalize_advantages: bool = True
-    """Standardise advantages over the real entries of the batch."""
+    """Standardise advantages over the real entries of the batch (critic-based algorithms)."""
+    normalize_scope: Literal["batch", "agent"] = "batch"
+    """With ``normalize_advantages``: over every agent's entries together (``batch``), or each
+    agent's over its own actions (``agent``: agent-wise normalisation, Dr. MAS), so an agent that
+    acts rarely (a routed expert) is not scaled by the others' spread."""
     target_kl: float | None = None
     """Stop an agent's epochs early once its approximate KL exceeds this (None: off)."""
     logprob_norm: Literal["sum", "token_mean", "word_mean"] = "sum"

@@ -25,6 +25,7 @@ from marft.algorithms import (
     kl_estimate,
     masked_mean,
     masked_normalize,
+    masked_normalize_per_agent,
     truncated_importance_weights,
 )
 from marft.config import AlgorithmConfig
@@ -180,7 +181,10 @@ class Learner:
             feats, mask = valued
             critic = CriticBatch(feats, inputs.values, out.returns, mask)
             if self.algorithm.spec.normalize_advantages and self.cfg.normalize_advantages:
-                advantages = masked_normalize(advantages, mask)
+                if self.cfg.normalize_scope == "agent":
+                    advantages = masked_normalize_per_agent(advantages, mask)
+                else:
+                    advantages = masked_normalize(advantages, mask)
         per_agent = []
         for a in self.graph.agents:
             adv = advantages[:, :, a.index]
