@@ -274,6 +274,8 @@ class Scorer:
         with self.model.adapter(role):
             self.model.policy.eval()
             idx_all = torch.nonzero(seq.response_mask.sum(-1) > 0).squeeze(-1)  # finished envs: no tokens
+            if idx_all.numel() == 0:  # it never acted (a routed expert no router chose)
+                return out, ent
             for idx in micro_batches(idx_all, seq, cfg.micro_batch_size, cfg.micro_batch_tokens):
                 lp, e = self.model.action_logprobs(rows_of(seq, idx), sp)
                 out[idx, : lp.shape[1]] = lp
