@@ -216,13 +216,13 @@ def _group(fn: Callable[[Tensor, int], Tensor], kind: MaskedKind):
             if adv.dim() == 1:
                 adv = adv[:, None].expand(B, N)
             return AdvantageOutput(adv[:, None, :].expand(B, T, N), None, metrics)
-        acted = inputs.action_mask > 0  # [B, T, N]
         if params.group_baseline == "nested":
             if returns.dim() == 2:
                 raise ValueError("nested groups credit the team's return; use a team reward")
             adv, moved = nested_advantages(returns, params.depths, params.branching, kind)
             metrics.update({f"nested_effect/depth{d}": share for d, share in enumerate(moved)})
             return AdvantageOutput(adv[:, None, :].expand(B, T, N), None, metrics)
+        acted = inputs.action_mask > 0  # [B, T, N]
         if params.group_baseline == "agent":
             per_agent = returns if returns.dim() == 2 else returns[:, None].expand(B, N)
             adv = masked_group_advantages(per_agent, acted.any(1), params.group_size, kind)

@@ -4,8 +4,8 @@
    term, the registered advantage estimator, and per agent its advantages;
 2. :meth:`Learner.fit_critic`: the value head's regression (critic-based algorithms);
 3. :meth:`Learner.update_policy`: each trainable agent's clipped update on its own adapter (or,
-   with ``lora.shared``, one update of the shared adapter on all agents' actions), all adapters
-   in one forward and backward per step (``algorithm.policy_step``).
+   with ``lora.shared``, one update of the shared adapter on all agents' actions); with
+   ``algorithm.policy_step: mixed``, all adapters in one forward and backward per step.
 
 The algorithm is an :class:`~marft.learner.spec.AlgorithmSpec` (estimator + the loss's default
 aggregation); the pure math lives in :mod:`marft.algorithms`. Each step reports typed stats
@@ -232,8 +232,6 @@ class Learner:
             stats.kl_ref[a.role] = float(kl_action[:, :, a.index].sum() / n_tok)
         if self.cfg.kl_mode != "penalty":
             return None
-        if len(set(self.kl_coefs)) == 1:
-            return self.kl_coefs[0] * kl_action * traj.action_mask
         coefs = torch.tensor(self.kl_coefs, dtype=kl_action.dtype, device=kl_action.device)
         return coefs * kl_action * traj.action_mask
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Literal
 
 import torch
@@ -261,13 +262,15 @@ class TeamModel(TeamAdapters):
         sampling: SamplingParams,
         entropy: bool = False,
         entropy_grad: bool = False,
+        head: Callable[[Tensor], Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """:func:`chunked_token_logprobs` of ``batch``'s responses from ``[S, L, H]`` states."""
+        """:func:`chunked_token_logprobs` of ``batch``'s responses from ``[S, L, H]`` states through
+        ``head`` (None: the output layer under the active adapter)."""
         return chunked_token_logprobs(
             hidden,
             batch.response_ids,
             batch.response_mask,
-            self.output_logits,
+            self.output_logits if head is None else partial(self.output_logits, head=head),
             sampling,
             self.logit_chunk_tokens,
             entropy=entropy,
@@ -312,35 +315,15 @@ class MixedForward:
         head = model.policy.get_base_model().get_output_embeddings()
         if not adapter_specific(head) or len(self.rows.names) == 1:
             own = as_adapter(head, self.rows.names[0]) if adapter_specific(head) else None
-            return self._logprobs(hidden, batch, own, sampling, entropy, entropy_grad)
+            return model._token_logprobs(hidden, batch, sampling, entropy, entropy_grad, own)
         lps, ents = [], []
         for name, idx in zip(self.rows.names, self.rows.rows, strict=True):
             own = as_adapter(head, name)
-            lp, ent = self._logprobs(hidden[idx], batch.take(idx), own, sampling, entropy, entropy_grad)
+            lp, ent = model._token_logprobs(
+                hidden[idx], batch.take(idx), sampling, entropy, entropy_grad, own
+            )
             lps.append(lp)
             ents.append(ent)
         back = torch.argsort(torch.cat(self.rows.rows))  # rows in the batch's order again
         logprobs = torch.cat(lps)[back]
         return logprobs, torch.cat(ents)[back] if entropy else None
-
-    def _logprobs(
-        self,
-        hidden: Tensor,
-        batch: SequenceBatch,
-        head: Callable[[Tensor], Tensor] | None,
-        sampling: SamplingParams,
-        entropy: bool,
-        entropy_grad: bool,
-    ) -> tuple[Tensor, Tensor | None]:
-        """:func:`chunked_token_logprobs` of ``batch``'s responses from ``[S, L, H]`` states through
-        ``head`` (None: the model's output layer as it is)."""
-        return chunked_token_logprobs(
-            hidden,
-            batch.response_ids,
-            batch.response_mask,
-            lambda h: self.model.output_logits(h, head),
-            sampling,
-            self.model.logit_chunk_tokens,
-            entropy=entropy,
-            entropy_grad=entropy_grad,
-        )
