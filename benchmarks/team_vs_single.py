@@ -149,9 +149,18 @@ def train_row(cfg: Config, run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def eval_row(cfg: Config, checkpoint: str | None, out: Path, limit: int, samples: int, greedy: bool) -> dict:
+def eval_row(
+    cfg: Config,
+    checkpoint: str | None,
+    out: Path,
+    limit: int,
+    samples: int,
+    greedy: bool,
+    swap_to_base: str | None = None,
+) -> dict:
     """Evaluate (or reuse ``out``): per problem 1/0 (greedy: the sample; else the majority
-    answer's sample) and the tokens generated per problem."""
+    answer's sample) and the tokens generated per problem. ``swap_to_base`` names an agent that
+    acts with its adapter off (the per-agent ablation)."""
     spec = {
         "config": to_dict(cfg),
         "checkpoint": checkpoint,
@@ -159,6 +168,8 @@ def eval_row(cfg: Config, checkpoint: str | None, out: Path, limit: int, samples
         "samples": samples,
         "greedy": greedy,
     }
+    if swap_to_base is not None:
+        spec["swap_to_base"] = swap_to_base
     cached = reuse(out, spec)
     if cached is not None:
         return cached
@@ -166,7 +177,7 @@ def eval_row(cfg: Config, checkpoint: str | None, out: Path, limit: int, samples
         cfg = with_overrides(cfg, ["sampling.top_k=1"])
     t0 = time.perf_counter()
     ev = Evaluator(cfg, checkpoint, samples=samples, limit=limit, progress=True)
-    results: list[ProblemResult] = ev.run().results
+    results: list[ProblemResult] = ev.run(swap_to_base=swap_to_base).results
     scores: list[float] | None = []
     if samples > 1 and not any(a is not None for r in results for a in r.answers):
         scores = None  # no answers to vote on (a program is judged, not compared): no row 6
