@@ -1,5 +1,5 @@
 """``marft`` command line: ``marft train``, ``marft eval``, ``marft report``, ``marft export``,
-``marft plan``."""
+``marft plan``, ``marft run`` and ``marft serve``."""
 
 from __future__ import annotations
 
@@ -133,6 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_overrides(e)
     _plan_parser(sub)
+    from marft.serve.commands import add_parsers
+
+    add_parsers(sub, _command)
     return p
 
 
@@ -316,9 +319,18 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     from marft.models.loading import ModelLoadError
     from marft.reporting.trackers import TrackerError
+    from marft.serve.commands import run_command, serve_command
     from marft.trainer.checkpoint import CheckpointError
 
-    commands = {"train": _train, "eval": _eval, "export": _export, "report": _report, "plan": _plan}
+    commands = {
+        "train": _train,
+        "eval": _eval,
+        "export": _export,
+        "report": _report,
+        "plan": _plan,
+        "run": run_command,
+        "serve": serve_command,
+    }
     try:
         return commands[args.command](args)
     except ConfigError as e:

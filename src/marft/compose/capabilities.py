@@ -26,6 +26,7 @@ from marft.envs.capabilities import (
     MeteredEnv,
     RewardCheckedConfig,
     StatefulEnv,
+    TaskEnv,
     TeamAwareEnv,
     TeamCheckedConfig,
     VocabularyEnv,
@@ -41,6 +42,7 @@ ENV_PROTOCOLS: dict[str, type] = {
     "evaluable": EvaluableEnv,
     "answer_matching": AnswerMatchingEnv,
     "vocabulary": VocabularyEnv,
+    "tasks": TaskEnv,
 }
 """:class:`EnvCapabilities` field -> the optional env protocol it records (kept by its methods)."""
 

@@ -15,6 +15,8 @@ binding, the tiny tokenizer's corpus) reads the record instead of asking each en
 * :class:`EvaluableEnv`: ``problems``, ``reset_to(index)``; ``marft eval`` walks the problems.
 * :class:`AnswerMatchingEnv`: ``same_answer(a, b)``; ``marft eval``'s majority vote.
 * :class:`VocabularyEnv`: ``vocabulary()``; words the built-in tiny tokenizer must know.
+* :class:`TaskEnv`: ``task_observation(task)``; a user's task as the env would show it
+  (``marft run``, ``marft serve``).
 * :class:`ConfiguredEnv`: class attribute ``Config`` (a dataclass); ``env.kwargs`` checked against it.
 * :class:`TeamCheckedConfig`: ``Config.check_team(config, team)``; config validation.
 * :class:`RewardCheckedConfig`: ``Config.check_reward(config, reward)``; config validation.
@@ -118,6 +120,16 @@ class VocabularyEnv(Protocol):
     def vocabulary(self) -> list[str]: ...
 
 
+class TaskEnv(Protocol):
+    """An env that can show the team a task a user typed (``marft run``, ``marft serve``) the way
+    it shows its own problems: its instruction around the text, private text to the right roles.
+    Without it, the task's text is the observation, shown to every agent."""
+
+    def task_observation(self, task: str) -> Observation:
+        """The first observation of ``task`` (there is no answer key: nothing is graded)."""
+        ...
+
+
 class ConfiguredEnv(Protocol):
     """An env class built as ``Class(config)`` from a ``Config`` dataclass that ``env.kwargs`` are
     checked against before any model loads (without it: ``Class(**kwargs)``)."""
@@ -168,5 +180,6 @@ class EnvCapabilities:
     evaluable: bool = False
     answer_matching: bool = False
     vocabulary: bool = False
+    tasks: bool = False
     team_check: TeamCheck | None = None
     reward_check: RewardCheck | None = None

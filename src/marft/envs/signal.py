@@ -71,6 +71,11 @@ class SignalEnv:
         self._secret = self._rng.choice(self.cfg.symbols)
         return Observation(text=self.cfg.prompt, private={self.cfg.informed_role: f"secret {self._secret}"})
 
+    def task_observation(self, task: str) -> Observation:
+        """The game with the user's text as what the informed agent privately sees (``secret red``,
+        say)."""
+        return Observation(text=self.cfg.prompt, private={self.cfg.informed_role: task})
+
     def reset(self, seed: int | None = None) -> Observation:
         if seed is not None:
             self._rng = random.Random(seed)

@@ -19,6 +19,7 @@ and the shared sandbox runs at most one program per core at once.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -215,6 +216,13 @@ class CodeEnv(ProblemEpisodes):
     def _shown_tests(self) -> str:
         lines = [self.task.tests[i] for i in self._shown()]
         return self.cfg.tests_header + "\n".join(lines) + "\n" if lines else ""
+
+    def task_observation(self, task: str) -> Observation:
+        """A user's task in the env's instruction, with no tests shown; the function's name is the
+        first ``def NAME`` or backquoted name in the text (else ``solution``)."""
+        found = re.search(r"\bdef\s+(\w+)|`(\w+)`", task)
+        name = (found.group(1) or found.group(2)) if found else "solution"
+        return Observation(text=self.cfg.instruction.format(problem=task, tests="", entry_point=name))
 
     def _observe(self) -> Observation:
         task = self.task

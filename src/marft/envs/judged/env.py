@@ -197,8 +197,12 @@ class JudgedEnv(ProblemEpisodes):
         ]
         return words + SCORE_WORDS
 
+    def task_observation(self, task: str) -> Observation:
+        """A user's brief, in the env's instruction."""
+        return Observation(text=self.cfg.instruction.format(prompt=task))
+
     def _observe(self) -> Observation:
-        return Observation(text=self.cfg.instruction.format(prompt=self.task.prompt))
+        return self.task_observation(self.task.prompt)
 
     def pop_metrics(self) -> dict[str, float]:
         """Since the last call (summed over copies; ``X.sum`` / ``X.n`` pairs are means): judge

@@ -244,10 +244,18 @@ class MathEnv(ProblemEpisodes):
     def reference(self) -> str:
         return self.problems[self.index][1]
 
+    def task_observation(self, task: str) -> Observation:
+        """A user's problem, shown as the env shows its own (the answer instruction to the
+        graded agents)."""
+        return self._render(task, [])
+
     def _observe(self) -> Observation:
-        text = self.cfg.instruction.format(problem=self.problem)
-        if self.history:
-            text = text + "\n\n" + "\n".join(self.history)
+        return self._render(self.problem, self.history)
+
+    def _render(self, problem: str, history: list[str]) -> Observation:
+        text = self.cfg.instruction.format(problem=problem)
+        if history:
+            text = text + "\n\n" + "\n".join(history)
         # Private text follows the shared text after one "\n" (build_messages): the leading "\n"
         # makes the blank line that separated the two when the answer instruction was shared.
         answer = self.cfg.answer_instruction
