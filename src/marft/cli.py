@@ -314,7 +314,13 @@ def _fail(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     # OpenMP's wait policy is left to OpenMP (or the user): the trainer adapts torch's thread count
     # to other processes instead (marft.runtime.ThreadGovernor, issue 32).
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    late_text = len(extra) == 1 and (extra[0] == "-" or not extra[0].startswith("-"))
+    if extra and args.command == "run" and args.text is None and late_text:
+        args.text = extra[0]  # `marft run SOURCE --base TEXT`: argparse takes positionals in one run
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # PEFT calls a transformers property deprecated in v5; the warning is not the user's to act on.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     from marft.models.loading import ModelLoadError

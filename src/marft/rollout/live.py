@@ -253,6 +253,7 @@ class LiveBatcher:
     def step(self) -> bool:
         """One generation call over every ready agent of every live task; whether tasks remain
         (in flight or waiting)."""
+        self._finish()  # cancelled tasks free their places first
         self._admit()
         self._finish()
         rows = sorted(((a, t) for t in self.live for a in t.ready), key=lambda row: (row[0].index, row[1].id))
@@ -276,14 +277,15 @@ class LiveBatcher:
         lengths = gen.response_mask.sum(1).tolist()
         self.calls += 1
         self.rows += len(rows)
-        last = gen.response_ids.gather(1, (gen.response_mask.sum(1, keepdim=True) - 1).clamp(min=0))[:, 0]
-        for (agent, task), text, n, limit, end in zip(
-            rows, texts, lengths, limits, last.tolist(), strict=True
-        ):
-            task.step.record(agent, text.strip())
-            cut = n >= limit and end not in self.eos_ids
+        final = (gen.response_mask.sum(1, keepdim=True) - 1).clamp(min=0)
+        ends = gen.response_ids.gather(1, final)[:, 0].tolist()  # each row's last real token
+        prompt_lengths = prompts.mask.sum(1).tolist()
+        for i, (agent, task) in enumerate(rows):
+            text = texts[i].strip()
+            task.step.record(agent, text)
+            cut = lengths[i] >= limits[i] and ends[i] not in self.eos_ids
             turn = task.step.actions[-1].turn
-            message = AgentMessage(agent.role, text.strip(), int(n), prompt_lengths[i], turn, cut)
+            message = AgentMessage(agent.role, text, int(lengths[i]), int(prompt_lengths[i]), turn, cut)
             task.messages.append(message)
             if task.on_message is not None and not task.cancelled:
                 task.on_message(message)

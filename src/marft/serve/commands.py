@@ -158,9 +158,7 @@ def serve_command(args) -> int:
         max_queue=args.max_queue,
     )
     app = create_app(team, limits, args.api_key, args.batch_wait_ms / 1000)
-    print(
     url = f"http://{args.host}:{args.port}"
     print(f"marft serve: {team.name} at {url}/ (OpenAI base_url: {url}/v1)", flush=True)
-    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=60)
     return 0
