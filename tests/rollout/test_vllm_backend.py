@@ -277,3 +277,20 @@ def test_a_judged_team_trains_with_vllm(tmp_path):
     env.reset_to(turn["info"]["task_index"])
     writer = next(a["response"] for a in turn["agents"] if a["role"] == "writer")
     assert env.judge.score([env.request(writer)]) == [turn["info"]["metrics"]["judge_score"]]
+
+
+def test_a_served_team_runs_on_vllm(tmp_path):
+    """``marft run`` / ``marft serve`` of a run trained on vLLM: the live batcher's calls go to the
+    engine with every agent's trained adapter, and greedy replies equal the HF backend's."""
+    from marft.serve import load_team
+
+    train(load_config("demo", [*TINY, "env.n_envs=8", "run.iterations=2"]), tmp_path / "run")
+    tasks = [f"secret {c}" for c in ("red", "green", "blue")]
+    on_vllm = load_team(tmp_path / "run", overrides=["sampling.top_k=1"])
+    assert isinstance(on_vllm.backend, VLLMBackend)
+    replies = on_vllm.batcher().run([on_vllm.observation(t) for t in tasks])
+    assert set(on_vllm.backend.served()) == {"speaker", "listener"}
+    on_hf = load_team(tmp_path / "run", overrides=["sampling.top_k=1", "sampling.backend=hf"])
+    assert [r.messages for r in replies] == [
+        r.messages for r in on_hf.batcher().run([on_hf.observation(t) for t in tasks])
+    ]

@@ -20,7 +20,7 @@ import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -62,48 +62,47 @@ def team_info(team: ServedTeam) -> dict[str, Any]:
     }
 
 
-def create_app(
-    team: ServedTeam,
-    limits: ServeLimits | None = None,
-    api_key: str | None = None,
-    batch_wait_s: float = 0.005,
-) -> FastAPI:
-    """The server's app. Its batch worker starts with the app's lifespan and, on shutdown, finishes
-    the tasks in flight before it stops."""
-    limits = limits or ServeLimits()
-    state: dict[str, BatchWorker] = {}
-    page = resources.files("marft.serve").joinpath("page.html").read_text()
-    temperature = team.cfg.sampling.temperature
+class TeamServer:
+    """The endpoints' work: a team, the server's limits and key, and the batch worker (started
+    and stopped by the app's lifespan).
+
+    Args:
+        team: the team served.
+        limits: what requests may ask for.
+        api_key: required as ``Authorization: Bearer KEY`` on ``/v1/*`` (None: no key).
+        batch_wait_s: the batch worker's wait after an idle spell.
+    """
+
+    def __init__(
+        self, team: ServedTeam, limits: ServeLimits, api_key: str | None, batch_wait_s: float
+    ) -> None:
+        self.team = team
+        self.limits = limits
+        self.api_key = api_key
+        self.batch_wait_s = batch_wait_s
+        self.page = resources.files("marft.serve").joinpath("page.html").read_text()
+        self.worker: BatchWorker | None = None
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state["worker"] = BatchWorker(team.batcher(limits.max_concurrency), batch_wait_s)
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        self.worker = BatchWorker(self.team.batcher(self.limits.max_concurrency), self.batch_wait_s)
         yield
-        await asyncio.to_thread(state["worker"].close)
+        await asyncio.to_thread(self.worker.close)
 
-    app = FastAPI(title=f"marft: {team.name}", lifespan=lifespan, docs_url=None, redoc_url=None)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return _error(ApiError(exc.status_code, str(exc.detail), kind))
-
-    def authorize(request: Request) -> None:
-        if api_key is None:
+    def authorize(self, request: Request) -> None:
+        if self.api_key is None:
             return
         given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-            raise ApiError(
-                401, "a valid API key is required (Authorization: Bearer KEY)", "authentication_error"
-            )
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+            message = "a valid API key is required (Authorization: Bearer KEY)"
+            raise ApiError(401, message, "authentication_error")
 
-    @app.get("/", response_class=HTMLResponse)
-    async def index() -> HTMLResponse:
-        return HTMLResponse(page)
+    async def index(self) -> HTMLResponse:
+        return HTMLResponse(self.page)
 
-    @app.get("/health")
-    async def health() -> JSONResponse:
-        batcher = state["worker"].batcher
+    async def health(self) -> JSONResponse:
+        worker = cast(BatchWorker, self.worker)
+        batcher = worker.batcher
         return JSONResponse(
             {
                 "status": "ok",
@@ -111,52 +110,51 @@ def create_app(
                 "pending": batcher.pending,
                 "calls": batcher.calls,
                 "rows": batcher.rows,
-                "failures": state["worker"].failures,
+                "failures": worker.failures,
             }
         )
 
-    @app.get("/v1/models")
-    async def models(request: Request) -> Response:
+    async def models(self, request: Request) -> Response:
         try:
-            authorize(request)
+            self.authorize(request)
         except ApiError as e:
             return _error(e)
-        ids = [team.name, *(f"{team.name}/{r}" for r in team.graph.roles)]
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": [{"id": i, "object": "model", "created": 0, "owned_by": "marft"} for i in ids],
-            }
-        )
+        name = self.team.name
+        ids = [name, *(f"{name}/{r}" for r in self.team.graph.roles)]
+        data = [{"id": i, "object": "model", "created": 0, "owned_by": "marft"} for i in ids]
+        return JSONResponse({"object": "list", "data": data})
 
-    @app.get("/v1/team")
-    async def info(request: Request) -> Response:
+    async def info(self, request: Request) -> Response:
         try:
-            authorize(request)
+            self.authorize(request)
         except ApiError as e:
             return _error(e)
-        return JSONResponse(team_info(team))
+        return JSONResponse(team_info(self.team))
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Response:
+    async def _checked(self, request: Request) -> ChatRequest:
+        """The request, authorized, parsed and within the limits (else :class:`ApiError`)."""
+        self.authorize(request)
+        limits = self.limits
+        if int(request.headers.get("content-length") or 0) > limits.max_body_bytes:
+            raise ApiError(413, f"the request body is over {limits.max_body_bytes} bytes")
+        raw = await request.body()
+        team = self.team
+        req = parse_chat_request(raw, team.name, team.graph.roles, limits, team.cfg.sampling.temperature)
+        if cast(BatchWorker, self.worker).batcher.pending >= limits.max_concurrency + limits.max_queue:
+            message = "the server is at its limit of tasks; try again shortly"
+            raise ApiError(429, message, "rate_limit_error")
+        return req
+
+    async def chat(self, request: Request) -> Response:
         try:
-            authorize(request)
-            declared = int(request.headers.get("content-length") or 0)
-            if declared > limits.max_body_bytes:
-                raise ApiError(413, f"the request body is over {limits.max_body_bytes} bytes")
-            raw = await request.body()
-            req = parse_chat_request(raw, team.name, team.graph.roles, limits, temperature)
-            worker = state["worker"]
-            if worker.batcher.pending >= limits.max_concurrency + limits.max_queue:
-                raise ApiError(
-                    429, "the server is at its limit of tasks; try again shortly", "rate_limit_error"
-                )
+            req = await self._checked(request)
         except ApiError as e:
             return _error(e)
+        worker = cast(BatchWorker, self.worker)
         events: asyncio.Queue[AgentMessage | TeamReply] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         task = worker.batcher.submit(
-            team.observation(req.task),
+            self.team.observation(req.task),
             solo=req.role,
             max_tokens=req.max_tokens,
             on_message=lambda m: loop.call_soon_threadsafe(events.put_nowait, m),
@@ -167,6 +165,30 @@ def create_app(
             return StreamingResponse(_stream(req, task, events, worker), media_type="text/event-stream")
         return await _wait(request, req, task, events, worker)
 
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own errors (404, 405) in the OpenAI error format."""
+    status = cast(StarletteHTTPException, exc).status_code
+    kind = "not_found_error" if status == 404 else "invalid_request_error"
+    return _error(ApiError(status, str(cast(StarletteHTTPException, exc).detail), kind))
+
+
+def create_app(
+    team: ServedTeam,
+    limits: ServeLimits | None = None,
+    api_key: str | None = None,
+    batch_wait_s: float = 0.005,
+) -> FastAPI:
+    """The server's app. Its batch worker starts with the app's lifespan and, on shutdown, finishes
+    the tasks in flight before it stops."""
+    server = TeamServer(team, limits or ServeLimits(), api_key, batch_wait_s)
+    app = FastAPI(title=f"marft: {team.name}", lifespan=server.lifespan, docs_url=None, redoc_url=None)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_api_route("/", server.index, methods=["GET"], response_class=HTMLResponse)
+    app.add_api_route("/health", server.health, methods=["GET"])
+    app.add_api_route("/v1/models", server.models, methods=["GET"])
+    app.add_api_route("/v1/team", server.info, methods=["GET"])
+    app.add_api_route("/v1/chat/completions", server.chat, methods=["POST"])
     return app
 
 
