@@ -8,6 +8,7 @@ one seed or more:
   groups, ...), each stopped at row 5's budget of generated training tokens;
 * row 5 again with each agent in turn swapped back to the base model (its adapter off): does the
   team score higher without an agent's training?
+* row 3: the team untrained.
 
 Every row is evaluated greedily on the first ``--limit`` held-out problems (``--heldout``
 overrides) and compared with row 5 problem by problem (exact two-sided sign test). The folder
@@ -61,6 +62,7 @@ def run_seed(args: argparse.Namespace, team: Config, seed: int) -> dict[str, dic
             **run,
             **eval_row(cfg, run["checkpoint"], root / f"eval-{7 + i}.json", args.limit, 1, True),
         }
+    rows["untrained"] = eval_row(ev_cfg, None, args.out / "eval-3.json", args.limit, 1, True)
     for agent in team.team.agents:
         out = root / f"eval-5-base-{slug(agent.role)}.json"
         rows[f"per role, {agent.role} on the base"] = eval_row(

@@ -20,7 +20,10 @@ EPYC (AVX-512, pinned) matched it bit for bit. So on another CPU model (or torch
 to 2e-4 relative and tensor sums to 2e-3 relative (6x and 13x those deviations; a change of what
 is computed moves them by far more); on the recording host's CPU model with the fixture's torch
 (the fixture's ``cpu``; record it again on the host that checks a refactor), rows must match to
-1e-6 and tensors bit for bit.
+1e-6 and tensors bit for bit. A value that cancels to about zero (``return_target_mean``, a
+mean of terms near 1) has no relative precision: across CPU models it must match to 1e-7
+absolute, the float32 rounding of its terms (on an Intel Xeon, 2026-12-07: 1.6e-9 against the
+fixture's -9.3e-10); on the recording host to 1e-9.
 """
 
 import json
@@ -39,10 +42,11 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = json.loads((ROOT / "tests" / "fixtures" / "same_numbers.json").read_text())
 SAME_HOST = FIXTURE["torch"] == torch.__version__ and FIXTURE.get("cpu") == cpu_model() != ""
 ROW_REL = 1e-6 if SAME_HOST else 2e-4
+ROW_ABS = 1e-9 if SAME_HOST else 1e-7
 SUM_REL = 2e-3
 
 
-def close(a, b, rel=ROW_REL, abs_=1e-9) -> bool:
+def close(a, b, rel=ROW_REL, abs_=ROW_ABS) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
