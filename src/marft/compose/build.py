@@ -15,7 +15,7 @@ import torch
 
 from marft.compose.capabilities import check_backend, check_env_copy, env_capabilities
 from marft.compose.resolution import Resolved
-from marft.config import Config, JudgeConfig, from_dict
+from marft.config import Config, JudgeConfig, ModelConfig, from_dict
 from marft.envs.base import Env
 from marft.envs.capabilities import EnvCapabilities, JudgeableEnv, TeamAwareEnv, VocabularyEnv
 from marft.envs.copies import EnvCopies
@@ -23,12 +23,14 @@ from marft.learner.learner import Learner
 from marft.learner.parallel import SINGLE, DataParallel
 from marft.learner.scoring import Scorer
 from marft.learner.spec import ResolvedAlgorithm
+from marft.models.bases import TeamBases
 from marft.models.judge import Judge
-from marft.models.loading import load_base, resolve_dtype
+from marft.models.loading import load_base, resolve_device, resolve_dtype
 from marft.models.logprobs import SamplingParams
 from marft.models.team_model import TeamModel
 from marft.rollout.backends import GenerationBackend, WeightSync
 from marft.rollout.collector import Collector
+from marft.rollout.generators import BaseGeneration, Generators
 from marft.rollout.sampler import RemoteSampler, Sampler
 from marft.team.graph import TeamGraph
 
@@ -92,31 +94,45 @@ def tiny_corpus(resolved: Resolved, env: Env) -> list[str]:
     return corpus
 
 
-def build_base(resolved: Resolved, env: Env, device: torch.device | None = None):
-    """``(base model, tokenizer, dtype)``: the base of ``model.name`` in the run's dtype, or in
-    ``model.dtype`` on ``device`` when given (the tiny model is built from ``env``'s words)."""
-    cfg = resolved.cfg
-    dtype = resolved.dtype if device is None else resolve_dtype(cfg.model.dtype, device, cfg.model.name)
-    base, tokenizer = load_base(cfg.model, corpus=tiny_corpus(resolved, env), dtype=dtype)
+def build_base(
+    resolved: Resolved, env: Env, device: torch.device | None = None, spec: ModelConfig | None = None
+):
+    """``(base model, tokenizer, dtype)``: the base ``spec`` (default ``model``, the first base) in
+    its dtype on its device, or on ``device`` when given (the tiny model is built from ``env``'s
+    words)."""
+    spec = spec or resolved.cfg.model
+    where = device if device is not None else resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, where, spec.name)
+    base, tokenizer = load_base(spec, corpus=tiny_corpus(resolved, env), dtype=dtype)
     return base, tokenizer, dtype
 
 
-def build_team_model(resolved: Resolved, env: Env, with_critic: bool) -> TeamModel:
-    """One frozen base with an adapter per agent (and a value head when ``with_critic``)."""
+def build_team_model(resolved: Resolved, env: Env, with_critic: bool) -> TeamModel | TeamBases:
+    """One frozen base with an adapter per agent (and a value head when ``with_critic``); for a
+    team of several bases (``models``), each base loaded once with the adapters of the agents on
+    it (:class:`~marft.models.bases.TeamBases`)."""
     cfg = resolved.cfg
-    base, tokenizer, dtype = build_base(resolved, env)
-    return TeamModel(
-        base,
-        tokenizer,
-        resolved.graph.roles,
-        cfg.lora,
-        value_head_width=cfg.algorithm.value_head_hidden,
-        dtype=dtype,
-        device=resolved.device,
-        with_critic=with_critic,
-        logit_chunk_tokens=cfg.model.logit_chunk_tokens,
-        gradient_checkpointing=cfg.model.gradient_checkpointing,
-    )
+    base_of = cfg.base_of()
+    used = [name for name in cfg.bases() if name in base_of.values()]
+    models = {}
+    for name in used:
+        spec = cfg.bases()[name]
+        base, tokenizer, dtype = build_base(resolved, env, spec=spec)
+        models[name] = TeamModel(
+            base,
+            tokenizer,
+            [r for r in resolved.graph.roles if base_of[r] == name],
+            cfg.lora,
+            value_head_width=cfg.algorithm.value_head_hidden,
+            dtype=dtype,
+            device=resolve_device(spec.device),
+            with_critic=with_critic and len(used) == 1,
+            logit_chunk_tokens=spec.logit_chunk_tokens,
+            gradient_checkpointing=spec.gradient_checkpointing,
+        )
+    if len(models) == 1:
+        return next(iter(models.values()))
+    return TeamBases(models, resolved.graph.roles)
 
 
 def build_judge(
@@ -176,10 +192,26 @@ def build_backend(resolved: Resolved, model: TeamModel, env: Env) -> GenerationB
     return check_backend(backend, cfg.sampling.backend)
 
 
+def build_generators(resolved: Resolved, model: TeamModel | TeamBases, env: Env) -> Generators:
+    """Each base's tokenizer and generation backend (:func:`build_backend` per base)."""
+    if isinstance(model, TeamModel):
+        return Generators.single(model.tokenizer, build_backend(resolved, model, env), model.roles)
+    per_base = {
+        name: BaseGeneration(m.tokenizer, build_backend(resolved, m, env)) for name, m in model.models.items()
+    }
+    return Generators(per_base, model.base_of)
+
+
 def build_collector(
-    resolved: Resolved, envs: EnvCopies, tokenizer, backend: GenerationBackend, env_offset: int = 0
+    resolved: Resolved,
+    envs: EnvCopies,
+    tokenizer,
+    backend: GenerationBackend,
+    env_offset: int = 0,
+    generators: Generators | None = None,
 ) -> Collector:
-    """The collector of a training run over ``envs`` (a rollout worker's slice starts at ``env_offset``)."""
+    """The collector of a training run over ``envs`` (a rollout worker's slice starts at
+    ``env_offset``); a team of several bases generates with ``generators``."""
     cfg = resolved.cfg
     return Collector(
         envs,
@@ -194,6 +226,7 @@ def build_collector(
         transcripts_per_iter=cfg.run.transcripts_per_iter,
         env_offset=env_offset,
         branching=tuple(cfg.algorithm.branching) if cfg.algorithm.group_baseline == "nested" else (),
+        generators=generators,
     )
 
 
@@ -259,13 +292,18 @@ def build_training(
         sampler = remote
         backend = remote
     else:
-        bind_judges(resolved, envs, model)
-        local = build_backend(resolved, model, envs[0])
-        sampler = build_collector(resolved, envs, model.tokenizer, local)
-        backend = local
+        first = model.members[0]  # the judge's base, when it is the team's (reward.judge.model null)
+        bind_judges(resolved, envs, first)
+        gens = build_generators(resolved, model, envs[0])
+        local = gens.per_base[gens.bases[0]].backend
+        several = len(gens.bases) > 1
+        sampler = build_collector(
+            resolved, envs, first.tokenizer, local, generators=gens if several else None
+        )
+        backend = gens if several else local
     # The learner recomputes old log-probs when the sampler's forward is not its own: a half-
     # precision base rounds differently, and a separate engine (vLLM, a rollout worker) has its own.
-    half = next(p.dtype for _, p in model.base_parameters()) != torch.float32
+    half = any(next(p.dtype for _, p in m.base_parameters()) != torch.float32 for m in model.members)
     needs = algorithm.scoring_needs(cfg.algorithm, half or not backend.shares_weights, cfg.uses_kl())
     sampling = SamplingParams.of(cfg.sampling)
     scorer = Scorer(model, needs, sampling, cfg.algorithm, all_roles=not backend.shares_weights)

@@ -37,6 +37,8 @@ def check_config(cfg: Config, env: EnvCapabilities, backend: BackendFactory) -> 
         check_ray(cfg, group=cfg.algorithm.group_size if algorithm.estimator.grouped else 1)
     check_env_arguments(cfg, env)
     check_team(cfg)
+    if len(cfg.bases()) > 1:
+        check_bases(cfg, algorithm)
     if cfg.algorithm.group_baseline != "episode":
         check_group_baseline(cfg, algorithm.estimator.grouped)
     return algorithm
@@ -166,4 +168,30 @@ def check_group_baseline(cfg: Config, grouped: bool) -> None:
     if cfg.env.reward_assignment == "per_agent":
         raise ConfigError(
             "env.reward_assignment", "nested groups credit the team's return; use 'last' or 'shared'"
+        )
+
+
+def check_bases(cfg: Config, algorithm: ResolvedAlgorithm) -> None:
+    """A team of several bases (``models``): what it runs with today, each refusal saying what to
+    do instead."""
+    used = set(cfg.base_of().values())
+    if len(used) < 2:
+        return
+    if cfg.lora.shared:
+        raise ConfigError(
+            "lora.shared", "one adapter cannot sit on several bases: put the agents on one base, or set false"
+        )
+    if algorithm.critic:
+        raise ConfigError(
+            "algorithm.name",
+            f"{algorithm.name} needs a critic, which a team of several bases does not have yet; "
+            "use a group-relative algorithm (grpo, dr_grpo, rloo, reinforce_pp)",
+        )
+    if cfg.sampling.backend != "hf":
+        raise ConfigError("sampling.backend", "a team of several bases samples with hf only (for now)")
+    if cfg.run.ray.enabled:
+        raise ConfigError("run.ray.enabled", "a team of several bases runs in one process only (for now)")
+    if cfg.algorithm.policy_step != "per_adapter":
+        raise ConfigError(
+            "algorithm.policy_step", "a team of several bases updates its adapters one at a time: per_adapter"
         )

@@ -67,7 +67,8 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         return [_convert(item, v, _join(path, i)) for i, v in enumerate(value)]
     if origin is dict:
         _check(isinstance(value, dict), path, f"must be a mapping, got {value!r}")
-        return dict(value)
+        _, item = typing.get_args(tp) or (Any, Any)
+        return {k: _convert(item, v, _join(path, k)) for k, v in value.items()}
     if tp is bool:
         _check(isinstance(value, bool), path, f"must be true or false, got {value!r}")
         return value

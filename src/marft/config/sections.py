@@ -66,7 +66,7 @@ class TinyModelConfig:
 
 @dataclass
 class ModelConfig:
-    """The one base model shared by the whole team."""
+    """A frozen base model: the team's one base (``model``), or one of several (``models``)."""
 
     name: str = "tiny"
     """``tiny`` for the built-in model, or any Hugging Face causal LM name or local path."""
@@ -290,12 +290,48 @@ class Config:
     team: TeamConfig
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+    """Several bases by name (teams of different base models, docs/team.md): each agent names its
+    ``base`` (default: the first). Empty: the one base ``model``. With ``models``, ``model`` is
+    the first base (left out, or the same)."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     env: EnvConfig = field(default_factory=EnvConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            for i, agent in enumerate(self.team.agents):
+                _check(
+                    agent.base is None,
+                    f"team.agents.{i}.base",
+                    "names a base, but the config has no models: give the bases under models",
+                )
+            return
+        first = next(iter(self.models.values()))
+        _check(
+            self.model in (ModelConfig(), first),
+            "model",
+            "give the bases under models (the first is the default) and leave model out",
+        )
+        self.model = first
+        for i, agent in enumerate(self.team.agents):
+            _check(
+                agent.base is None or agent.base in self.models,
+                f"team.agents.{i}.base",
+                f"unknown base {agent.base!r}; models has: {', '.join(self.models)}",
+            )
+
+    def bases(self) -> dict[str, ModelConfig]:
+        """Every base by name: ``models``, or ``{"base": model}`` for a team of one base."""
+        return dict(self.models) if self.models else {"base": self.model}
+
+    def base_of(self) -> dict[str, str]:
+        """Each agent's base: its ``base``, else the first."""
+        first = next(iter(self.bases()))
+        return {a.role: a.base or first for a in self.team.agents}
 
     def kl_coefs(self) -> dict[str, float]:
         """Each agent's KL coefficient: its own ``kl_coef``, else ``algorithm.kl_coef``."""

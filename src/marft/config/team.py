@@ -35,6 +35,10 @@ class AgentConfig:
     kl_coef: float | None = None
     """This agent's KL coefficient to the reference (None: ``algorithm.kl_coef``): hold one role
     near the base while the others move. Agents that share an adapter must agree."""
+    base: str | None = None
+    """The base model this agent's adapter sits on: a name under ``models`` (None: the first
+    base). Agents on one base share it and generate together; different bases may have different
+    tokenizers (agents see each other's messages as text)."""
     graded: bool = False
     """Whether the environment grades this agent's output (envs that grade read this)."""
     max_new_tokens: int | None = None

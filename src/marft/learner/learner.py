@@ -291,7 +291,8 @@ class Learner:
         updated = self.policy.update(batches)
         for name in by_adapter:
             stats.adapters[name] = updated.get(name, AdapterStats(trained=False))
-        self.model.policy.eval()
+        for model in self.model.members:
+            model.policy.eval()
         stats.fwd_bwd_s = self.policy.fwd_bwd_s
         return stats
 
@@ -317,10 +318,11 @@ class Learner:
         if scores.entropy is not None and scores.entropy[n] is not None:
             entropy = scores.entropy[n]  # the sampler may not report it (vLLM)
         sample_mask = targets.agents[n].sample_mask
+        eos_ids = self.model.of(self.graph.roles[n]).eos_ids  # the agent's own base's
         return AgentStats(
             entropy=float(masked_mean(entropy, actions.response_mask)),
             response_tokens=float(masked_mean(actions.response_mask.sum(-1).float(), sample_mask)),
-            cut_share=cut_share(actions.response_ids, actions.response_mask, sample_mask, self.model.eos_ids),
+            cut_share=cut_share(actions.response_ids, actions.response_mask, sample_mask, eos_ids),
         )
 
     # ------------------------------------------------------------------------------ checkpoints

@@ -89,6 +89,7 @@ class PolicyUpdater:
                 stacklevel=2,
             )
         self.mixed = cfg.policy_step == "mixed" and why is None
+        self._active = model.of(roles[0]) if roles else model  # the base of the adapter stepping now
         self.fwd_bwd_s = 0.0  # seconds in policy forwards and backwards since the last reset
 
     def update(self, batches: dict[str, PolicyBatch]) -> dict[str, AdapterStats]:
@@ -107,8 +108,9 @@ class PolicyUpdater:
         taken: list[LossTerms] = []  # every minibatch stepped on, or stopped at for its KL
         norms: list[Tensor] = []  # their gradient norms before clipping
         stop: Stop | None = None
-        with self.model.adapter(name):
-            self.model.policy.train()
+        self._active = model = self.model.of(name)
+        with model.adapter(name):
+            model.policy.train()
             for mb in self._minibatches(batch):
                 self.optimizers[name].zero_grad(set_to_none=True)
                 stop = self._apply(name, params, self.minibatch_backward(batch, mb), taken, norms)
@@ -224,7 +226,9 @@ class PolicyUpdater:
         """
         rows = rows_of(sequences(batch.actions), idx)
         bonus = self.cfg.entropy_coef > 0
-        logprobs, entropy = self.model.action_logprobs(rows, self.sampling, entropy=bonus, entropy_grad=bonus)
+        logprobs, entropy = self._active.action_logprobs(
+            rows, self.sampling, entropy=bonus, entropy_grad=bonus
+        )
         return micro_batch_terms(
             self.cfg, self.agg_mode, self.policy_loss, batch, old, idx, rows, logprobs, entropy, norm
         )

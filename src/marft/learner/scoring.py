@@ -134,9 +134,13 @@ class Scorer:
             out.append(_Turn(first=not out, members=members))
         return out
 
+    def _model_of(self, traj: Trajectory, members: list[tuple[int, Tensor]]) -> TeamModel:
+        """The base a turn's agents ran on (a generation call is on one base)."""
+        return self.model.of(self.model.roles[members[0][0]])
+
     def _batch(self, traj: Trajectory, members: list[tuple[int, Tensor]]) -> SequenceBatch:
         """The rows of one turn as they were generated: agents in acting order, padded together."""
-        pad = self.model.tokenizer.pad_token_id
+        pad = self._model_of(traj, members).tokenizer.pad_token_id
         parts = [rows_of(sequences(traj.agents[n]), rows) for n, rows in members]
         P = max(p.prompt_ids.shape[1] for p in parts)
         L = max(p.response_ids.shape[1] for p in parts)
@@ -171,7 +175,7 @@ class Scorer:
         ref = [torch.zeros_like(a.logprobs) for a in traj.agents] if needs.ref_logprobs else None
         for turn in self._turns(traj):
             batch = self._batch(traj, turn.members)
-            f, r = self._reuse_or_score(batch, turn)
+            f, r = self._reuse_or_score(batch, turn, self._model_of(traj, turn.members))
             start = 0
             for n, rows in turn.members:
                 sl = slice(start, start + len(rows))
@@ -182,9 +186,11 @@ class Scorer:
                     ref[n][rows, : r.shape[1]] = r[sl]
         return feats, ref
 
-    def _reuse_or_score(self, batch: SequenceBatch, turn: _Turn) -> tuple[Tensor | None, Tensor | None]:
-        """One base forward over a turn; the first agent's rows of a trajectory's first turn reuse
-        the remembered bootstrap features when they are the same prompts."""
+    def _reuse_or_score(
+        self, batch: SequenceBatch, turn: _Turn, model: TeamModel
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """One forward of ``model``'s base over a turn; the first agent's rows of a trajectory's
+        first turn reuse the remembered bootstrap features when they are the same prompts."""
         needs, kind = self.needs, self.needs.critic_features
         cached = self._next
         _, rows = turn.members[0]
@@ -211,19 +217,23 @@ class Scorer:
                 )
                 f, _ = self._score_batch(rest, "action", False)
                 return torch.cat([features, f], dim=0), None
-        return self._score_batch(batch, kind, needs.ref_logprobs)
+        return self._score_batch(batch, kind, needs.ref_logprobs, model)
 
-    def _score_batch(self, batch: SequenceBatch, kind: str, ref: bool) -> tuple[Tensor | None, Tensor | None]:
-        """:meth:`TeamModel.score_reference` on ``batch`` in micro-batches of at most
+    def _score_batch(
+        self, batch: SequenceBatch, kind: str, ref: bool, model: TeamModel | None = None
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """:meth:`TeamModel.score_reference` of ``model`` (default: the team's, one base) on
+        ``batch`` in micro-batches of at most
         ``micro_batch_tokens`` padded tokens, rows sorted by length so that rows of similar length
         go together (less padding to compute); results in ``batch``'s row order."""
         sp, budget = self.sampling, self.algorithm.micro_batch_tokens
+        model = model or self.model
         S, L = batch.response_ids.shape
         if budget <= 0:
-            return self.model.score_reference(batch, kind, ref, sp)
+            return model.score_reference(batch, kind, ref, sp)
         feats = logprobs = None
         for idx in micro_batches(torch.arange(S, device=batch.prompt_ids.device), batch, S, budget):
-            f, r = self.model.score_reference(rows_of(batch, idx), kind, ref, sp)
+            f, r = model.score_reference(rows_of(batch, idx), kind, ref, sp)
             if f is not None:
                 if feats is None:
                     feats = f.new_zeros(S, L, f.shape[-1]) if kind == "token" else f.new_zeros(S, f.shape[-1])
@@ -271,13 +281,14 @@ class Scorer:
         actions = traj.agents[n]
         seq = sequences(actions)
         out, ent = torch.zeros_like(actions.logprobs), torch.zeros_like(actions.logprobs)
-        with self.model.adapter(role):
-            self.model.policy.eval()
+        model = self.model.of(role)
+        with model.adapter(role):
+            model.policy.eval()
             idx_all = torch.nonzero(seq.response_mask.sum(-1) > 0).squeeze(-1)  # finished envs: no tokens
             if idx_all.numel() == 0:  # it never acted (a routed expert no router chose)
                 return out, ent
             for idx in micro_batches(idx_all, seq, cfg.micro_batch_size, cfg.micro_batch_tokens):
-                lp, e = self.model.action_logprobs(rows_of(seq, idx), sp)
+                lp, e = model.action_logprobs(rows_of(seq, idx), sp)
                 out[idx, : lp.shape[1]] = lp
                 ent[idx, : e.shape[1]] = e
         return out, ent

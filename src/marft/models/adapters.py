@@ -93,6 +93,16 @@ class TeamAdapters(nn.Module):
         """The adapter agent ``name`` runs with (an adapter name, or ``__base__``, as it is)."""
         return self.adapter_of.get(name, name)
 
+    def of(self, name: str) -> TeamAdapters:
+        """The model agent (or adapter) ``name`` runs on: this one (a team of several bases,
+        :class:`~marft.models.bases.TeamBases`, gives that agent's base)."""
+        return self
+
+    @property
+    def members(self) -> list[TeamAdapters]:
+        """The models of the team's bases: this one."""
+        return [self]
+
     def named_adapter_parameters(self, role: str) -> list[tuple[str, nn.Parameter]]:
         """The trainable tensors of one agent's adapter (its LoRA matrices and ``modules_to_save``
         copies), by parameter name.

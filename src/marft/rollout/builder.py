@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +64,11 @@ class ActionRows:
 COLUMNS = dataclasses.fields(ActionRows)
 
 
+def _fills(pad: int) -> dict[str, float]:
+    """Each column's padding value, token columns padded with ``pad``."""
+    return {f.name: pad if f.metadata["fill"] == PAD else f.metadata["fill"] for f in COLUMNS}
+
+
 class TrajectoryBuilder:
     """One collection's record of ``B`` env copies, ``N`` agents and up to ``steps`` steps
     (team steps x the most rounds a team step may take).
@@ -74,16 +79,21 @@ class TrajectoryBuilder:
 
     Args:
         B, steps, N: env copies, the step axis's capacity, agents.
-        pad_id: the tokenizer's pad token id (the fill of token columns).
+        pad_id: the tokenizer's pad token id (the fill of token columns), or one per agent (a team
+            of several bases: each agent's base's tokenizer).
         device: where the action tensors live.
     """
 
-    def __init__(self, B: int, steps: int, N: int, pad_id: int, device: torch.device) -> None:
+    def __init__(self, B: int, steps: int, N: int, pad_id: int | Sequence[int], device: torch.device) -> None:
         self.B = B
         self.steps = steps
         self.N = N
         self.device = device
-        self._fills = {f.name: pad_id if f.metadata["fill"] == PAD else f.metadata["fill"] for f in COLUMNS}
+        pads = [pad_id] * N if isinstance(pad_id, int) else list(pad_id)
+        self._fills = [
+            {f.name: pad if f.metadata["fill"] == PAD else f.metadata["fill"] for f in COLUMNS}
+            for pad in pads
+        ]  # per agent
         self._actions: list[dict[str, list[Tensor]]] = [defaultdict(list) for _ in range(N)]
         self._rewards = [[[0.0] * N for _ in range(steps)] for _ in range(B)]
         self._acted = [[[0.0] * N for _ in range(steps)] for _ in range(B)]
@@ -123,10 +133,11 @@ class TrajectoryBuilder:
         (a schedule that routes): its rows of one step are merged."""
         index = torch.tensor(envs, device=self.device)
         store = self._actions[agent]
-        self._pad_to(store, t)
+        self._pad_to(store, t, agent)
+        fills = self._fills[agent]
         for column in COLUMNS:
             name = column.name
-            full = self._scatter(index, getattr(rows, name), self._fills[name])
+            full = self._scatter(index, getattr(rows, name), fills[name])
             if len(store[name]) == t:
                 store[name].append(full)
                 continue
@@ -134,8 +145,8 @@ class TrajectoryBuilder:
             if full.dim() > 1:
                 width = max(full.shape[-1], merged.shape[-1])
                 left = column.metadata["left"]
-                merged = pad_last(merged, width, self._fills[name], left)
-                full = pad_last(full, width, self._fills[name], left)
+                merged = pad_last(merged, width, fills[name], left)
+                full = pad_last(full, width, fills[name], left)
             merged[index] = full[index]
             store[name][t] = merged
         self._turns[envs, t, agent] = self.call
@@ -148,14 +159,14 @@ class TrajectoryBuilder:
         out[index] = values
         return out
 
-    def _pad_to(self, store: dict[str, list[Tensor]], t: int) -> None:
+    def _pad_to(self, store: dict[str, list[Tensor]], t: int, agent: int) -> None:
         """Give an agent all-padding entries up to step t (exclusive), so steps stay aligned."""
         while len(store["word_counts"]) < t:
             for column in COLUMNS:
                 name = column.name
                 shape = (self.B,) if name == "word_counts" else (self.B, 1)
                 fill = torch.full(
-                    shape, self._fills[name], dtype=column.metadata["dtype"], device=self.device
+                    shape, self._fills[agent][name], dtype=column.metadata["dtype"], device=self.device
                 )
                 store[name].append(fill)
 
@@ -214,10 +225,10 @@ class TrajectoryBuilder:
     def agent_actions(self, agent: int) -> AgentActions:
         """One agent's actions over the ``taken`` steps (padding where it did not act)."""
         store = self._actions[agent]
-        self._pad_to(store, self.taken)
+        self._pad_to(store, self.taken, agent)
 
         def stacked(name: str, left: bool = False) -> Tensor:
-            return pad_stack(store[name], self._fills[name], left=left).flatten(0, 1)
+            return pad_stack(store[name], self._fills[agent][name], left=left).flatten(0, 1)
 
         return AgentActions(
             prompt_ids=stacked("prompt_ids", left=True),

@@ -30,6 +30,7 @@ from marft.envs.copies import EnvCopies
 from marft.rollout.backends import GenerationBackend
 from marft.rollout.builder import ActionRows, TrajectoryBuilder
 from marft.rollout.episodes import LiveEpisodes, TeamStep, transcript_step
+from marft.rollout.generators import Generators
 from marft.rollout.nested import NestedGroups
 from marft.rollout.prompting import PromptEncoder
 from marft.rollout.rewards import team_reward_vector
@@ -66,6 +67,9 @@ class Collector:
         env_offset: the global index of the first env copy (a rollout worker's slice of the run).
         branching: episodic mode: nested groups' branching factor per depth
             (:mod:`marft.rollout.nested`); empty: every env copy generates every action.
+        generators: a team of several bases: each base's tokenizer and backend (then
+            ``tokenizer`` and ``backend`` are the first base's); the rows of a turn are one
+            generation call per base.
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class Collector:
         schedule: Schedule | None = None,
         env_offset: int = 0,
         branching: tuple[int, ...] = (),
+        generators: Generators | None = None,
     ) -> None:
         self.envs = envs
         self.graph = graph
@@ -96,11 +101,17 @@ class Collector:
         self.transcripts_per_iter = transcripts_per_iter
         self.adapter_of = adapter_of or {}
         self.schedule = schedule or schedule_for(graph)
-        # Generation calls one team step may take (call ids are step * this + turn): a routed
-        # step takes at most max_actions; a static one as many as its graph's levels.
+        self.generators = generators or Generators.single(tokenizer, backend, graph.roles)
+        # Generation calls one team step may take (call ids are (step * this + turn) * bases +
+        # base): a routed step takes at most max_actions turns; a static one as many as its
+        # graph's levels; each turn one call per base.
         self._turns_per_step = graph.routing.max_actions if graph.routing is not None else graph.n_agents
+        self._bases = len(self.generators.bases)
         self.device = backend.device
-        self.prompts = PromptEncoder(tokenizer, graph, self.device)
+        self.prompts = {
+            name: PromptEncoder(gen.tokenizer, graph, self.device)
+            for name, gen in self.generators.per_base.items()
+        }
         self.env_offset = env_offset
         self.nested = NestedGroups(tuple(branching), env_offset) if branching and episodic else None
         self._streams = [env_stream(seed, env_offset + b) for b in range(len(envs))]
@@ -161,8 +172,8 @@ class Collector:
         """
         # A team step takes one acting round, or (routing) up to max_actions when agents act again.
         rounds = self.graph.routing.max_actions if self.graph.routing is not None else 1
-        pad = self.tokenizer.pad_token_id
-        buf = TrajectoryBuilder(len(self.envs), steps * rounds, self.graph.n_agents, pad, self.device)
+        pads = [self.generators.of(r).tokenizer.pad_token_id for r in self.graph.roles]
+        buf = TrajectoryBuilder(len(self.envs), steps * rounds, self.graph.n_agents, pads, self.device)
         finished = [False] * len(self.envs)
         if self.episodic:
             self._reset_groups(problems)
@@ -175,7 +186,7 @@ class Collector:
                 results = self.envs.step(active, [outputs_of(acts[b].step) for b in active])
                 for b, result in zip(active, results, strict=True):
                     finished[b] = self._step_env(b, acts[b], buf, result)
-        self.backend.release()
+        self.generators.release()
         return self._assemble(buf)
 
     def _act(self, step: int, active: list[int], buf: TrajectoryBuilder) -> dict[int, TeamStep]:
@@ -206,11 +217,11 @@ class Collector:
             if not rows:
                 break
             rows.sort(key=lambda row: row[0].index)  # agents in acting order, env copies ascending
-            buf.call = step * self._turns_per_step + turn
             copies = self._copies(rows)
             leaders = [row for row in rows if row not in copies]
-            if leaders:
-                self._generate_turn(leaders, acts, buf)
+            for k, (base, own) in enumerate(self.generators.split(leaders)):
+                buf.call = (step * self._turns_per_step + turn) * self._bases + k
+                self._generate_turn(own, acts, buf, base)
             self._take_copies(copies, acts)
         buf.close_steps({b: acts[b].end for b in active})
         return acts
@@ -236,28 +247,31 @@ class Collector:
             if acts[b].kept is not None:
                 acts[b].kept.append(acts[lead].kept[-1] if acts[lead].kept else [])
 
-    def _generate_turn(self, rows: list[tuple[Agent, int]], acts: dict[int, TeamStep], buf) -> None:
-        """One batched generation over (agent, env copy) rows, agents in acting order."""
+    def _generate_turn(
+        self, rows: list[tuple[Agent, int]], acts: dict[int, TeamStep], buf, base: str
+    ) -> None:
+        """One batched generation over (agent, env copy) rows of one base, agents in acting order."""
+        gen = self.generators.per_base[base]
         with buf.timed("env"):
             fmt = self.graph.message_format
             obs = self.episodes.observations
             convs = [build_messages(a, obs[b], acts[b].step.seen(a), fmt) for a, b in rows]
-            prompts = self.prompts.encode(convs)
+            prompts = self.prompts[base].encode(convs)
             adapters = [self.adapter_of.get(a.role, a.role) for a, _ in rows]
             limits = [a.max_new_tokens or self.sampling.max_new_tokens for a, _ in rows]
         with buf.timed("generate"):
             keys = draw_keys(self._streams, [b for _, b in rows], self.device)
-            gen = self.backend.generate(prompts, adapters, torch.tensor(limits, device=self.device), keys)
+            out = gen.backend.generate(prompts, adapters, torch.tensor(limits, device=self.device), keys)
         with buf.timed("env"):
-            texts = self.tokenizer.batch_decode(gen.response_ids, skip_special_tokens=True)
+            texts = gen.tokenizer.batch_decode(out.response_ids, skip_special_tokens=True)
             words = [max(1, len(x.split())) for x in texts]
             made = ActionRows(
                 prompt_ids=prompts.ids,
                 prompt_mask=prompts.mask,
-                response_ids=gen.response_ids,
-                response_mask=gen.response_mask,
-                logprobs=gen.logprobs,
-                entropy=gen.entropy if gen.entropy is not None else torch.zeros_like(gen.logprobs),
+                response_ids=out.response_ids,
+                response_mask=out.response_mask,
+                logprobs=out.logprobs,
+                entropy=out.entropy if out.entropy is not None else torch.zeros_like(out.logprobs),
                 word_counts=torch.tensor(words, dtype=torch.float32, device=self.device),
             )
             self._record_turn(rows, made, texts, convs, acts, buf)
@@ -352,10 +366,10 @@ class Collector:
     def _assemble(self, buf: TrajectoryBuilder) -> Trajectory:
         with buf.timed("env"):
             cuts = buf.cut_observations
-            cut_prompts = self.prompts.first_agent_prompts(cuts) if cuts else None
-            next_prompts = (
-                None if self.episodic else self.prompts.first_agent_prompts(self.episodes.observations)
-            )
+            # what a critic bootstraps from: a critic runs on the first base (one base, today)
+            opener = self.prompts[self.generators.bases[0]]
+            cut_prompts = opener.first_agent_prompts(cuts) if cuts else None
+            next_prompts = None if self.episodic else opener.first_agent_prompts(self.episodes.observations)
         return buf.build(
             per_agent_rewards=self.env_cfg.reward_assignment == "per_agent",
             cut_prompts=cut_prompts,

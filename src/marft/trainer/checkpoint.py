@@ -52,7 +52,7 @@ def _fsync(path: Path) -> None:
 
 def _write_adapters(folder: Path, model: TeamModel) -> None:
     for name in model.adapters:
-        model.policy.save_pretrained(str(folder / name), selected_adapters=[name])
+        model.of(name).policy.save_pretrained(str(folder / name), selected_adapters=[name])
         nested = folder / name / name  # PEFT nests non-"default" adapters in a subfolder
         if nested.is_dir():
             for item in nested.iterdir():

@@ -1,0 +1,111 @@
+"""A team of several base models: each base is a :class:`~marft.models.team_model.TeamModel`
+holding the adapters of the agents on it (``models`` and ``team.agents[i].base`` in the config).
+
+:class:`TeamBases` answers what the trainer, the scoring phase and the learner ask of the whole
+team (its roles and adapters, each adapter's weights and parameters) and gives each agent's own
+base with :meth:`TeamBases.of`; everything that runs a forward asks ``model.of(role)`` first,
+which a one-base :class:`TeamModel` answers with itself. Agents on one base share it, so a base is
+in memory once, however many agents sit on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from itertools import chain
+
+import torch
+from torch import Tensor, nn
+
+from marft.models.team_model import TeamModel
+
+
+class TeamBases:
+    """Several bases, each with its agents' adapters.
+
+    Args:
+        models: base name -> its team model (the agents on it, in acting order).
+        roles: every agent, in acting order.
+
+    Attributes:
+        models: as given.
+        base_of: agent -> the name of its base.
+        roles: every agent, in acting order.
+        adapters: every adapter (one per agent: adapters are not shared across bases).
+        value_head: None (a team of several bases has no critic yet).
+    """
+
+    value_head = None
+
+    def __init__(self, models: Mapping[str, TeamModel], roles: Sequence[str]) -> None:
+        self.models = dict(models)
+        self.base_of = {r: name for name, m in self.models.items() for r in m.roles}
+        missing = [r for r in roles if r not in self.base_of]
+        if missing:
+            raise ValueError(f"agents on no base: {missing}")
+        self.roles = list(roles)
+        self._adapter_base = {a: name for name, m in self.models.items() for a in m.adapters}
+        self.adapters = [m.adapter_name(r) for r in self.roles for m in [self.of(r)]]
+
+    def of(self, name: str) -> TeamModel:
+        """The base model agent (or adapter) ``name`` runs on."""
+        base = self.base_of.get(name) or self._adapter_base.get(name)
+        if base is None:
+            raise KeyError(f"no agent or adapter {name!r} in this team; agents: {', '.join(self.roles)}")
+        return self.models[base]
+
+    @property
+    def members(self) -> list[TeamModel]:
+        """The bases' models, in the order of ``models``."""
+        return list(self.models.values())
+
+    @property
+    def device(self) -> torch.device:
+        """The first base's device."""
+        return self.members[0].device
+
+    def adapter_name(self, name: str) -> str:
+        return self.of(name).adapter_name(name)
+
+    def named_adapter_parameters(self, role: str) -> list[tuple[str, nn.Parameter]]:
+        return self.of(role).named_adapter_parameters(role)
+
+    def adapter_parameters(self, role: str) -> list[nn.Parameter]:
+        return self.of(role).adapter_parameters(role)
+
+    def base_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Every base's frozen parameters, base after base."""
+        return chain.from_iterable(m.base_parameters() for m in self.members)
+
+    def adapter_weights(self, names: Sequence[str] | None = None) -> dict[str, dict[str, Tensor]]:
+        """Adapters as PEFT saves them, by adapter name (each from its own base)."""
+        wanted = self.adapters if names is None else list(dict.fromkeys(self.adapter_name(n) for n in names))
+        out: dict[str, dict[str, Tensor]] = {}
+        for name in wanted:
+            out.update(self.of(name).adapter_weights([name]))
+        return out
+
+    def set_adapter_weights(self, weights: Mapping[str, Mapping[str, Tensor]]) -> None:
+        """Load adapters by name, each into its own base.
+
+        Raises:
+            ValueError: a name is not an adapter of this team, or its tensors do not fit.
+        """
+        for name, tensors in weights.items():
+            if name not in self._adapter_base:
+                raise ValueError(f"no adapter {name!r} in this team (adapters: {', '.join(self.adapters)})")
+            self.of(name).set_adapter_weights({name: tensors})
+
+    def adapter_config(self, role: str) -> dict:
+        return self.of(role).adapter_config(role)
+
+    @contextmanager
+    def adapter(self, role: str) -> Iterator[None]:
+        """Run agent (or adapter) ``role``'s base as that agent."""
+        with self.of(role).adapter(role):
+            yield
+
+    def eval(self) -> None:
+        """Every base's policy in eval mode."""
+        for m in self.members:
+            m.policy.eval()
