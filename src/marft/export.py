@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -18,7 +19,8 @@ def export_agent(run_dir: str | Path, role: str, out: str | Path, merge: bool = 
     and loads with ``AutoModelForCausalLM.from_pretrained(out)``; an agent with a trainable output
     head (``lora.modules_to_save``) gets its own head in the merged model. With ``lora.shared``
     every role exports the one shared adapter (its role prompt, in the run's ``config.yaml``, is
-    what makes it that agent).
+    what makes it that agent). In a team of several bases (``models``) the agent merges into its
+    own base.
 
     Args:
         run_dir: a run directory (its newest complete checkpoint is used) or a checkpoint folder.
@@ -48,12 +50,13 @@ def export_agent(run_dir: str | Path, role: str, out: str | Path, merge: bool = 
     from peft import PeftModel
 
     cfg = load_config(str(run / "config.yaml"))
-    if cfg.model.dtype == "auto":  # merge in float32 on any host: bfloat16 would round the deltas away
-        cfg.model.dtype = "float32"
+    spec = cfg.bases()[cfg.base_of()[role]]  # the agent's own base (a team may have several)
+    if spec.dtype == "auto":  # merge in float32 on any host: bfloat16 would round the deltas away
+        spec = dataclasses.replace(spec, dtype="float32")
     resolved = resolve(cfg)
     (env,) = build_envs(resolved, 1)
     # The built-in tiny base is rebuilt from its own seed, so it comes out identical to training's.
-    base, tokenizer, _ = build_base(resolved, env, torch.device("cpu"))
+    base, tokenizer, _ = build_base(resolved, env, torch.device("cpu"), spec=spec)
     model = PeftModel.from_pretrained(base, str(adapter), adapter_name=name)
     merged = model.merge_and_unload()
     out.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ built-in shape (``shape:qwen2.5-7b``) for models that are not on this machine.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -133,9 +134,9 @@ def model_shape(cfg: Config, corpus: list[str] | None = None) -> ModelShape:
 
 def _widest_turn(cfg: Config) -> int:
     """The most agents that act in one turn (the team graph's widest level)."""
-    from marft.compose import resolve
+    from marft.team.graph import TeamGraph
 
-    return max(len(level) for level in resolve(cfg).graph.levels)
+    return max(len(level) for level in TeamGraph.from_config(cfg.team).levels)
 
 
 def plan(
@@ -326,14 +327,45 @@ def tiny_corpus_of(cfg: Config, env) -> list[str] | None:
     return list(tiny_corpus(resolve(cfg), env))
 
 
+def base_config(cfg: Config, name: str) -> Config:
+    """The part of a team of several bases that sits on base ``name``: that base as ``model`` and
+    its agents, each seeing only the env (so all of them count as one turn: an upper bound). Not
+    a runnable config (the env may name agents of other bases): it is only planned."""
+    mine = [a for a in cfg.team.agents if cfg.base_of()[a.role] == name]
+    agents = [dataclasses.replace(a, base=None, observes=[]) for a in mine]
+    team = dataclasses.replace(cfg.team, agents=agents, routing=None)
+    return dataclasses.replace(cfg, model=cfg.bases()[name], models={}, team=team)
+
+
 def plan_text(
     cfg: Config, gpus: int | None = None, gpu_memory_gb: float | None = None, prompt_tokens: int | None = None
 ) -> str:
-    """What ``marft plan`` prints: the shapes, then each process's memory and the reference layout."""
+    """What ``marft plan`` prints: the shapes, then each process's memory and the reference layout;
+    for a team of several bases, that for each base with its agents' adapters (prompt tokens
+    measured with the first base's tokenizer)."""
     env = first_env(cfg)
-    shape = model_shape(cfg, tiny_corpus_of(cfg, env))
     if prompt_tokens is None:
         prompt_tokens = measure_prompt_tokens(cfg, env)
+    used = list(dict.fromkeys(cfg.base_of().values()))
+    if len(used) == 1:
+        return _plan_text(cfg, tiny_corpus_of(cfg, env), prompt_tokens, gpus, gpu_memory_gb)
+    from marft.compose import resolve, tiny_corpus
+
+    corpus = list(tiny_corpus(resolve(cfg), env))
+    parts = []
+    for name in used:
+        roles = ", ".join(r for r, b in cfg.base_of().items() if b == name)
+        sub = base_config(cfg, name)
+        own = corpus if sub.model.name == "tiny" else None
+        parts.append(f"base {name} ({roles}):\n" + _plan_text(sub, own, prompt_tokens, gpus, gpu_memory_gb))
+    return "\n\n".join(parts)
+
+
+def _plan_text(
+    cfg: Config, corpus: list[str] | None, prompt_tokens: int, gpus: int | None, gpu_memory_gb: float | None
+) -> str:
+    """:func:`plan_text` of a team of one base."""
+    shape = model_shape(cfg, corpus)
     plans = plan(cfg, shape, prompt_tokens, gpu_memory_gb)
     head = f"prompt tokens: {prompt_tokens}; action tokens: up to {cfg.sampling.max_new_tokens}"
     text = head + "\n" + format_plan(plans, shape, gpu_memory_gb)

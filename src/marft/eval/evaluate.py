@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from marft.compose import bind_judges, build_backend, build_envs, build_team_model, resolve
+from marft.compose import bind_judges, build_envs, build_generators, build_team_model, resolve
 from marft.config import Config, ConfigError
 from marft.envs.base import summarize_metrics
 from marft.eval.judged import compare_with_untrained
@@ -138,8 +138,9 @@ class Evaluator:
         self.threads = self.governor.threads
         self.model = build_team_model(resolved, probe[0], with_critic=False)
         self.checkpoint = load_adapters(self.model, checkpoint) if checkpoint is not None else None
-        self.judge = bind_judges(resolved, self.envs, self.model)
-        self.backend = build_backend(resolved, self.model, probe[0])
+        self.judge = bind_judges(resolved, self.envs, self.model.members[0])
+        self.generators = build_generators(resolved, self.model, probe[0])
+        self.backend = self.generators.per_base[self.generators.bases[0]].backend
 
     @torch.no_grad()
     def run(self, swap_to_base: str | None = None, untrained: bool = False) -> EvalRun:
@@ -152,7 +153,7 @@ class Evaluator:
         collector = Collector(
             self.envs,
             self.graph,
-            self.model.tokenizer,
+            self.model.members[0].tokenizer,
             self.backend,
             self.cfg.env,
             self.cfg.sampling,
@@ -161,6 +162,7 @@ class Evaluator:
             group_size=K,
             transcripts_per_iter=n_envs,
             adapter_of=adapter_of,
+            generators=self.generators,
         )
         out = EvalRun([], [])
         desc = "marft eval" + (

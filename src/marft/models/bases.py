@@ -31,6 +31,7 @@ class TeamBases:
         models: as given.
         base_of: agent -> the name of its base.
         roles: every agent, in acting order.
+        adapter_of: agent -> the name of the adapter it runs.
         adapters: every adapter (one per agent: adapters are not shared across bases).
         value_head: None (a team of several bases has no critic yet).
     """
@@ -45,7 +46,8 @@ class TeamBases:
             raise ValueError(f"agents on no base: {missing}")
         self.roles = list(roles)
         self._adapter_base = {a: name for name, m in self.models.items() for a in m.adapters}
-        self.adapters = [m.adapter_name(r) for r in self.roles for m in [self.of(r)]]
+        self.adapter_of = {r: self.of(r).adapter_name(r) for r in self.roles}
+        self.adapters = list(dict.fromkeys(self.adapter_of.values()))
 
     def of(self, name: str) -> TeamModel:
         """The base model agent (or adapter) ``name`` runs on."""

@@ -4,8 +4,8 @@
 A :class:`LiveBatcher` holds the tasks in flight. Each :meth:`~LiveBatcher.step` admits the tasks
 that arrived since the last one, asks every task's team step which agents are ready (the team's
 :class:`~marft.team.schedule.Schedule`: the static graph's levels, or routing), and generates every
-ready (agent, task) pair in **one** mixed-adapter call, one adapter per row, exactly as the
-collector batches env copies. Tasks at different points of the graph share the call too, so a task
+ready (agent, task) pair in **one** mixed-adapter call per base, one adapter per row, exactly as
+the collector batches env copies. Tasks at different points of the graph share the call too, so a task
 that arrives while others run joins at the next generation call. Each finished action is handed to
 the task's ``on_message`` at once; a task whose step has no agent ready is done.
 
@@ -29,6 +29,7 @@ import torch
 
 from marft.envs.base import Observation
 from marft.rollout.backends import GenerationBackend
+from marft.rollout.generators import Generators
 from marft.rollout.prompting import PromptEncoder
 from marft.rollout.streams import random_keys
 from marft.team.graph import Agent, TeamGraph
@@ -138,8 +139,11 @@ class LiveBatcher:
         max_new_tokens: the action length of agents without their own ``max_new_tokens``.
         adapter_of: adapter name per role (``"__base__"``: that agent on the bare base model).
         max_tasks: tasks in flight at once; later ones wait in arrival order.
-        eos_ids: the tokens that end a turn (an action that ends without one at its limit is cut).
+        eos_ids: the tokens that end a turn (an action that ends without one at its limit is cut);
+            a team of several bases: per agent, its base's.
         seed: seeds the random routers' choices (token draws use fresh keys from torch's RNG).
+        generators: a team of several bases: each base's tokenizer and backend (then
+            ``tokenizer`` and ``backend`` are the first base's).
     """
 
     def __init__(
@@ -150,8 +154,9 @@ class LiveBatcher:
         max_new_tokens: int,
         adapter_of: dict[str, str] | None = None,
         max_tasks: int = 16,
-        eos_ids: tuple[int, ...] = (),
+        eos_ids: tuple[int, ...] | dict[str, tuple[int, ...]] = (),
         seed: int = 0,
+        generators: Generators | None = None,
     ) -> None:
         self.graph = graph
         self.tokenizer = tokenizer
@@ -159,9 +164,14 @@ class LiveBatcher:
         self.max_new_tokens = max_new_tokens
         self.adapter_of = adapter_of or {}
         self.max_tasks = max_tasks
-        self.eos_ids = set(eos_ids)
+        roles = graph.roles
+        self.eos_of = {r: set(eos_ids[r] if isinstance(eos_ids, dict) else eos_ids) for r in roles}
         self.schedule: Schedule = schedule_for(graph)
-        self.prompts = PromptEncoder(tokenizer, graph, backend.device)
+        self.generators = generators or Generators.single(tokenizer, backend, roles)
+        self.prompts = {
+            name: PromptEncoder(gen.tokenizer, graph, gen.backend.device)
+            for name, gen in self.generators.per_base.items()
+        }
         self._rng = random.Random(seed)
         self._ids = itertools.count()
         self._lock = threading.Lock()
@@ -258,22 +268,25 @@ class LiveBatcher:
         self._finish()
         rows = sorted(((a, t) for t in self.live for a in t.ready), key=lambda row: (row[0].index, row[1].id))
         if rows:
-            self._generate(rows)
+            for base, own in self.generators.split(rows):
+                self._generate(own, base)
             for task in {t.id: t for _, t in rows}.values():
                 task.ready = task.step.ready()
             self._finish()
         return self.pending > 0
 
-    def _generate(self, rows: list[tuple[Agent, LiveTask]]) -> None:
+    def _generate(self, rows: list[tuple[Agent, LiveTask]], base: str) -> None:
+        """One generation call on ``base`` over its rows."""
+        own = self.generators.per_base[base]
         convs = [build_messages(a, t.observation, t.step.seen(a), self.graph.message_format) for a, t in rows]
-        prompts = self.prompts.encode(convs)
+        prompts = self.prompts[base].encode(convs)
         adapters = [self.adapter_of.get(a.role, a.role) for a, _ in rows]
         limits = [self._limit(a, t) for a, t in rows]
-        device = self.backend.device
-        gen = self.backend.generate(
+        device = own.backend.device
+        gen = own.backend.generate(
             prompts, adapters, torch.tensor(limits, device=device), random_keys(len(rows)).to(device)
         )
-        texts = self.tokenizer.batch_decode(gen.response_ids, skip_special_tokens=True)
+        texts = own.tokenizer.batch_decode(gen.response_ids, skip_special_tokens=True)
         lengths = gen.response_mask.sum(1).tolist()
         self.calls += 1
         self.rows += len(rows)
@@ -283,7 +296,7 @@ class LiveBatcher:
         for i, (agent, task) in enumerate(rows):
             text = texts[i].strip()
             task.step.record(agent, text)
-            cut = lengths[i] >= limits[i] and ends[i] not in self.eos_ids
+            cut = lengths[i] >= limits[i] and ends[i] not in self.eos_of[agent.role]
             turn = task.step.actions[-1].turn
             message = AgentMessage(agent.role, text, int(lengths[i]), int(prompt_lengths[i]), turn, cut)
             task.messages.append(message)

@@ -8,13 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from marft.compose import build_backend, build_envs, build_team_model, load_config, resolve
+from marft.compose import build_envs, build_generators, build_team_model, load_config, resolve
 from marft.config import Config, ConfigError, preset_names
 from marft.envs.base import Env, Observation
 from marft.envs.capabilities import TaskEnv
+from marft.models.bases import TeamBases
 from marft.models.row_adapters import BASE
 from marft.models.team_model import TeamModel
 from marft.rollout.backends import GenerationBackend
+from marft.rollout.generators import Generators
 from marft.rollout.live import LiveBatcher
 from marft.runtime import ThreadGovernor
 from marft.team.graph import TeamGraph
@@ -30,8 +32,8 @@ class ServedTeam:
             config's for an untrained team.
         cfg: the run's config.
         graph: the team.
-        model: the shared base with every agent's adapter.
-        backend: the generation backend of ``sampling.backend``.
+        model: the shared base with every agent's adapter (several bases: each with its agents').
+        generators: each base's tokenizer and generation backend.
         env: one env copy, which renders tasks (:class:`~marft.envs.capabilities.TaskEnv`).
         renders_tasks: whether the env renders tasks itself (else the text is the observation).
         checkpoint: the checkpoint the adapters came from (None: the untrained team).
@@ -40,8 +42,8 @@ class ServedTeam:
     name: str
     cfg: Config
     graph: TeamGraph
-    model: TeamModel
-    backend: GenerationBackend
+    model: TeamModel | TeamBases
+    generators: Generators
     env: Env
     renders_tasks: bool
     checkpoint: Path | None
@@ -52,18 +54,24 @@ class ServedTeam:
             return cast(TaskEnv, self.env).task_observation(task)
         return Observation(text=task)
 
+    @property
+    def backend(self) -> GenerationBackend:
+        """The first base's generation backend (the only one of a team of one base)."""
+        return self.generators.per_base[self.generators.bases[0]].backend
+
     def batcher(self, max_tasks: int = 16, seed: int | None = None) -> LiveBatcher:
         """A :class:`LiveBatcher` over this team (``max_tasks`` in flight at once)."""
         adapter_of = dict.fromkeys(self.graph.roles, BASE) if self.checkpoint is None else None
         return LiveBatcher(
             self.graph,
-            self.model.tokenizer,
+            self.model.members[0].tokenizer,
             self.backend,
             self.cfg.sampling.max_new_tokens,
             adapter_of=adapter_of,
             max_tasks=max_tasks,
-            eos_ids=tuple(self.model.eos_ids),
+            eos_ids={r: tuple(self.model.of(r).eos_ids) for r in self.graph.roles},
             seed=self.cfg.run.seed if seed is None else seed,
+            generators=self.generators,
         )
 
 
@@ -106,13 +114,12 @@ def load_team(source: str | Path, base: bool = False, overrides: list[str] | Non
     model = build_team_model(resolved, envs[0], with_critic=False)
     if checkpoint is not None:
         load_adapter_weights(model, checkpoint)
-    backend = build_backend(resolved, model, envs[0])
     return ServedTeam(
         name=name,
         cfg=cfg,
         graph=resolved.graph,
         model=model,
-        backend=backend,
+        generators=build_generators(resolved, model, envs[0]),
         env=envs[0],
         renders_tasks=resolved.env.tasks,
         checkpoint=checkpoint,
