@@ -223,3 +223,23 @@ def test_eval_report_and_plan_of_a_two_base_math_team(tmp_path):
     assert summary["n_problems"] == 8 and set(summary["ablation"]) == {"reasoner", "actor"}
     text = plan_text(cfg)
     assert "base small (reasoner)" in text and "base large (actor)" in text
+
+
+def test_a_routing_team_on_two_bases(tmp_path):
+    """The router on one base, the experts on another: each turn's rows are one call per base,
+    routes are taken and learned from as with one base."""
+    data = to_dict(load_config("routing", ["algorithm.name=grpo", "run.progress=false", "run.loggers=[]"]))
+    data["run"]["report"] = False
+    data["models"] = {"small": {"name": "tiny", "tiny": SMALL}, "large": {"name": "tiny", "tiny": LARGE}}
+    data["model"] = to_dict(from_dict(Config, {**data, "models": data["models"]}).model)
+    for agent in data["team"]["agents"]:
+        agent["base"] = "small" if agent["role"] == "router" else "large"
+    from marft.config import apply_override
+
+    for ov in ["env.n_envs=16", "run.iterations=2"]:
+        apply_override(data, ov)
+    cfg = from_dict(Config, data)
+    result = train(cfg, tmp_path / "run")
+    last = result.rows[-1]
+    assert sum(v for k, v in last.items() if k.startswith("route_share/")) == pytest.approx(1.0)
+    assert last["actions_per_step"] == 2.0  # the router, then one expert
