@@ -112,11 +112,25 @@ def reuse(path: Path, spec: dict[str, Any]) -> dict[str, Any] | None:
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    if data.get("spec") != json.loads(json.dumps(spec)):
+    if not _same_spec(data.get("spec"), json.loads(json.dumps(spec))):
         raise SystemExit(
             f"{path} was made with other settings; delete it (or its folder) or give another --out"
         )
     return data
+
+
+def _same_spec(old: Any, new: Any) -> bool:
+    """Whether a cached row's spec is ``new``'s: equal, but for config keys added since the cache
+    was made whose value is empty (``models: {}``, an agent's ``base: null``): those runs had the
+    keys' default behaviour."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        added = set(new) - set(old)
+        if set(old) - set(new) or any(new[k] not in (None, {}, []) for k in added):
+            return False
+        return all(_same_spec(old[k], new[k]) for k in old)
+    if isinstance(old, list) and isinstance(new, list):
+        return len(old) == len(new) and all(_same_spec(a, b) for a, b in zip(old, new, strict=True))
+    return old == new
 
 
 def train_row(cfg: Config, run_dir: Path) -> dict[str, Any]:
