@@ -8,7 +8,9 @@ one seed or more:
   groups, ...), each stopped at row 5's budget of generated training tokens;
 * row 5 again with each agent in turn swapped back to the base model (its adapter off): does the
   team score higher without an agent's training?
-* row 3: the team untrained.
+* row 3: the team untrained;
+* with ``--single-prompt``, row 2: the graded agent alone with that role prompt, trained at row
+  5's budget.
 
 Every row is evaluated greedily on the first ``--limit`` held-out problems (``--heldout``
 overrides) and compared with row 5 problem by problem (exact two-sided sign test). The folder
@@ -36,7 +38,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from marft.compose import load_config  # noqa: E402
 from marft.config import Config  # noqa: E402
-from team_vs_single import eval_row, paired, parse_variants, slug, train_row, wilson, with_overrides  # noqa: E402
+from team_vs_single import (  # noqa: E402
+    eval_row,
+    paired,
+    parse_variants,
+    single_config,
+    slug,
+    train_row,
+    wilson,
+    with_overrides,
+)
 
 
 def run_seed(args: argparse.Namespace, team: Config, seed: int) -> dict[str, dict[str, Any]]:
@@ -55,6 +66,14 @@ def run_seed(args: argparse.Namespace, team: Config, seed: int) -> dict[str, dic
         f"run.iterations={args.team_iterations * 50}",
         f"run.token_budget={r5['generated_tokens']}",
     ]
+    if args.single_prompt is not None:  # row 2: the graded agent alone, at the same budget
+        single = single_config(team, None, args.single_prompt)
+        run = train_row(with_overrides(single, budget), root / "single-rl")
+        held_single = with_overrides(single, held)
+        rows["one agent"] = {
+            **run,
+            **eval_row(held_single, run["checkpoint"], root / "eval-2.json", args.limit, 1, True),
+        }
     for i, (label, overrides) in enumerate(parse_variants(args.variant)):
         run = train_row(with_overrides(team, [*budget, *overrides]), root / f"team-{slug(label)}")
         cfg = with_overrides(team, [*overrides, *held])
@@ -121,6 +140,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--limit", type=int, default=200, help="held-out problems evaluated")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--variant", action="append", default=[], metavar="'LABEL: KEY=VALUE; ...'")
+    p.add_argument(
+        "--single-prompt",
+        default=None,
+        help="also train the graded agent alone at row 5's budget (row 2), with this role prompt",
+    )
     p.add_argument("--checkpoint-every", type=int, default=4)
     p.add_argument("--out", type=Path, default=Path("runs/credit-study"))
     args = p.parse_args(argv)
