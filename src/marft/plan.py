@@ -348,23 +348,40 @@ def plan_text(
         prompt_tokens = measure_prompt_tokens(cfg, env)
     used = list(dict.fromkeys(cfg.base_of().values()))
     if len(used) == 1:
-        return _plan_text(cfg, tiny_corpus_of(cfg, env), prompt_tokens, gpus, gpu_memory_gb)
+        return _plan_text(cfg, tiny_corpus_of(cfg, env), prompt_tokens, gpus, gpu_memory_gb)[0]
     from marft.compose import resolve, tiny_corpus
 
     corpus = list(tiny_corpus(resolve(cfg), env))
     parts = []
+    learners = []
     for name in used:
         roles = ", ".join(r for r, b in cfg.base_of().items() if b == name)
         sub = base_config(cfg, name)
         own = corpus if sub.model.name == "tiny" else None
-        parts.append(f"base {name} ({roles}):\n" + _plan_text(sub, own, prompt_tokens, gpus, gpu_memory_gb))
+        text, plans = _plan_text(sub, own, prompt_tokens, gpus, gpu_memory_gb)
+        parts.append(f"base {name} ({roles}):\n" + text)
+        learners.append(plans[0])
+    together = team_learner(learners)
+    fits = ""
+    if gpu_memory_gb:
+        fits = "  fits" if together <= gpu_memory_gb * GIB else f"  does NOT fit in {gpu_memory_gb:g} GiB"
+    parts.append(
+        f"every base in one learner process (their phases run one base at a time): {_size(together)}{fits}"
+    )
     return "\n\n".join(parts)
+
+
+def team_learner(learners: list[DevicePlan]) -> float:
+    """Bytes of one learner that holds several bases: what each always holds, plus the largest
+    phase of any (generation, scoring and the update run one base at a time)."""
+    held = sum(sum(p.items.values()) for p in learners)
+    return held + max((max(p.phases.values(), default=0.0) for p in learners), default=0.0)
 
 
 def _plan_text(
     cfg: Config, corpus: list[str] | None, prompt_tokens: int, gpus: int | None, gpu_memory_gb: float | None
-) -> str:
-    """:func:`plan_text` of a team of one base."""
+) -> tuple[str, list[DevicePlan]]:
+    """:func:`plan_text` of a team of one base, and its plans (the learner's first)."""
     shape = model_shape(cfg, corpus)
     plans = plan(cfg, shape, prompt_tokens, gpu_memory_gb)
     head = f"prompt tokens: {prompt_tokens}; action tokens: up to {cfg.sampling.max_new_tokens}"
@@ -378,4 +395,4 @@ def _plan_text(
                     "  fits" if total <= gpu_memory_gb * GIB else f"  does NOT fit in {gpu_memory_gb:g} GiB"
                 )
             text += f"\n  GPU {i}: {_size(total)}{fits}"
-    return text
+    return text, plans

@@ -223,6 +223,7 @@ def test_eval_report_and_plan_of_a_two_base_math_team(tmp_path):
     assert summary["n_problems"] == 8 and set(summary["ablation"]) == {"reasoner", "actor"}
     text = plan_text(cfg)
     assert "base small (reasoner)" in text and "base large (actor)" in text
+    assert "every base in one learner process" in text
 
 
 def test_a_routing_team_on_two_bases(tmp_path):
