@@ -63,3 +63,11 @@ def test_a_shared_adapter_is_planned_once():
     key = "adapters + optimizer"
     assert shared.items[key] * 2 == per_role.items[key]  # the demo's two agents, one adapter
     assert ref.items["base copies"] == learner_and_reference()[1].items["base copies"]
+
+
+def test_a_learner_of_several_bases_holds_every_base_and_the_largest_phase():
+    from marft.plan import DevicePlan, team_learner
+
+    small = DevicePlan("learner", items={"base": 1.0, "adapters": 2.0}, phases={"kv": 3.0, "update": 5.0})
+    large = DevicePlan("learner", items={"base": 4.0}, phases={"kv": 10.0, "update": 6.0})
+    assert team_learner([small, large]) == 1.0 + 2.0 + 4.0 + 10.0
