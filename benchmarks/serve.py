@@ -29,7 +29,9 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -74,39 +76,50 @@ def bad_requests(model: str, max_chars: int, max_body: int) -> list[tuple[bytes,
     ]
 
 
-def load(url: str, model: str, tasks: list[str], clients: int) -> dict:
-    """``clients`` threads share ``tasks``; per request: latency and generated tokens."""
-    feed = iter(tasks)
+def drain(jobs: list, clients: int, send: Callable[[httpx.Client, Any], None]) -> None:
+    """``clients`` threads, each with its own HTTP client, take ``jobs`` in order until none is
+    left and ``send`` each one."""
+    feed = iter(jobs)
     lock = threading.Lock()
-    latencies: list[float] = []
-    tokens: list[int] = []
-    errors: list[str] = []
 
     def client() -> None:
         with httpx.Client(timeout=600) as http:
             while True:
                 with lock:
-                    task = next(feed, None)
-                if task is None:
+                    job = next(feed, None)
+                if job is None:
                     return
-                body = {"model": model, "messages": [{"role": "user", "content": task}]}
-                t0 = time.perf_counter()
-                r = http.post(url + "/v1/chat/completions", json=body)
-                dt = time.perf_counter() - t0
-                with lock:
-                    if r.status_code != 200:
-                        errors.append(r.text[:200])
-                        continue
-                    latencies.append(dt)
-                    tokens.append(r.json()["usage"]["completion_tokens"])
+                send(http, job)
 
-    before = httpx.get(url + "/health").json()
-    t0 = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+
+
+def load(url: str, model: str, tasks: list[str], clients: int) -> dict:
+    """``clients`` threads share ``tasks``; per request: latency and generated tokens."""
+    lock = threading.Lock()
+    latencies: list[float] = []
+    tokens: list[int] = []
+    errors: list[str] = []
+
+    def send(http: httpx.Client, task: str) -> None:
+        body = {"model": model, "messages": [{"role": "user", "content": task}]}
+        t0 = time.perf_counter()
+        r = http.post(url + "/v1/chat/completions", json=body)
+        dt = time.perf_counter() - t0
+        with lock:
+            if r.status_code != 200:
+                errors.append(r.text[:200])
+                return
+            latencies.append(dt)
+            tokens.append(r.json()["usage"]["completion_tokens"])
+
+    before = httpx.get(url + "/health").json()
+    t0 = time.perf_counter()
+    drain(tasks, clients, send)
     wall = time.perf_counter() - t0
     after = httpx.get(url + "/health").json()
     calls = after["calls"] - before["calls"]
@@ -131,39 +144,29 @@ def malformed_round(
     threads."""
     jobs = [("bad", b) for b, _ in itertools.islice(itertools.cycle(bad), n)] + [("good", None)] * good
     random.Random(1).shuffle(jobs)
-    feed = iter(jobs)
     lock = threading.Lock()
     result = {"bad_4xx": 0, "bad_other": [], "good_ok": 0, "good_other": []}
+    body = {"model": model, "messages": [{"role": "user", "content": good_task}]}
 
-    def client() -> None:
-        with httpx.Client(timeout=600) as http:
-            while True:
-                with lock:
-                    job = next(feed, None)
-                if job is None:
-                    return
-                kind, raw = job
-                if kind == "bad":
-                    r = http.post(url + "/v1/chat/completions", content=raw)
-                    with lock:
-                        if 400 <= r.status_code < 500 and "error" in r.json():
-                            result["bad_4xx"] += 1
-                        else:
-                            result["bad_other"].append(r.status_code)
+    def send(http: httpx.Client, job: tuple[str, bytes | None]) -> None:
+        kind, raw = job
+        if kind == "bad":
+            r = http.post(url + "/v1/chat/completions", content=raw)
+            refused = 400 <= r.status_code < 500 and "error" in r.json()
+            with lock:
+                if refused:
+                    result["bad_4xx"] += 1
                 else:
-                    body = {"model": model, "messages": [{"role": "user", "content": good_task}]}
-                    r = http.post(url + "/v1/chat/completions", json=body)
-                    with lock:
-                        if r.status_code == 200:
-                            result["good_ok"] += 1
-                        else:
-                            result["good_other"].append(r.status_code)
+                    result["bad_other"].append(r.status_code)
+            return
+        r = http.post(url + "/v1/chat/completions", json=body)
+        with lock:
+            if r.status_code == 200:
+                result["good_ok"] += 1
+            else:
+                result["good_other"].append(r.status_code)
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    drain(jobs, clients, send)
     return result
 
 

@@ -134,13 +134,13 @@ class Scorer:
             out.append(_Turn(first=not out, members=members))
         return out
 
-    def _model_of(self, traj: Trajectory, members: list[tuple[int, Tensor]]) -> TeamModel:
+    def _model_of(self, members: list[tuple[int, Tensor]]) -> TeamModel:
         """The base a turn's agents ran on (a generation call is on one base)."""
         return self.model.of(self.model.roles[members[0][0]])
 
     def _batch(self, traj: Trajectory, members: list[tuple[int, Tensor]]) -> SequenceBatch:
         """The rows of one turn as they were generated: agents in acting order, padded together."""
-        pad = self._model_of(traj, members).tokenizer.pad_token_id
+        pad = self._model_of(members).tokenizer.pad_token_id
         parts = [rows_of(sequences(traj.agents[n]), rows) for n, rows in members]
         P = max(p.prompt_ids.shape[1] for p in parts)
         L = max(p.response_ids.shape[1] for p in parts)
@@ -175,7 +175,7 @@ class Scorer:
         ref = [torch.zeros_like(a.logprobs) for a in traj.agents] if needs.ref_logprobs else None
         for turn in self._turns(traj):
             batch = self._batch(traj, turn.members)
-            f, r = self._reuse_or_score(batch, turn, self._model_of(traj, turn.members))
+            f, r = self._reuse_or_score(batch, turn, self._model_of(turn.members))
             start = 0
             for n, rows in turn.members:
                 sl = slice(start, start + len(rows))

@@ -98,16 +98,8 @@ class TeamBases:
                 raise ValueError(f"no adapter {name!r} in this team (adapters: {', '.join(self.adapters)})")
             self.of(name).set_adapter_weights({name: tensors})
 
-    def adapter_config(self, role: str) -> dict:
-        return self.of(role).adapter_config(role)
-
     @contextmanager
     def adapter(self, role: str) -> Iterator[None]:
         """Run agent (or adapter) ``role``'s base as that agent."""
         with self.of(role).adapter(role):
             yield
-
-    def eval(self) -> None:
-        """Every base's policy in eval mode."""
-        for m in self.members:
-            m.policy.eval()
