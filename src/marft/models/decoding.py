@@ -15,6 +15,18 @@ path replaces both for the length of one ``generate``:
 * :func:`growing_cache`: a KV cache whose layers are preallocated for the prompt and every new
   token, written in place; attention reads a view of the filled part, so it attends to exactly
   what the concatenating cache holds.
+* :func:`threaded_linears` (CPU, float32): a projection applied to a few rows at a time (every
+  decode step) runs as one batched matmul over slices of its output features, one slice per
+  thread. MKL computes a float32 matmul of a handful of rows on one thread, reading the weights
+  at about a quarter of the machine's bandwidth; the sliced ``bmm`` is spread over the threads
+  and gives each output element the same dot product (the same kernel over the same inputs):
+  the result is bit for bit the plain one. bfloat16 matmuls already use every thread (oneDNN),
+  and CUDA needs none of this, so both are left as they are.
+* :func:`float32_decode_attention` (CPU, bfloat16 or float16 bases): torch's CPU attention
+  kernel in half precision is several times slower than in float32 for one query token against a
+  long cache (466 against 54 microseconds for SmolLM2's shape, 4 rows, 314 keys), so a decode
+  step's attention runs in float32 on the half-precision queries, keys and values and is rounded
+  back (as accurate as the half-precision kernel, which accumulates in float32 too).
 
 The arithmetic is the eager path's: the same matmuls in the same order for one adapter (the
 same sampled tokens, bit for bit), and for a mixed batch the concatenated rank instead of one
@@ -26,10 +38,16 @@ the log-prob difference). LoRA variants (DoRA, ...), LoRA with a bias, a model i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 
-from torch import Tensor
-from transformers import DynamicCache
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AttentionInterface, DynamicCache, PreTrainedConfig
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.cache_utils import DynamicLayer
 
 
@@ -88,3 +106,130 @@ def growing_cache(capacity: int) -> DynamicCache:
     cache = DynamicCache()
     cache.layer_class_to_replicate = partial(_GrowingLayer, capacity)
     return cache
+
+
+SPLIT_MAX_ROWS = 64
+"""Inputs of at most this many rows (tokens) take the sliced matmul; a prefill of many rows is
+already spread over the threads by MKL."""
+
+SPLIT_MIN_WEIGHT = 1 << 18
+"""Weights of fewer elements (1 MiB of float32) stay plain: their matmul is too short to share."""
+
+
+def _split_linear(module: nn.Linear, weight: Tensor, x: Tensor) -> Tensor:
+    """``module(x)`` with the matmul of a few rows spread over threads.
+
+    Args:
+        module: the projection (its bias is used as it is).
+        weight: ``[T, in, out / T]``, the module's weight viewed as ``T`` slices of its output
+            features (no copy).
+        x: ``[..., in]`` inputs.
+
+    Returns:
+        ``[..., out]``, equal to ``F.linear(x, module.weight, module.bias)``.
+    """
+    features = x.shape[-1]
+    # A strided input (the prompt's last position) keeps the plain matmul: MKL computes it with
+    # another kernel than a contiguous one, so slicing it would change its last bits.
+    if x.numel() > SPLIT_MAX_ROWS * features or not x.is_contiguous():
+        return F.linear(x, module.weight, module.bias)
+    rows = x.view(-1, features)
+    threads = weight.shape[0]
+    batch = rows.expand(threads, *rows.shape)
+    if module.bias is None:
+        sliced = torch.bmm(batch, weight)  # [T, M, out / T]
+    else:  # the bias added inside the matmul, as F.linear adds it
+        sliced = torch.baddbmm(module.bias.view(threads, 1, -1), batch, weight)
+    return sliced.transpose(0, 1).reshape(*x.shape[:-1], -1)
+
+
+def _splittable(module: nn.Module, threads: int) -> bool:
+    """Whether ``module`` is a CPU float32 projection big enough to slice into ``threads`` parts."""
+    if type(module) is not nn.Linear:
+        return False
+    weight = module.weight
+    return (
+        weight.device.type == "cpu"
+        and weight.dtype == torch.float32
+        and weight.numel() >= SPLIT_MIN_WEIGHT
+        and weight.shape[0] % threads == 0
+    )
+
+
+@contextmanager
+def threaded_linears(model: nn.Module, threads: int | None = None) -> Iterator[int]:
+    """Within the block, every large CPU float32 ``nn.Linear`` of ``model`` computes inputs of a
+    few rows as one ``bmm`` over ``threads`` slices of its output features (default: torch's
+    intra-op threads). Inference only: the slices are views of the weights taken on entry, so the
+    weights must not change inside the block. Yields how many projections were sliced (0 with one
+    thread, on CUDA or in bfloat16)."""
+    threads = torch.get_num_threads() if threads is None else threads
+    patched: list[nn.Module] = []
+    try:
+        if threads > 1:
+            for module in model.modules():
+                if _splittable(module, threads):
+                    out, features = module.weight.shape
+                    sliced = module.weight.view(threads, out // threads, features).transpose(1, 2)
+                    module.forward = partial(_split_linear, module, sliced)
+                    patched.append(module)
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward  # the class's forward again
+
+
+DECODE_ATTENTION = "marft_decode_sdpa"
+"""The attention implementation of :func:`float32_decode_attention` (transformers' ``sdpa`` for
+everything but a half-precision decode step on CPU); its masks are ``sdpa``'s."""
+
+
+def _decode_attention(
+    module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None, **kwargs
+) -> tuple[Tensor, None]:
+    """transformers' ``sdpa`` attention, in float32 for one half-precision CPU query token.
+
+    Args:
+        module: the attention layer.
+        query: ``[B, H, Q, D]``.
+        key, value: ``[B, H_kv, L, D]``.
+        attention_mask: ``sdpa``'s mask (boolean, or additive in the queries' dtype), or None.
+
+    Returns:
+        ``([B, Q, H, D] in the queries' dtype, None)``, as ``sdpa_attention_forward``.
+    """
+    dtype = query.dtype
+    if query.shape[2] != 1 or query.device.type != "cpu" or dtype == torch.float32:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if attention_mask is not None and attention_mask.is_floating_point():
+        attention_mask = attention_mask.float()
+    out, weights = sdpa_attention_forward(
+        module, query.float(), key.float(), value.float(), attention_mask, **kwargs
+    )
+    return out.to(dtype), weights
+
+
+AttentionInterface.register(DECODE_ATTENTION, _decode_attention)
+AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
+
+
+@contextmanager
+def float32_decode_attention(model: nn.Module) -> Iterator[int]:
+    """Within the block, every layer of ``model`` that attends with transformers' ``sdpa`` computes
+    a half-precision decode step on CPU in float32 (:func:`_decode_attention`). The model's
+    configs name the implementation, so only this model is affected. Yields how many configs were
+    switched (0 for a float32 model, one on CUDA, or one with another attention)."""
+    switched: list[PreTrainedConfig] = []
+    weight = next(model.parameters())
+    try:
+        if weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16):
+            for module in model.modules():
+                config = getattr(module, "config", None)  # transformers' layers keep their config
+                if isinstance(config, PreTrainedConfig) and config._attn_implementation == "sdpa":
+                    if all(config is not seen for seen in switched):
+                        config._attn_implementation = DECODE_ATTENTION
+                        switched.append(config)
+        yield len(switched)
+    finally:
+        for config in switched:
+            config._attn_implementation = "sdpa"

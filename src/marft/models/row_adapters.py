@@ -133,8 +133,7 @@ def _lora_forward(module: LoraLinear, lora: _GatheredLora, x: Tensor, *args, **k
     Returns:
         ``[S, T, out]`` in the base's dtype.
     """
-    base = module.base_layer
-    result = F.linear(x, base.weight, base.bias)
+    result = module.base_layer(x)  # a plain linear (or a sliced one: decoding.threaded_linears)
     if lora.a is None:
         return result
     h = x.to(lora.a.dtype)

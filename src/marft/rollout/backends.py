@@ -33,7 +33,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from marft.config import Config
-from marft.models.decoding import growing_cache
+from marft.models.decoding import float32_decode_attention, growing_cache, threaded_linears
 from marft.models.logprobs import SamplingParams, entropy_of, warp_logits
 from marft.models.row_adapters import BASE, gathered_lora, gathered_lora_unsupported
 from marft.models.sequences import position_ids_from_mask
@@ -224,7 +224,11 @@ class HFBackend:
         with nullcontext() if mixed else model.adapter(single):
             if self.fast and not model.policy.training:
                 cache = growing_cache(prompts.ids.shape[1] + int(limits.max()))
-                with gathered_lora(model.policy, roles, device):
+                with (
+                    gathered_lora(model.policy, roles, device),
+                    threaded_linears(model.policy),
+                    float32_decode_attention(model.policy),
+                ):
                     return self._decode(prompts, None, limits, keys, cache)
             return self._decode(prompts, roles if mixed else None, limits, keys, DynamicCache())
 
