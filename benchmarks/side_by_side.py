@@ -115,9 +115,10 @@ def main() -> None:
     for case in args.cases:
         r = runs[case.name]
         cells = [f"{key} {r.median(key):.2f} ({first.median(key) / r.median(key):.2f}x)" for key in PHASES]
-        tokens = [int(row.get("tokens", 0)) for row in r.iterations]
+        tokens = [int(row["tokens"]) for row in r.iterations if "tokens" in row]
+        shown = tokens if len(tokens) <= 12 else f"{min(tokens)}-{max(tokens)}, {sum(tokens)} in all"
         walls = [round(w, 1) for w in r.wall_s]
-        print(f"{case.name}: wall {walls}; median {'; '.join(cells)}; tokens per iteration {tokens}")
+        print(f"{case.name}: wall {walls}; median {'; '.join(cells)}; tokens per iteration {shown}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {"command": command, "cases": {c.name: {**asdict(c), "path": str(c.path)} for c in args.cases}}
     record["runs"] = {name: asdict(r) for name, r in runs.items()}

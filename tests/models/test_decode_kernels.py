@@ -127,9 +127,12 @@ def test_a_bfloat16_team_decodes_with_float32_attention_and_restores_its_config(
     config = model.policy.base_model.model.config
     calls = []
     original = decoding.sdpa_attention_forward
-    monkeypatch.setattr(
-        decoding, "sdpa_attention_forward", lambda m, q, *a, **k: calls.append(q.dtype) or original(m, q, *a, **k)
-    )
+
+    def spy(module, query, *args, **kwargs):
+        calls.append(query.dtype)
+        return original(module, query, *args, **kwargs)
+
+    monkeypatch.setattr(decoding, "sdpa_attention_forward", spy)
     with float32_decode_attention(model.policy) as switched:
         assert switched == 1 and config._attn_implementation == DECODE_ATTENTION
     assert config._attn_implementation == "sdpa"

@@ -46,9 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AttentionInterface, DynamicCache, PreTrainedConfig
+from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-from transformers.cache_utils import DynamicLayer
 
 
 class _GrowingLayer(DynamicLayer):
@@ -225,10 +225,10 @@ def float32_decode_attention(model: nn.Module) -> Iterator[int]:
         if weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16):
             for module in model.modules():
                 config = getattr(module, "config", None)  # transformers' layers keep their config
+                # A config shared by many layers is switched once: it no longer reads "sdpa".
                 if isinstance(config, PreTrainedConfig) and config._attn_implementation == "sdpa":
-                    if all(config is not seen for seen in switched):
-                        config._attn_implementation = DECODE_ATTENTION
-                        switched.append(config)
+                    config._attn_implementation = DECODE_ATTENTION
+                    switched.append(config)
         yield len(switched)
     finally:
         for config in switched:
