@@ -131,13 +131,8 @@ def test_a_team_of_two_bases_learns_the_demo(tmp_path, seed):
 def test_a_team_of_two_bases_resumes_exactly(tmp_path):
     whole = train(mixed("env.n_envs=16", "run.iterations=4", "run.checkpoint_every=2"), tmp_path / "whole")
     train(mixed("env.n_envs=16", "run.iterations=2", "run.checkpoint_every=2"), tmp_path / "parts")
-    trainer = Trainer(
-        load_config(str(tmp_path / "parts" / "config.yaml"), ["run.iterations=4"]),
-        tmp_path / "parts",
-        resume=True,
-    )
-    trainer.setup()
-    resumed = trainer.train()
+    saved = load_config(str(tmp_path / "parts" / "config.yaml"), ["run.iterations=4"])
+    resumed = train(saved, tmp_path / "parts", resume=True)
     assert [reproducible(r) for r in resumed.rows] == [reproducible(r) for r in whole.rows]
     again = load_team(tmp_path / "parts")
     first = load_team(tmp_path / "whole")
