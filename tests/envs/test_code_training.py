@@ -13,6 +13,7 @@ import pytest
 from marft.compose import capabilities_of, load_config
 from marft.envs.base import Observation, StepResult
 from marft.envs.code.env import CodeEnv
+from marft.envs.code.isolation import probe
 from marft.envs.copies import step_all
 from marft.eval.evaluate import evaluate
 from marft.trainer import train
@@ -139,7 +140,13 @@ def test_attacks_are_contained_while_training_goes_on(tmp_path, monkeypatch):
     assert len(result.rows) == 1 and (tmp_path / "run").is_dir()
     row = result.rows[0]
     assert row["sandbox_runs"] == 8 * 2  # 8 copies, two attempts each (none solves its task)
-    assert row["sandbox_timeout"] >= 2 * 2 and row["sandbox_oom"] >= 2 and row["sandbox_killed"] >= 2 * 2
+    contained = row["sandbox_timeout"] + row["sandbox_oom"] + row["sandbox_killed"]
+    if probe().isolation == "none":
+        # Without a user namespace the process limit is the sandbox user's, shared: while the fork
+        # bomb runs, a neighbour may be unable to start its program (killed, not timed out).
+        assert contained >= 2 * 2 + 2 + 2 * 2
+    else:
+        assert row["sandbox_timeout"] >= 2 * 2 and row["sandbox_oom"] >= 2 and row["sandbox_killed"] >= 2 * 2
     assert (ROOT / "pyproject.toml").is_file() and (ROOT / "src" / "marft" / "envs").is_dir()
     transcripts = "\n".join(p.read_text() for p in (tmp_path / "run").rglob("*.jsonl"))
     assert "hunter2" not in transcripts

@@ -299,3 +299,18 @@ def test_a_child_left_behind_neither_delays_the_verdict_nor_outlives_the_run(iso
     assert r.status is Status.PASSED  # held until the wall clock, it would be a time-out
     time.sleep(2.0)
     assert not marker.exists()  # the child was killed with the run
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root parent runs sandboxes as another user")
+def test_without_namespaces_fork_bombs_leave_no_zombies_to_use_up_the_process_limit():
+    """Without a pid namespace a bomb's processes are re-parented when it is killed; a pid 1 that
+    never reaps them (as in many containers) would leave zombies of the sandbox user that count
+    against its process limit, and after two bombs no program could start (CI saw this)."""
+    box = Sandbox(LIMITS, isolation="none", workers=2)
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    for _ in range(2):  # one after the other: at once, one bomb starves the other (same user)
+        assert box.run(Job(bomb, ("pass",))).status is Status.TIMEOUT
+    for _ in range(3):
+        r = box.run(Job(ADD, ("assert add(1, 2) == 3",)))
+        assert r.status is Status.PASSED, r.detail
+    assert _no_leftovers()

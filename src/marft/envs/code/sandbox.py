@@ -34,6 +34,7 @@ import logging
 import os
 import queue
 import socket
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from marft.envs.code.checks import check_plan, left_of_equality
 from marft.envs.code.inside import BOOTSTRAP, compiled
 from marft.envs.code.isolation import Setup, probe, spawn, warn_if_weak, work_dir, wrapper
 from marft.envs.code.limits import Limits
+from marft.envs.code.orphans import orphans_of
 from marft.envs.code.verdict import Ending, ExecResult, Status, verdict
 from marft.envs.code.watch import Watch, frames
 
@@ -104,6 +106,11 @@ class Sandbox:
         self.setup: Setup = probe(isolation, python)
         warn_if_weak(self.setup)
         self.workers = workers or len(os.sched_getaffinity(0))
+        # What a killed sandbox leaves (without a pid namespace, the program's children; under
+        # bubblewrap, its namespace init) is re-parented; a container's pid 1 may never reap it, and
+        # the zombies would use up the sandbox user's process limit (marft.envs.code.orphans).
+        uid = self.setup.uid
+        self._orphans = orphans_of(uid) if uid is not None and uid != os.getuid() else None
         self._slots: queue.Queue[int] = queue.Queue()
         for slot in range(self.workers):
             self._slots.put(slot)
@@ -138,6 +145,15 @@ class Sandbox:
             str(fd),
         ]
 
+    def _spawn(self, fd: int, cwd: str) -> subprocess.Popen:
+        if self._orphans is None:
+            return spawn(self._command(fd), self.setup.uid, (fd,), cwd)
+        self._orphans.sweep()
+        with self._orphans.starting():
+            proc = spawn(self._command(fd), self.setup.uid, (fd,), cwd)
+            self._orphans.started(proc.pid)
+        return proc
+
     def _run(self, job: Job) -> ExecResult:
         lim = self.limits
         # + the checker, the program's process and the namespace's first process (bwrap's init,
@@ -168,12 +184,16 @@ class Sandbox:
         t0 = time.perf_counter()
         with work_dir(self.setup.uid) as tmp, ours:
             try:
-                proc = spawn(self._command(theirs.fileno()), self.setup.uid, (theirs.fileno(),), tmp)
+                proc = self._spawn(theirs.fileno(), tmp)
             finally:
                 theirs.close()
             payload = compiled(self.setup.python) + frames(first, second)
             run = Watch(proc, ours, payload, lim.output_bytes, lim.kept_chars * 4)
-            run.wait(t0 + lim.wall_seconds)
+            try:
+                run.wait(t0 + lim.wall_seconds)
+            finally:
+                if self._orphans is not None:
+                    self._orphans.finished(proc.pid)
         end = Ending(
             reports=run.reports(),
             returncode=proc.returncode,
