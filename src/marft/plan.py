@@ -330,11 +330,16 @@ def tiny_corpus_of(cfg: Config, env) -> list[str] | None:
 def base_config(cfg: Config, name: str) -> Config:
     """The part of a team of several bases that sits on base ``name``: that base as ``model`` and
     its agents, each seeing only the env (so all of them count as one turn: an upper bound). Not
-    a runnable config (the env may name agents of other bases): it is only planned."""
+    a runnable config (the env may name agents of other bases): it is only planned. The critic's
+    value head is counted on the critic's base only."""
     mine = [a for a in cfg.team.agents if cfg.base_of()[a.role] == name]
     agents = [dataclasses.replace(a, base=None, observes=[]) for a in mine]
     team = dataclasses.replace(cfg.team, agents=agents, routing=None)
-    return dataclasses.replace(cfg, model=cfg.bases()[name], models={}, team=team)
+    algorithm = dataclasses.replace(cfg.algorithm, critic_base=None)
+    if name != cfg.critic_base() and resolve_algorithm(algorithm).critic:
+        # the value head sits on the critic's base only; planned here as a critic-free algorithm
+        algorithm = dataclasses.replace(algorithm, name="grpo")
+    return dataclasses.replace(cfg, model=cfg.bases()[name], models={}, team=team, algorithm=algorithm)
 
 
 def plan_text(

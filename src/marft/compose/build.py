@@ -126,13 +126,13 @@ def build_team_model(resolved: Resolved, env: Env, with_critic: bool) -> TeamMod
             value_head_width=cfg.algorithm.value_head_hidden,
             dtype=dtype,
             device=resolve_device(spec.device),
-            with_critic=with_critic and len(used) == 1,
+            with_critic=with_critic and (len(used) == 1 or name == cfg.critic_base()),
             logit_chunk_tokens=spec.logit_chunk_tokens,
             gradient_checkpointing=spec.gradient_checkpointing,
         )
     if len(models) == 1:
         return next(iter(models.values()))
-    return TeamBases(models, resolved.graph.roles)
+    return TeamBases(models, resolved.graph.roles, critic_base=cfg.critic_base() if with_critic else None)
 
 
 def build_judge(
@@ -213,6 +213,7 @@ def build_collector(
     """The collector of a training run over ``envs`` (a rollout worker's slice starts at
     ``env_offset``); a team of several bases generates with ``generators``."""
     cfg = resolved.cfg
+    several_bases = len(set(cfg.base_of().values())) > 1
     return Collector(
         envs,
         resolved.graph,
@@ -227,6 +228,7 @@ def build_collector(
         env_offset=env_offset,
         branching=tuple(cfg.algorithm.branching) if cfg.algorithm.group_baseline == "nested" else (),
         generators=generators,
+        critic_base=cfg.critic_base() if resolved.algorithm.critic and several_bases else None,
     )
 
 

@@ -181,11 +181,18 @@ def check_bases(cfg: Config, algorithm: ResolvedAlgorithm) -> None:
         raise ConfigError(
             "lora.shared", "one adapter cannot sit on several bases: put the agents on one base, or set false"
         )
-    if algorithm.critic:
+    if algorithm.critic and algorithm.estimator.values == "token":
         raise ConfigError(
             "algorithm.name",
-            f"{algorithm.name} needs a critic, which a team of several bases does not have yet; "
-            "use a group-relative algorithm (grpo, dr_grpo, rloo, reinforce_pp)",
+            f"{algorithm.name}'s critic values each token of an action, and the tokens of an agent on "
+            "another base than the critic's are not the critic base's; use appo (a value per action) "
+            "or a group-relative algorithm (grpo, dr_grpo, rloo, reinforce_pp)",
+        )
+    if algorithm.critic and cfg.critic_base() not in used:
+        raise ConfigError(
+            "algorithm.critic_base",
+            f"the critic sits on a base that some agent runs on ({', '.join(sorted(used))}); "
+            f"no agent is on {cfg.critic_base()!r}",
         )
     if cfg.sampling.backend != "hf":
         raise ConfigError("sampling.backend", "a team of several bases samples with hf only (for now)")

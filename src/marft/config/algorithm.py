@@ -117,6 +117,10 @@ class AlgorithmConfig:
     """Per-token KL estimator (k1 = log ratio, k3 = exp(-log ratio) - 1 + log ratio)."""
     value_head_hidden: int = 128
     """Width of the value head's hidden layer (0: a linear head)."""
+    critic_base: str | None = None
+    """A team of several bases (``models``): the base whose final hidden state the critic's value
+    head reads (APPO); every agent's prompt is also rendered with that base's chat template for it.
+    None: the first base."""
     rollout_correction: Literal["none", "tis"] = "none"
     """Correct for the gap between the sampler's and the learner's log-probs (a separate engine
     such as vLLM): ``tis`` weights each token's (or action's) advantage by the truncated importance

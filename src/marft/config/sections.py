@@ -302,6 +302,12 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
 
     def __post_init__(self) -> None:
+        critic = self.algorithm.critic_base
+        _check(
+            critic is None or critic in self.bases(),
+            "algorithm.critic_base",
+            f"unknown base {critic!r}; the bases are: {', '.join(self.bases())}",
+        )
         if not self.models:
             for i, agent in enumerate(self.team.agents):
                 _check(
@@ -332,6 +338,10 @@ class Config:
         """Each agent's base: its ``base``, else the first."""
         first = next(iter(self.bases()))
         return {a.role: a.base or first for a in self.team.agents}
+
+    def critic_base(self) -> str:
+        """The base the critic's value head sits on: ``algorithm.critic_base``, else the first."""
+        return self.algorithm.critic_base or next(iter(self.bases()))
 
     def kl_coefs(self) -> dict[str, float]:
         """Each agent's KL coefficient: its own ``kl_coef``, else ``algorithm.kl_coef``."""

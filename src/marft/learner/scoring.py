@@ -173,25 +173,46 @@ class Scorer:
         elif needs.critic_features == "token":
             feats = [torch.zeros(B * T, a.response_ids.shape[1], H, device=device) for a in traj.agents]
         ref = [torch.zeros_like(a.logprobs) for a in traj.agents] if needs.ref_logprobs else None
+        critic = self.model.critic_model
         for turn in self._turns(traj):
+            model = self._model_of(turn.members)
+            # an agent on another base than the critic's: its features come from its prompts
+            # rendered for the critic's base (below), its base forward gives only the reference
+            kind = needs.critic_features if model is critic else "none"
+            if kind == "none" and not needs.ref_logprobs:
+                continue
             batch = self._batch(traj, turn.members)
-            f, r = self._reuse_or_score(batch, turn, self._model_of(turn.members))
+            f, r = self._reuse_or_score(batch, turn, model, kind)
             start = 0
             for n, rows in turn.members:
                 sl = slice(start, start + len(rows))
                 start += len(rows)
-                if feats is not None:
+                if feats is not None and f is not None:
                     feats[n][rows, : f.shape[1]] = f[sl]  # per token: padding tokens stay 0
                 if ref is not None:
                     ref[n][rows, : r.shape[1]] = r[sl]
+        if feats is not None and traj.critic_prompts is not None:
+            self._critic_base_features(traj, feats)
         return feats, ref
 
+    def _critic_base_features(self, traj: Trajectory, feats: list[Tensor]) -> None:
+        """Fill ``feats`` (``[B*T, H]`` per agent) of the agents on another base than the critic's,
+        from their prompts rendered for the critic's base (a team of several bases)."""
+        acted = traj.turns.flatten(0, 1) >= 0  # [B*T, N]
+        for n, prompts in enumerate(traj.critic_prompts or []):
+            if prompts is None:
+                continue
+            rows = acted[:, n].nonzero().squeeze(-1)
+            if rows.numel():
+                feats[n][rows] = self._features(Prompts(prompts.ids[rows], prompts.mask[rows]))
+
     def _reuse_or_score(
-        self, batch: SequenceBatch, turn: _Turn, model: TeamModel
+        self, batch: SequenceBatch, turn: _Turn, model: TeamModel, kind: str
     ) -> tuple[Tensor | None, Tensor | None]:
-        """One forward of ``model``'s base over a turn; the first agent's rows of a trajectory's
-        first turn reuse the remembered bootstrap features when they are the same prompts."""
-        needs, kind = self.needs, self.needs.critic_features
+        """One forward of ``model``'s base over a turn (features of ``kind``); the first agent's
+        rows of a trajectory's first turn reuse the remembered bootstrap features when they are the
+        same prompts."""
+        needs = self.needs
         cached = self._next
         _, rows = turn.members[0]
         if cached is not None and turn.first and kind == "action" and not needs.ref_logprobs:
@@ -215,19 +236,19 @@ class Scorer:
                         )
                     )
                 )
-                f, _ = self._score_batch(rest, "action", False)
+                f, _ = self._score_batch(rest, "action", False, model)
                 return torch.cat([features, f], dim=0), None
         return self._score_batch(batch, kind, needs.ref_logprobs, model)
 
     def _score_batch(
         self, batch: SequenceBatch, kind: str, ref: bool, model: TeamModel | None = None
     ) -> tuple[Tensor | None, Tensor | None]:
-        """:meth:`TeamModel.score_reference` of ``model`` (default: the team's, one base) on
+        """:meth:`TeamModel.score_reference` of ``model`` (default: the critic's base) on
         ``batch`` in micro-batches of at most
         ``micro_batch_tokens`` padded tokens, rows sorted by length so that rows of similar length
         go together (less padding to compute); results in ``batch``'s row order."""
         sp, budget = self.sampling, self.algorithm.micro_batch_tokens
-        model = model or self.model
+        model = model or self.model.critic_model
         S, L = batch.response_ids.shape
         if budget <= 0:
             return model.score_reference(batch, kind, ref, sp)
@@ -249,7 +270,8 @@ class Scorer:
     def _features(self, prompts: Prompts) -> Tensor:
         """``[S, H]`` critic features of observations, micro-batched like :meth:`_score_batch`."""
         empty = prompts.ids[:, :0]
-        feats, _ = self._score_batch(SequenceBatch(prompts.ids, prompts.mask, empty, empty), "action", False)
+        batch = SequenceBatch(prompts.ids, prompts.mask, empty, empty).trimmed()
+        feats, _ = self._score_batch(batch, "action", False)
         return feats
 
     def _next_features(self, traj: Trajectory) -> Tensor | None:

@@ -33,13 +33,16 @@ class TeamBases:
         roles: every agent, in acting order.
         adapter_of: agent -> the name of the adapter it runs.
         adapters: every adapter (one per agent: adapters are not shared across bases).
-        value_head: None (a team of several bases has no critic yet).
+        critic_base: the base whose value head is the critic (None: no critic).
     """
 
-    value_head = None
-
-    def __init__(self, models: Mapping[str, TeamModel], roles: Sequence[str]) -> None:
+    def __init__(
+        self, models: Mapping[str, TeamModel], roles: Sequence[str], critic_base: str | None = None
+    ) -> None:
         self.models = dict(models)
+        if critic_base is not None and self.models[critic_base].value_head is None:
+            raise ValueError(f"the critic's base {critic_base!r} has no value head")
+        self.critic_base = critic_base
         self.base_of = {r: name for name, m in self.models.items() for r in m.roles}
         missing = [r for r in roles if r not in self.base_of]
         if missing:
@@ -60,6 +63,22 @@ class TeamBases:
     def members(self) -> list[TeamModel]:
         """The bases' models, in the order of ``models``."""
         return list(self.models.values())
+
+    @property
+    def critic_model(self) -> TeamModel:
+        """The base the critic reads (the first without a critic): its bare forward gives the
+        critic's features, its tokenizer renders what the critic reads."""
+        return self.models[self.critic_base] if self.critic_base is not None else self.members[0]
+
+    @property
+    def value_head(self) -> nn.Module | None:
+        """The critic's value head (on :attr:`critic_model`), or None."""
+        return self.critic_model.value_head if self.critic_base is not None else None
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the critic's features (the critic base's final hidden state)."""
+        return self.critic_model.hidden_size
 
     @property
     def device(self) -> torch.device:

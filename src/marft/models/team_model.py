@@ -96,6 +96,12 @@ class TeamModel(TeamAdapters):
         self.policy.eval()
 
     @property
+    def critic_model(self) -> TeamModel:
+        """The model whose bare forward gives the critic's features: this one (a team of several
+        bases names one of them, :class:`~marft.models.bases.TeamBases`)."""
+        return self
+
+    @property
     def hidden_size(self) -> int:
         """Width of the base's final hidden state (the critic's features)."""
         return self.policy.get_base_model().config.get_text_config().hidden_size

@@ -103,6 +103,7 @@ class TrajectoryBuilder:
         self._turns = torch.full((B, steps, N), -1, dtype=torch.long)
         self._next_step = [0] * B
         self._cuts: list[tuple[int, int, Observation]] = []
+        self._critic: list[list[tuple[int, list[int], Prompts]]] = [[] for _ in range(N)]
         self.taken = 0
         """Steps of the step axis used so far."""
         self.call = 0
@@ -150,6 +151,36 @@ class TrajectoryBuilder:
             merged[index] = full[index]
             store[name][t] = merged
         self._turns[envs, t, agent] = self.call
+
+    def record_critic_prompts(self, where: list[tuple[int, int, int]], prompts: Prompts) -> None:
+        """Prompts of one generation call rendered for the critic's base (a team of several bases;
+        recorded beside :meth:`record_action`): row i is agent ``where[i][0]``'s in env copy
+        ``where[i][1]`` at step ``where[i][2]``."""
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, (agent, _, t) in enumerate(where):
+            groups[(agent, t)].append(i)
+        for (agent, t), rows in groups.items():
+            envs = [where[i][1] for i in rows]
+            self._critic[agent].append((t, envs, Prompts(prompts.ids[rows], prompts.mask[rows])))
+
+    def critic_prompts(self, pad_id: int) -> list[Prompts | None]:
+        """Per agent, its recorded critic prompts as ``[B*T, P]`` over the ``taken`` steps
+        (left-padded with ``pad_id``), or None where none were recorded."""
+        T = self.taken
+        out: list[Prompts | None] = []
+        for records in self._critic:
+            if not records:
+                out.append(None)
+                continue
+            P = max(p.ids.shape[1] for _, _, p in records)
+            ids = torch.full((self.B * T, P), pad_id, dtype=torch.long, device=self.device)
+            mask = torch.zeros_like(ids)
+            for t, envs, p in records:  # one entry per generation call
+                rows = torch.tensor(envs, device=self.device) * T + t
+                ids[rows, P - p.ids.shape[1] :] = p.ids
+                mask[rows, P - p.mask.shape[1] :] = p.mask
+            out.append(Prompts(ids, mask))
+        return out
 
     def _scatter(self, index: Tensor, values: Tensor, fill: float) -> Tensor:
         """Place ``values`` (one per acting env copy) at ``index`` of a ``[B, ...]`` tensor."""
@@ -246,8 +277,10 @@ class TrajectoryBuilder:
         cut_prompts: Prompts | None,
         next_prompts: Prompts | None,
         env_metrics: dict[str, float],
+        critic_pad: int | None = None,
     ) -> Trajectory:
-        """The trajectory of the ``taken`` steps, on the builder's device."""
+        """The trajectory of the ``taken`` steps, on the builder's device (with the recorded critic
+        prompts, padded with ``critic_pad``, when that is given)."""
         T, device = self.taken, self.device
         cut_index = torch.tensor([[b, t] for b, t, _ in self._cuts], dtype=torch.long).reshape(-1, 2)
         truncated = torch.zeros(self.B, self.steps)
@@ -264,6 +297,7 @@ class TrajectoryBuilder:
             cut_index=cut_index.to(device),
             cut_prompts=cut_prompts,
             next_prompts=next_prompts,
+            critic_prompts=self.critic_prompts(critic_pad) if critic_pad is not None else None,
             per_agent_rewards=per_agent_rewards,
             failed_episodes=self.failed,
             episode_returns=self.episode_returns,

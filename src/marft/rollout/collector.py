@@ -70,6 +70,10 @@ class Collector:
         generators: a team of several bases: each base's tokenizer and backend (then
             ``tokenizer`` and ``backend`` are the first base's); the rows of a turn are one
             generation call per base.
+        critic_base: a team of several bases with a critic: the base it reads. The agents on the
+            other bases also have their prompts rendered with its tokenizer
+            (``Trajectory.critic_prompts``), and what the critic bootstraps from is rendered with
+            it. None: the first base's.
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class Collector:
         env_offset: int = 0,
         branching: tuple[int, ...] = (),
         generators: Generators | None = None,
+        critic_base: str | None = None,
     ) -> None:
         self.envs = envs
         self.graph = graph
@@ -112,6 +117,8 @@ class Collector:
             name: PromptEncoder(gen.tokenizer, graph, self.device)
             for name, gen in self.generators.per_base.items()
         }
+        self.critic_base = critic_base or self.generators.bases[0]
+        self._critic_renders = critic_base is not None and self._bases > 1
         self.env_offset = env_offset
         self.nested = NestedGroups(tuple(branching), env_offset) if branching and episodic else None
         self._streams = [env_stream(seed, env_offset + b) for b in range(len(envs))]
@@ -275,6 +282,9 @@ class Collector:
                 word_counts=torch.tensor(words, dtype=torch.float32, device=self.device),
             )
             self._record_turn(rows, made, texts, convs, acts, buf)
+            if self._critic_renders and base != self.critic_base:  # the same, for the critic's base
+                where = [(a.index, b, acts[b].end) for a, b in rows]
+                buf.record_critic_prompts(where, self.prompts[self.critic_base].encode(convs))
 
     def _record_turn(
         self,
@@ -366,8 +376,8 @@ class Collector:
     def _assemble(self, buf: TrajectoryBuilder) -> Trajectory:
         with buf.timed("env"):
             cuts = buf.cut_observations
-            # what a critic bootstraps from: a critic runs on the first base (one base, today)
-            opener = self.prompts[self.generators.bases[0]]
+            # what a critic bootstraps from, rendered for the base it reads
+            opener = self.prompts[self.critic_base]
             cut_prompts = opener.first_agent_prompts(cuts) if cuts else None
             next_prompts = None if self.episodic else opener.first_agent_prompts(self.episodes.observations)
         return buf.build(
@@ -375,4 +385,7 @@ class Collector:
             cut_prompts=cut_prompts,
             next_prompts=next_prompts,
             env_metrics=self.envs.pop_metrics(),
+            critic_pad=self.generators.per_base[self.critic_base].tokenizer.pad_token_id
+            if self._critic_renders
+            else None,
         )

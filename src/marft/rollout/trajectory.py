@@ -89,6 +89,10 @@ class Trajectory:
             bootstraps from), or None when there were no cuts.
         next_prompts: the first agent's prompts of the observation after the last step, ``[B, P]``
             (continuing collection; None for whole episodes).
+        critic_prompts: a team of several bases with a critic: per agent (acting order), its
+            prompts rendered with the critic base's tokenizer, ``[B*T, P]`` like its actions
+            (left-padded; all padding where it did not act), or None for an agent on the critic's
+            base (its own prompts serve). None for a team of one base.
         per_agent_rewards: the env rewarded each agent separately.
         failed_episodes: episodes dropped because the env raised.
         episode_returns: team return of each episode that ended here; ``episode_lengths`` their steps.
@@ -112,6 +116,7 @@ class Trajectory:
     cut_index: Tensor
     cut_prompts: Prompts | None = None
     next_prompts: Prompts | None = None
+    critic_prompts: list[Prompts | None] | None = None
     per_agent_rewards: bool = False
     failed_episodes: int = 0
     episode_returns: list[float] = field(default_factory=list)
