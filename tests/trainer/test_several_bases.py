@@ -132,13 +132,16 @@ def test_a_team_of_two_bases_learns_the_demo(tmp_path, seed):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_appo_with_the_critic_on_the_second_base_learns_the_demo(tmp_path, seed):
     """APPO's critic is a value head on the large base (``algorithm.critic_base``): the speaker,
-    on the small base, is valued from its prompts rendered with the large base's template. Seeds
-    0-2 reached 0.70, 0.95 and 0.63 over the last five of 40 iterations (0.63, 0.91, 0.66 with the
-    critic on the first base) on an AMD EPYC, 2026-12-07."""
+    on the small base, is valued from its prompts rendered with the large base's template.
+
+    Last five of 40 iterations (first five 0.01-0.06) on an AMD EPYC, 2026-12-07: seeds 0-2 0.70,
+    0.95, 0.63 (the same with one thread), 0.61, 0.65, 0.67 with AVX2 kernels; the return is still
+    rising at 40. Not stable later: at 60 iterations seed 2 with AVX2 kernels fell back to 0.33
+    (0.90 with the default kernels). Chance is 1/3 for a listener that names colours."""
     cfg = mixed(f"run.seed={seed}", "env.n_envs=64", "run.iterations=40", *APPO_ON_LARGE)
     returns = [r["episode_return"] for r in train(cfg, tmp_path / "run").rows]
     first, last = sum(returns[:5]) / 5, sum(returns[-5:]) / 5
-    assert last > 0.5 and last > first + 0.4, returns
+    assert last > 0.45 and last > first + 0.35, returns
 
 
 APPO_ON_LARGE = ("algorithm.name=appo", "algorithm.critic_base=large")
