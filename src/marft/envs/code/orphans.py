@@ -128,9 +128,9 @@ class Orphans:
             return 0
         with self._lock:
             found = {pid: _uid_and_state(pid) for pid in _children() - self._ours}
-            theirs = [pid for pid, got in found.items() if got is not None and got[0] == self.uid]
-            for pid in theirs:
-                if found[pid][1] != "Z":  # type: ignore[index]
+            theirs = {pid: got[1] for pid, got in found.items() if got is not None and got[0] == self.uid}
+            for pid, state in theirs.items():
+                if state != "Z":
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.kill(pid, signal.SIGKILL)  # escaped its group, or outlived its parent
             return sum(_reap(pid) for pid in theirs)
