@@ -114,7 +114,31 @@ def test_a_routing_run_gets_a_route_plot_and_routes_in_its_transcripts(tmp_path)
         json.dumps({"iteration": 1, "env": 0, "episode_return": 1.0, "turns": [turn]}) + "\n"
     )
     page = write_report([run]).read_text()
+    assert "Nested groups" not in page
     assert "Routes taken per iteration" in page and "route lead&gt;solver&gt;lead" in page
     from marft.reporting.report import _route_series
 
     assert _route_series(rows, "lead>solver>lead") == ([0, 1], [0.0, 0.75])  # not taken: share 0
+
+
+def test_a_nested_groups_run_gets_its_per_depth_plot(tmp_path):
+    import json
+
+    run = tmp_path / "nested"
+    run.mkdir()
+    rows = [
+        {
+            "iteration": i,
+            "episode_return": 0.1 * i,
+            "nested_effect/depth0": 0.5,
+            "nested_effect/depth1": 0.25,
+            "answer_change/depth0": 0.6 - 0.1 * i,
+            "answer_change_within/depth0": 0.3,
+        }
+        for i in range(3)
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page = write_report([run]).read_text()
+    plot = page.split('id="plot-nested"><svg')[1].split("</svg>")[0]
+    assert "depth0" in plot and "depth1" in plot  # a panel per depth
+    assert "answer differs across these actions" in plot and "answer differs under one action" in plot

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from marft.algorithms import grpo_advantages
-from marft.algorithms.group_baselines import nested_advantages
+from marft.algorithms.estimators import last_answers
+from marft.algorithms.group_baselines import answer_changes, nested_advantages
 from marft.compose import load_config
 from marft.config import ConfigError
 from marft.rollout.nested import NestedGroups
@@ -42,6 +43,45 @@ def test_one_level_of_branching_is_plain_grpo():
     adv, _ = nested_advantages(returns, [0, 0], [4], "grpo")
     torch.testing.assert_close(adv[:, 0], grpo_advantages(returns, 4))
     torch.testing.assert_close(adv[:, 1], adv[:, 0])
+
+
+def test_answer_changes_by_hand():
+    """Branching [2, 2]: group 0 plan A answers 5, 5 and plan B 7, 5; group 1 plan A 3, 4 and
+    plan B a dropped rollout (-1) and 4.
+
+    Across plans (pairs with one row in each subtree): group 0 (5,7) (5,5) (5,7) (5,5): 2 of 4
+    differ; group 1 (3,4) (4,4), the dropped row's pairs left out: 1 of 2. Across: 3 / 6 = 0.5.
+    Within one plan: group 0 (5,5) same, (7,5) differ; group 1 (3,4) differ: 2 / 3."""
+    answers = torch.tensor([5, 5, 7, 5, 3, 4, -1, 4])
+    [(across, within)] = answer_changes(answers, [2, 2])
+    assert across == pytest.approx(0.5)
+    assert within == pytest.approx(2 / 3)
+    # one plan per problem: no pair across plans
+    [(across, within)] = answer_changes(torch.tensor([1, 1, 2, 2]), [1, 4])
+    assert math.isnan(across) and within == pytest.approx(4 / 6)
+
+
+def test_answer_changes_equal_a_loop_over_pairs():
+    branching = [2, 3, 2]
+    g = torch.Generator().manual_seed(0)
+    answers = torch.randint(-1, 3, (3 * 12,), generator=g)
+    got = answer_changes(answers, branching)
+    for d in range(len(branching) - 1):
+        parent, s = math.prod(branching[d:]), math.prod(branching[d + 1 :])
+        counts = {True: [0, 0], False: [0, 0]}  # across? -> [differing pairs, pairs]
+        for i in range(len(answers)):
+            for j in range(len(answers)):
+                if i == j or i // parent != j // parent or answers[i] < 0 or answers[j] < 0:
+                    continue
+                across = (i % parent) // s != (j % parent) // s
+                counts[across][0] += int(answers[i] != answers[j])
+                counts[across][1] += 1
+        assert got[d] == pytest.approx((counts[True][0] / counts[True][1], counts[False][0] / counts[False][1]))
+
+
+def test_last_answers_takes_each_rollouts_last_step():
+    answers = torch.tensor([[4, 9, -1], [-1, -1, -1], [2, -1, 6]])
+    assert last_answers(answers).tolist() == [9, -1, 6]
 
 
 def test_leaders_of_each_depth():
@@ -109,6 +149,12 @@ def test_nested_groups_train_and_report_each_depths_effect(tmp_path):
     result = learner.update(traj, scores, 0)
     assert {"nested_effect/depth0", "nested_effect/depth1"} <= set(result.metrics)
     assert all(math.isfinite(v) for v in result.metrics.values())
+    # the graded agent's extracted answers: a plan's effect on them against the solver's own noise
+    assert traj.answers.shape == traj.team_rewards.shape and bool((traj.answers >= 0).all())
+    want_changes = answer_changes(last_answers(traj.answers), [2, 2])
+    assert result.metrics["answer_change/depth0"] == pytest.approx(want_changes[0][0])
+    assert result.metrics["answer_change_within/depth0"] == pytest.approx(want_changes[0][1])
+    assert "answer_change/depth1" not in result.metrics
 
 
 @pytest.mark.parametrize(

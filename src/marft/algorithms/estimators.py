@@ -34,6 +34,7 @@ from marft.algorithms.group_baselines import (
     GroupBaseline,
     MaskedKind,
     agent_turn_values,
+    answer_changes,
     masked_group_advantages,
     nested_advantages,
 )
@@ -63,6 +64,9 @@ class AdvantageInputs:
         turns: ``[B, T, N]`` the generation call of each action (-1: none): GAE runs through the
             actions in the order they happened (:func:`~marft.algorithms.advantages.action_order`).
             None: every agent acted at every step, in acting order.
+        answers: ``[B, T]`` int64 an id per distinct answer the env extracted at each team step
+            (-1 where no step ended; equal ids, equal answers): nested groups report how often the
+            answer changes with a plan (:func:`~marft.algorithms.group_baselines.answer_changes`).
     """
 
     rewards: Tensor
@@ -77,6 +81,7 @@ class AdvantageInputs:
     cut_values: Tensor | None = None
     token_mask: Tensor | None = None
     turns: Tensor | None = None
+    answers: Tensor | None = None
 
     def penalised_rewards(self, gamma: float) -> Tensor:
         """``[B, T, N]`` rewards minus the KL penalty, plus ``gamma * V(next observation)`` on the
@@ -188,6 +193,16 @@ def last_action_mask(turns: Tensor) -> Tensor:
     return (key == key.max(-1, keepdim=True).values) & (turns >= 0)
 
 
+def last_answers(answers: Tensor) -> Tensor:
+    """``[B, T]`` answer ids per team step (-1: no step) -> ``[B]`` the id of each rollout's last
+    step (-1 for a rollout without one)."""
+    T = answers.shape[1]
+    steps = torch.arange(T, device=answers.device).expand_as(answers)
+    last = torch.where(answers >= 0, steps, -1).max(1).values  # [B]
+    picked = answers.gather(1, last.clamp(min=0)[:, None])[:, 0]
+    return torch.where(last >= 0, picked, -1)
+
+
 def rollout_returns(inputs: AdvantageInputs) -> Tensor:
     """Return of each rollout: ``[B]`` team returns, or ``[B, N]`` per agent with per-agent rewards;
     the KL penalty of every agent's actions is subtracted."""
@@ -221,6 +236,11 @@ def _group(fn: Callable[[Tensor, int], Tensor], kind: MaskedKind):
                 raise ValueError("nested groups credit the team's return; use a team reward")
             adv, moved = nested_advantages(returns, params.depths, params.branching, kind)
             metrics.update({f"nested_effect/depth{d}": share for d, share in enumerate(moved)})
+            if inputs.answers is not None:
+                changes = answer_changes(last_answers(inputs.answers), params.branching)
+                for d, (across, within) in enumerate(changes):
+                    metrics[f"answer_change/depth{d}"] = across
+                    metrics[f"answer_change_within/depth{d}"] = within
             return AdvantageOutput(adv[:, None, :].expand(B, T, N), None, metrics)
         acted = inputs.action_mask > 0  # [B, T, N]
         if params.group_baseline == "agent":

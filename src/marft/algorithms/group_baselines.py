@@ -151,3 +151,45 @@ def nested_advantages(
             if depth == d:
                 out[:, n] = rows
     return out, moved
+
+
+def answer_changes(answers: Tensor, branching: Sequence[int]) -> list[tuple[float, float]]:
+    """How often the graded answer changes with an upper depth's action, in nested groups.
+
+    For each depth ``d`` above the last, two shares over pairs of rollouts of one depth-``d``
+    parent (``s_{d-1}`` consecutive rows, the whole group at depth 0):
+
+    * *across*: pairs whose depth-``d`` actions differ (different plans), answers not equal;
+    * *within*: pairs under the same depth-``d`` action (one plan), answers not equal: what the
+      deeper agents' sampling alone changes.
+
+    A plan that steers the answer shows *across* above *within*; equal shares say the answer
+    does not depend on the plan.
+
+    Args:
+        answers: ``[B]`` int64, an id per distinct answer of each rollout (equal ids: equal
+            answers); negative where the rollout has none to compare (a dropped episode).
+        branching: ``[D]`` the branching factor of each depth (``G`` their product); rows are
+            in the order of :mod:`marft.rollout.nested`.
+
+    Returns:
+        ``[D - 1]`` ``(across, within)`` pairs, each NaN where no pair of that kind exists.
+    """
+    B = answers.shape[0]
+    out = []
+    for d in range(len(branching) - 1):  # a handful of depths, not samples
+        parent = math.prod(branching[d:])  # rows under one depth-(d-1) action
+        s = math.prod(branching[d + 1 :])  # rows under one depth-d action
+        a = answers.reshape(B // parent, parent)
+        valid = (a >= 0)[:, :, None] & (a >= 0)[:, None, :]  # [n, P, P]
+        differ = (a[:, :, None] != a[:, None, :]) & valid
+        subtree = torch.arange(parent, device=answers.device) // s
+        same_subtree = subtree[:, None] == subtree[None, :]
+        distinct = ~torch.eye(parent, dtype=torch.bool, device=answers.device)
+        shares = []
+        for kind in (~same_subtree, same_subtree & distinct):
+            pairs = valid & kind
+            n = int(pairs.sum())
+            shares.append(float((differ & kind).sum()) / n if n else math.nan)
+        out.append((shares[0], shares[1]))
+    return out

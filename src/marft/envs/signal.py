@@ -97,4 +97,4 @@ class SignalEnv:
         info = {"secret": self._secret, "answer": answer}
         self._round += 1
         done = self._round >= self.cfg.rounds
-        return StepResult(observation=self._observe(), rewards=reward, done=done, info=info)
+        return StepResult(observation=self._observe(), rewards=reward, done=done, info=info, answer=answer)

@@ -172,6 +172,7 @@ class Learner:
             penalty=self._kl_penalty(traj, scores, stats),
             per_agent_rewards=traj.per_agent_rewards,
             turns=traj.turns,
+            answers=traj.answers,
         )
         valued = self._values(traj, scores, inputs)
         out = self.algorithm.estimator(inputs, self.params)

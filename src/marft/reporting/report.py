@@ -56,6 +56,13 @@ DIAGNOSTICS = {
 }
 """Per-agent (or per-adapter) learning diagnostics, plotted like :data:`PER_AGENT` where a run
 logged them (runs from before these columns have no such plot)."""
+NESTED = {
+    "nested_effect": "return apart from its siblings",
+    "answer_change": "answer differs across these actions",
+    "answer_change_within": "answer differs under one action",
+}
+"""Nested groups' per-depth shares (``KEY/depth<d>``), drawn in one panel per depth: a plan that
+steers the answer shows ``answer_change`` above ``answer_change_within``."""
 TRANSCRIPTS_SHOWN = 5  # best and worst episodes on the page; the rest are one click away, capped
 TRANSCRIPTS_MAX = 200
 
@@ -193,6 +200,17 @@ def plots(runs: list[RunData]) -> dict[str, tuple[str, str]]:
             for r in judged
         ]
         out["judge"] = ("Judge scores and rule checks", _figure(panels, "score / share"))
+    depths = sorted({name for r in runs for name in r.names("nested_effect")})
+    if depths:  # nested groups: does a depth's action change the outcome, and the answer?
+        panels = [
+            (
+                f"{r.name} {depth}" if many else depth,
+                [(label, *_series(r.rows, f"{key}/{depth}")) for key, label in NESTED.items()],
+            )
+            for r in runs
+            for depth in depths
+        ]
+        out["nested"] = ("Nested groups: what each depth's action changes", _figure(panels, "share"))
     critic = [r for r in runs if any("value_loss" in row for row in r.rows)]
     if critic:
         lines = [(_label(r, many), *_series(r.rows, "value_loss")) for r in critic]

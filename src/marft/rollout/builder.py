@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from marft.envs.base import Observation
-from marft.rollout.trajectory import AgentActions, Prompts, Trajectory, pad_last, pad_stack
+from marft.rollout.trajectory import AgentActions, Prompts, Trajectory, answer_id, pad_last, pad_stack
 
 PAD = -1.0
 """The fill value that stands for the tokenizer's pad token id (known only at run time)."""
@@ -101,6 +101,7 @@ class TrajectoryBuilder:
         self._dones = [[0.0] * steps for _ in range(B)]
         self._step_ends = [[0.0] * steps for _ in range(B)]
         self._turns = torch.full((B, steps, N), -1, dtype=torch.long)
+        self._answers = torch.full((B, steps), -1, dtype=torch.long)
         self._next_step = [0] * B
         self._cuts: list[tuple[int, int, Observation]] = []
         self._critic: list[list[tuple[int, list[int], Prompts]]] = [[] for _ in range(N)]
@@ -204,10 +205,18 @@ class TrajectoryBuilder:
     # ------------------------------------------------------------------------------ env steps
 
     def end_step(
-        self, b: int, t: int, slots: list[tuple[int, int]], rewards: list[float], team: float
+        self,
+        b: int,
+        t: int,
+        slots: list[tuple[int, int]],
+        rewards: list[float],
+        team: float,
+        answer: str | None = None,
     ) -> None:
         """The env stepped env copy b's team step (ending at step t) on the joint action: each
-        action's ``(step, agent)`` slot gets its reward, and the step the team's."""
+        action's ``(step, agent)`` slot gets its reward, and the step the team's reward and the
+        env's extracted ``answer`` (as :func:`~marft.rollout.trajectory.answer_id`)."""
+        self._answers[b, t] = answer_id(answer)
         for (tt, n), r in zip(slots, rewards, strict=True):
             self._rewards[b][tt][n] = r
             self._acted[b][tt][n] = 1.0
@@ -292,6 +301,7 @@ class TrajectoryBuilder:
             dones=torch.tensor(self._dones)[:, :T].to(device),
             action_mask=torch.tensor(self._acted)[:, :T].to(device),
             turns=self._turns[:, :T].to(device),
+            answers=self._answers[:, :T].to(device),
             step_ends=torch.tensor(self._step_ends)[:, :T].to(device),
             truncated=truncated[:, :T].to(device),
             cut_index=cut_index.to(device),

@@ -333,7 +333,7 @@ class Collector:
             self._new_episode(b)
             return self.episodic
         own = [r for i, r in enumerate(r_vec) if i not in act.copied]  # copies hold no slot
-        buf.end_step(b, t, act.slots, own, team_r)
+        buf.end_step(b, t, act.slots, own, team_r, result.answer)
         if self.graph.routing is not None:
             step = act.step
             buf.count_route(route_of(step), step.router_actions, step.invalid, step.cut)

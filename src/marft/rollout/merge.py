@@ -125,6 +125,7 @@ def merge_trajectories(parts: Sequence[Trajectory], offsets: Sequence[int], pad_
         routes=[r for p in parts for r in p.routes],
         route_metrics=_summed(p.route_metrics for p in parts),
         version=parts[0].version,
+        answers=None if any(p.answers is None for p in parts) else cat("answers", -1),
     )
 
 

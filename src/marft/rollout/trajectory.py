@@ -15,6 +15,7 @@ axis is an acting round: one team step of the env, unless an agent acts again wi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -103,6 +104,9 @@ class Trajectory:
         route_metrics: routing teams: ``router_actions``, ``route_invalid`` (router outputs that
             named no route), ``route_cut`` (steps cut at ``team.routing.max_actions``).
         version: the adapter version it was sampled with (checked by distributed rollouts).
+        answers: ``[B, T]`` int64 the id of the answer the env extracted at each team step
+            (:func:`answer_id`; -1 where no step ended): equal answers, equal ids, in every
+            collector.
     """
 
     agents: list[AgentActions]
@@ -127,6 +131,7 @@ class Trajectory:
     routes: list[str] = field(default_factory=list)
     route_metrics: dict[str, float] = field(default_factory=dict)
     version: int = 0
+    answers: Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -163,6 +168,16 @@ class Trajectory:
     def env_steps(self) -> int:
         """Team steps actually taken (idle steps of finished episodes do not count)."""
         return int(self.step_ends.sum())
+
+
+def answer_id(answer: str | None) -> int:
+    """A stable id of an env's extracted answer (``StepResult.answer``): 0 for none, else a
+    positive 62-bit hash of the stripped text, the same in every process (rollout workers'
+    trajectories merge without a shared table)."""
+    if answer is None:
+        return 0
+    digest = hashlib.blake2b(answer.strip().encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 2 or 1
 
 
 def _move(value: Any, device: torch.device | str) -> Any:
