@@ -35,6 +35,8 @@ def check_config(cfg: Config, env: EnvCapabilities, backend: BackendFactory) -> 
     backend.check_config(cfg)
     if cfg.run.ray.enabled:
         check_ray(cfg, group=cfg.algorithm.group_size if algorithm.estimator.grouped else 1)
+    if cfg.run.ray.async_.enabled:
+        check_async(cfg)
     check_env_arguments(cfg, env)
     check_team(cfg)
     if len(cfg.bases()) > 1:
@@ -102,6 +104,25 @@ def check_ray(cfg: Config, group: int) -> None:
             "run.ray.rollout_workers",
             f"{K} workers for {what} (env.n_envs={cfg.env.n_envs}): each worker needs at least one; "
             f"lower it to at most {groups} or raise env.n_envs",
+        )
+
+
+def check_async(cfg: Config) -> None:
+    """Asynchronous rollouts (``run.ray.async.max_staleness`` >= 1) run on Ray rollout workers and
+    need the off-policy correction."""
+    key = "run.ray.async.max_staleness"
+    if not cfg.run.ray.enabled:
+        raise ConfigError(
+            key,
+            "asynchronous rollouts run on Ray rollout workers: set run.ray.address (local, or a "
+            "cluster's address), or set it to 0",
+        )
+    if cfg.algorithm.rollout_correction != "tis":
+        raise ConfigError(
+            key,
+            "a trajectory sampled with older adapters needs the decoupled-PPO correction: set "
+            "algorithm.rollout_correction=tis (the truncated importance ratio to the sampler's "
+            "log-probs), or set it to 0",
         )
 
 

@@ -100,17 +100,17 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
         ConfigError: naming the dotted key and what is allowed.
     """
     _check(isinstance(data, dict), path, f"must be a mapping with keys of {cls.__name__}, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {config_key(f): f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(_join(path, key), f"unknown key{hint}; allowed keys: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {k: _convert(hints[k], v, _join(path, k)) for k, v in data.items()}
+    kwargs = {fields[k].name: _convert(hints[fields[k].name], v, _join(path, k)) for k, v in data.items()}
     for name, f in fields.items():
         if (
-            name not in kwargs
+            f.name not in kwargs
             and f.default is dataclasses.MISSING
             and f.default_factory is dataclasses.MISSING
         ):
@@ -121,9 +121,34 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
         raise ConfigError(_join(path, e.key), e.message) from None
 
 
+def config_key(f: dataclasses.Field) -> str:
+    """The key a config field has in YAML: its name, or ``metadata["key"]`` where the name could
+    not be a Python identifier (``run.ray.async``, field ``async_``)."""
+    return f.metadata.get("key", f.name)
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """The plain-data form of a config (what is written to ``config.yaml``)."""
-    return dataclasses.asdict(cfg)
+    """The plain-data form of a config (what is written to ``config.yaml``), keyed as in YAML."""
+    out = dataclasses.asdict(cfg)
+    _rename_keys(cfg, out)
+    return out
+
+
+def _rename_keys(cfg: Any, data: dict[str, Any]) -> None:
+    """Rename, in place, the fields of ``data`` (``asdict(cfg)``) whose YAML key differs."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            _rename_keys(value, data[f.name])
+        elif isinstance(value, (list, dict)):
+            items = value.values() if isinstance(value, dict) else value
+            plains = data[f.name].values() if isinstance(value, dict) else data[f.name]
+            for item, plain in zip(items, plains, strict=True):
+                if dataclasses.is_dataclass(item) and not isinstance(item, type):
+                    _rename_keys(item, plain)
+        key = config_key(f)
+        if key != f.name:
+            data[key] = data.pop(f.name)
 
 
 # ----------------------------------------------------------------------------------------- loading

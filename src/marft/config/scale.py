@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from marft.config.errors import _check
+
+
+@dataclass
+class AsyncConfig:
+    """``run.ray.async``: rollouts that overlap training (see ``docs/scaling.md``).
+
+    With ``max_staleness`` S >= 1 the rollout workers keep up to S collections in flight: while
+    the learner trains on one, they sample the next with the adapters they hold. A trajectory is
+    used when every agent's adapter version in it is at most S behind the learner's; older ones
+    are dropped (``stale_dropped``) and collected again. The learner recomputes each agent's
+    log-probs under its current adapters (the proximal policy the ratio is clipped around) and
+    weights the advantages by the truncated importance ratio to the sampler's log-probs
+    (``algorithm.rollout_correction: tis``): decoupled PPO.
+    """
+
+    max_staleness: int = 0
+    """S: how many adapter versions a trajectory may lag the learner's (0: synchronous, as
+    without this section)."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_staleness >= 0, "max_staleness", "must be >= 0 (0: synchronous rollouts)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_staleness > 0
 
 
 @dataclass
@@ -38,6 +63,9 @@ class RayConfig:
     """``pack``: workers on as few nodes as possible; ``spread``: one per node where possible."""
     max_restarts: int = 3
     """How often Ray restarts a rollout worker that died (its iteration is redone each time)."""
+    async_: AsyncConfig = field(default_factory=AsyncConfig, metadata={"key": "async"})
+    """``run.ray.async`` (``async`` is a Python keyword, hence the field's name): rollouts that
+    overlap training with bounded staleness."""
 
     def __post_init__(self) -> None:
         _check(self.rollout_workers >= 1, "rollout_workers", "must be >= 1")

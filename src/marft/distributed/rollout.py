@@ -83,6 +83,11 @@ class RolloutWorker(ActorProcess):
         self.version = version
         return sum(t.numel() * t.element_size() for w in weights.values() for t in w.values())
 
+    def update_adapters(self, version: int, *parts: dict[str, dict[str, Any]]) -> int:
+        """:meth:`update_weights` with the adapters in several parts (each adapter its own object
+        in Ray's store: asynchronous rollouts keep them per version)."""
+        return self.update_weights(version, {name: t for part in parts for name, t in part.items()})
+
     def collect(self, steps: int, version: int) -> tuple[Trajectory, dict[str, Any], float]:
         """``(trajectory, collector state after it, seconds)`` of one collection with ``version``.
 
@@ -256,13 +261,3 @@ class RayRollout:
         for w in self.workers:
             ray.kill(w)
         ray.util.remove_placement_group(self._group)
-
-
-def ray_sampler(cfg: Config) -> Callable[[Any, int], RayRollout]:
-    """Under ``run.ray``: a factory of Ray rollout workers for ``build_training`` (they replace the
-    local collector); called with the team model and the group size."""
-
-    def make(model, group_size: int) -> RayRollout:
-        return RayRollout(cfg, model.adapter_weights, model.tokenizer.pad_token_id, group_size)
-
-    return make

@@ -26,7 +26,7 @@ import yaml
 
 from marft.compose import Resolved, TrainingParts, build_envs, build_training, resolve
 from marft.config import Config, to_dict
-from marft.distributed.rollout import ray_sampler
+from marft.distributed.samplers import ray_sampler
 from marft.envs.copies import EnvCopies
 from marft.reporting.guard import guard_metrics
 from marft.reporting.metrics import MetricsSink
