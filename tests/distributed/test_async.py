@@ -22,12 +22,18 @@ from marft.trainer.checkpoint import latest_checkpoint  # noqa: E402
 from tests.distributed.test_ray import assert_same_run, local_ray, train  # noqa: E402, F401
 
 ASYNC = ["run.ray.async.max_staleness=1", "algorithm.rollout_correction=tis"]
+RECOMPUTE = "run.ray.async.behaviour_logprobs=recompute"
 ROLES = ("speaker", "listener")
 
 
 @pytest.fixture(scope="module")
 def async_k2(tmp_path_factory):
     return train(tmp_path_factory.mktemp("a2"), "run", "run.ray.rollout_workers=2", *ASYNC)
+
+
+@pytest.fixture(scope="module")
+def recompute_k2(tmp_path_factory):
+    return train(tmp_path_factory.mktemp("r2"), "run", "run.ray.rollout_workers=2", *ASYNC, RECOMPUTE)
 
 
 def test_staleness_per_adapter():
@@ -54,11 +60,16 @@ def test_an_asynchronous_run_is_off_policy_by_one_version(tmp_path, async_k2):
     assert [r["episode_return"] for r in a[1:]] != [r["episode_return"] for r in s[1:]]
 
 
-def test_an_asynchronous_run_resumes_exactly_with_what_it_had_in_flight(tmp_path, async_k2):
-    train(tmp_path, "r", "run.ray.rollout_workers=2", *ASYNC, iterations=2)
+@pytest.mark.parametrize("behaviour", ["sampler", "recompute"])
+def test_an_asynchronous_run_resumes_exactly_with_what_it_had_in_flight(tmp_path, behaviour, request):
+    """The collection in flight at the checkpoint is saved with its versions and the adapters that
+    sampled it (what ``recompute`` needs), and taken first on resume."""
+    whole = request.getfixturevalue("async_k2" if behaviour == "sampler" else "recompute_k2")
+    extra = [*ASYNC, f"run.ray.async.behaviour_logprobs={behaviour}"]
+    train(tmp_path, "r", "run.ray.rollout_workers=2", *extra, iterations=2)
     assert latest_checkpoint(tmp_path / "r").name == "iter-000002"
-    resumed = train(tmp_path, "r", "run.ray.rollout_workers=2", *ASYNC, iterations=4, resume=True)
-    assert_same_run(async_k2, resumed)
+    resumed = train(tmp_path, "r", "run.ray.rollout_workers=2", *extra, iterations=4, resume=True)
+    assert_same_run(whole, resumed)
     assert [r["staleness/speaker"] for r in resumed[1].rows[2:]] == [1, 1]  # the saved collection first
 
 
@@ -91,6 +102,23 @@ def test_a_worker_killed_with_collections_in_flight_is_restarted_and_they_are_co
     assert run[1].rows[-1]["rollout_restarts"] >= 1
     assert len((tmp_path / "kill" / "metrics.jsonl").read_text().splitlines()) == 4  # each logged once
     assert_same_run(async_k2, run)  # the same samples, the same adapters
+
+
+def test_the_learner_recomputes_the_behaviour_logprobs_under_the_adapters_that_sampled(
+    async_k2, recompute_k2
+):
+    """``behaviour_logprobs: recompute``: a stale agent's log-probs come from the learner's forward
+    under the adapters the trajectory was sampled with. With the HF backend they equal the
+    sampler's to rounding, so the run follows the one with the sampler's log-probs; had the
+    current adapters been used, every importance weight would be exactly 1."""
+    rows, want = recompute_k2[1].rows, async_k2[1].rows
+    assert all("time_behaviour_s" in r for r in rows)
+    for role in ROLES:
+        got = [r[f"tis_weight_mean/{role}"] for r in rows]
+        assert got == pytest.approx([r[f"tis_weight_mean/{role}"] for r in want], abs=1e-3)
+    # the old adapters, not the new ones (those give the proximal log-probs: weights of exactly 1)
+    assert max(abs(r["tis_weight_mean/listener"] - 1) for r in rows[1:]) > 1e-3
+    assert [r["episode_return"] for r in rows] == pytest.approx([r["episode_return"] for r in want], abs=0.02)
 
 
 def test_a_trajectory_more_versions_behind_than_allowed_is_dropped_and_collected_again(tmp_path):

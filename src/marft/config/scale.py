@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from marft.config.errors import _check
 
@@ -23,6 +24,10 @@ class AsyncConfig:
     max_staleness: int = 0
     """S: how many adapter versions a trajectory may lag the learner's (0: synchronous, as
     without this section)."""
+    behaviour_logprobs: Literal["sampler", "recompute"] = "sampler"
+    r"""The behaviour policy's log-probs in the importance ratio: the ``sampler``'s own (free; a
+    separate engine such as vLLM rounds differently), or ``recompute``\ d by the learner under the
+    adapters each stale agent was sampled with (one more forward per stale agent)."""
 
     def __post_init__(self) -> None:
         _check(self.max_staleness >= 0, "max_staleness", "must be >= 0 (0: synchronous rollouts)")

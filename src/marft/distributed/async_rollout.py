@@ -122,6 +122,7 @@ class AsyncRayRollout(RayRollout):
         self.adapter_versions = dict.fromkeys(initial, 0)
         self.in_flight: collections.deque[Launch] = collections.deque()
         self.stale_dropped = 0
+        self._last: Launch | None = None  # what the last collected trajectory was sampled with
 
     # ------------------------------------------------------------------ what the trainer calls
 
@@ -163,6 +164,7 @@ class AsyncRayRollout(RayRollout):
             dropped += 1
             log.warning("a trajectory %s versions behind was dropped (run.ray.async)", lag)
         self.stale_dropped += dropped
+        self._last = head
         trajectory = merge_trajectories(done.parts, [lo for lo, _ in self.slices], self.pad_id)
         trajectory.timings["worker_max"] = max(done.seconds)
         self._metrics = {
@@ -174,15 +176,29 @@ class AsyncRayRollout(RayRollout):
         }
         return trajectory
 
+    def behaviour_adapters(self) -> dict[str, dict[str, Any]]:
+        """Per adapter behind the learner's in the last collected trajectory, the weights it was
+        sampled with (:class:`~marft.rollout.sampler.StaleSampler`)."""
+        import ray
+
+        last = self._last
+        if last is None:
+            return {}
+        behind = [a for a, lag in staleness(self.adapter_versions, last.versions).items() if lag > 0]
+        return {name: ray.get(last.held[name])[name] for name in behind}
+
     def state_dict(self) -> dict[str, Any]:
         """The collector state after every collection in flight (waited for), and those
-        collections with their versions, so that a resumed run takes them first."""
+        collections with their versions and adapters, so that a resumed run takes them first."""
+        import ray
+
         for launch in self.in_flight:
             self._receive(launch)
         saved = [
             {
                 "version": launch.version,
                 "versions": dict(launch.versions),
+                "held": {name: ray.get(ref)[name] for name, ref in launch.held.items()},
                 "trajectory": merge_trajectories(
                     launch.done.parts, [lo for lo, _ in self.slices], self.pad_id
                 ),
@@ -195,6 +211,8 @@ class AsyncRayRollout(RayRollout):
         return {**join_collector_states(self.states), IN_FLIGHT: extra}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        import ray
+
         state = dict(state)
         extra = state.pop(IN_FLIGHT, None)
         super().load_state_dict(state)
@@ -204,7 +222,8 @@ class AsyncRayRollout(RayRollout):
         self.in_flight.clear()
         for saved in extra["launches"]:  # done: one merged trajectory (merging it again keeps it)
             done = Collected([saved["trajectory"]], [], [saved["seconds"]])
-            self.in_flight.append(Launch(saved["version"], saved["versions"], {}, 0, done=done))
+            held = {name: ray.put({name: t}) for name, t in saved["held"].items()}
+            self.in_flight.append(Launch(saved["version"], saved["versions"], held, 0, done=done))
 
     # ------------------------------------------------------------------ the pipeline
 

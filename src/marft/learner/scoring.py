@@ -16,6 +16,8 @@ after the last step are remembered and reused when the next trajectory starts fr
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -117,6 +119,35 @@ class Scorer:
                     if gap is not None:
                         scores.stats.logprob_gap[role] = gap
         return scores
+
+    @torch.no_grad()
+    def behaviour_logprobs(
+        self, traj: Trajectory, behaviour: Mapping[str, Mapping[str, Tensor]]
+    ) -> Trajectory:
+        """``traj`` with each agent whose adapter is in ``behaviour`` given the log-probs of its
+        sampled tokens under those weights (the adapter versions that sampled it) in place of the
+        sampler's; the model's adapters are restored after.
+
+        Args:
+            traj: a trajectory sampled (in part) with older adapters.
+            behaviour: adapter -> its PEFT tensors at the version that sampled ``traj``.
+        """
+        if not behaviour:
+            return traj
+        names = list(behaviour)
+        current = {
+            a: {k: v.clone() for k, v in t.items()} for a, t in self.model.adapter_weights(names).items()
+        }
+        agents = list(traj.agents)
+        self.model.set_adapter_weights(behaviour)
+        try:
+            for n, role in enumerate(self.model.roles):
+                if self.model.adapter_name(role) in behaviour:
+                    logprobs, _ = self._recompute(role, traj, n)
+                    agents[n] = dataclasses.replace(agents[n], logprobs=logprobs)
+        finally:
+            self.model.set_adapter_weights(current)
+        return dataclasses.replace(traj, agents=agents)
 
     # ------------------------------------------------------------------------------ base forwards
 

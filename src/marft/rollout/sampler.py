@@ -49,3 +49,16 @@ class Sampler(Protocol):
 class RemoteSampler(Sampler, WeightSync, Protocol):
     """A sampler that holds its own copy of the weights, so it also receives every update (the Ray
     rollout workers): one object stands for the collector and the backend of a one-process run."""
+
+
+@runtime_checkable
+class StaleSampler(Protocol):
+    """A sampler whose trajectories may have been sampled with older adapters than the learner's
+    (asynchronous rollouts): it tells which, so that the learner can recompute the behaviour
+    log-probs under them (``run.ray.async.behaviour_logprobs: recompute``)."""
+
+    def behaviour_adapters(self) -> dict[str, dict[str, Any]]:
+        """Per adapter behind the learner's in the last collected trajectory, the weights it was
+        sampled with (PEFT tensors by name, as ``adapter_weights`` gives them); empty when every
+        adapter in it is the learner's."""
+        ...

@@ -31,6 +31,7 @@ from marft.envs.copies import EnvCopies
 from marft.reporting.guard import guard_metrics
 from marft.reporting.metrics import MetricsSink
 from marft.reporting.trackers import RunInfo, TrackerSet, check_trackers
+from marft.rollout.sampler import StaleSampler
 from marft.rollout.stats import CollectStats
 from marft.runtime import ThreadGovernor
 from marft.trainer.checkpoint import (
@@ -162,6 +163,12 @@ class Trainer:
         self.checkpoint = ckpt
 
     @property
+    def recompute_behaviour(self) -> bool:
+        """Asynchronous rollouts whose behaviour log-probs the learner recomputes."""
+        rollouts = self.cfg.run.ray.async_
+        return rollouts.enabled and rollouts.behaviour_logprobs == "recompute"
+
+    @property
     def steps_per_rollout(self) -> int:
         """``run.steps_per_iter`` team steps, or up to ``env.horizon`` for whole-episode collection."""
         return self.cfg.env.horizon if self.parts.algorithm.episodic else self.cfg.run.steps_per_iter
@@ -205,6 +212,9 @@ class Trainer:
         meter = PhaseMeter(before_phase=self.governor.adapt if self.governor is not None else None)
         with meter.phase("collect"):
             trajectory = parts.sampler.collect(self.steps_per_rollout)
+        if self.recompute_behaviour and isinstance(parts.sampler, StaleSampler):
+            with meter.phase("behaviour"):  # the stale agents' log-probs under their sampling adapters
+                trajectory = parts.scorer.behaviour_logprobs(trajectory, parts.sampler.behaviour_adapters())
         with self.peers.bracket(trajectory, iteration, self.checkpoint, self.run_dir):
             with meter.phase("score"):
                 scores = parts.scorer.score(trajectory, learner.roles_to_train(iteration))
