@@ -92,3 +92,25 @@ def test_cli_help_documents_overrides():
     )
     assert proc.returncode == 0
     assert "--set" in proc.stdout and "--out" in proc.stdout and "metrics.jsonl" in proc.stdout
+
+
+def test_a_key_that_is_a_python_keyword_round_trips_through_config_yaml():
+    """``run.ray.async`` is the field ``async_``: YAML, overrides, errors and the saved
+    ``config.yaml`` all use ``async``."""
+    import yaml
+
+    from marft.config import Config
+    from marft.config.loading import from_dict, to_dict
+
+    asynchronous = ["run.ray.async.max_staleness=2", "run.ray.async.behaviour_logprobs=recompute"]
+    ray = ["run.ray.address=local", "algorithm.rollout_correction=tis"]
+    cfg = load_config("demo", [*ray, *asynchronous])
+    assert cfg.run.ray.async_.max_staleness == 2
+    saved = yaml.safe_load(yaml.safe_dump(to_dict(cfg)))
+    assert saved["run"]["ray"]["async"] == {"max_staleness": 2, "behaviour_logprobs": "recompute"}
+    assert "async_" not in saved["run"]["ray"]
+    assert from_dict(Config, saved) == cfg
+    with pytest.raises(ConfigError, match="run.ray.async_: unknown key \\(did you mean 'async'\\?\\)"):
+        load_config("demo", ["run.ray.async_.max_staleness=1"])
+    with pytest.raises(ConfigError, match="run.ray.async.behaviour_logprobs"):
+        load_config("demo", ["run.ray.async.behaviour_logprobs=guess"])
