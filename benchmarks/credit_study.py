@@ -15,7 +15,11 @@ one seed or more:
 Every row is evaluated greedily on the first ``--limit`` held-out problems (``--heldout``
 overrides) and compared with row 5 problem by problem (exact two-sided sign test). The folder
 layout and the cached results are ``team_vs_single.py``'s: a later full run with the same
-``--out`` and settings reuses these rows. Usage::
+``--out`` and settings reuses these rows. A row's ``done.json`` and ``eval-*.json`` are all a
+later run needs of it (row 5's checkpoint only until its ablations are evaluated, which comes
+first), so the study spans sessions and machines by their small files: copy them (not the
+checkpoints) into the repository, ``benchmarks/results/credit-study``, and back into ``--out``
+before the next run. Usage::
 
     M=$(python -c "from marft.models.smollm2 import smollm2_path; print(smollm2_path())")
     python benchmarks/credit_study.py smollm2_arith --set model.name=$M \\
@@ -61,6 +65,14 @@ def run_seed(args: argparse.Namespace, team: Config, seed: int) -> dict[str, dic
     rows = {
         "per role": {**r5, **eval_row(ev_cfg, r5["checkpoint"], root / "eval-5.json", args.limit, 1, True)}
     }
+    # Row 5's ablations right after it: once they are done its checkpoint is no longer needed, so
+    # a study carried to another machine as its small files (see the docstring) goes on from there.
+    for agent in team.team.agents:
+        out = root / f"eval-5-base-{slug(agent.role)}.json"
+        rows[f"per role, {agent.role} on the base"] = eval_row(
+            ev_cfg, r5["checkpoint"], out, args.limit, 1, True, swap_to_base=agent.role
+        )
+    rows["untrained"] = eval_row(ev_cfg, None, args.out / "eval-3.json", args.limit, 1, True)
     budget = [
         *common,
         f"run.iterations={args.team_iterations * 50}",
@@ -81,12 +93,6 @@ def run_seed(args: argparse.Namespace, team: Config, seed: int) -> dict[str, dic
             **run,
             **eval_row(cfg, run["checkpoint"], root / f"eval-{7 + i}.json", args.limit, 1, True),
         }
-    rows["untrained"] = eval_row(ev_cfg, None, args.out / "eval-3.json", args.limit, 1, True)
-    for agent in team.team.agents:
-        out = root / f"eval-5-base-{slug(agent.role)}.json"
-        rows[f"per role, {agent.role} on the base"] = eval_row(
-            ev_cfg, r5["checkpoint"], out, args.limit, 1, True, swap_to_base=agent.role
-        )
     return rows
 
 
