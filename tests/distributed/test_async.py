@@ -62,15 +62,15 @@ def test_an_asynchronous_run_is_off_policy_by_one_version(tmp_path, async_k2):
 
 @pytest.mark.parametrize("behaviour", ["sampler", "recompute"])
 def test_an_asynchronous_run_resumes_exactly_with_what_it_had_in_flight(tmp_path, behaviour, request):
-    """The collection in flight at the checkpoint is saved with its versions and the adapters that
-    sampled it (what ``recompute`` needs), and taken first on resume."""
+    """The collection in flight at the checkpoint is saved as what launches it (the env copies'
+    state before it, its versions and adapters); the resumed run collects it again first."""
     whole = request.getfixturevalue("async_k2" if behaviour == "sampler" else "recompute_k2")
     extra = [*ASYNC, f"run.ray.async.behaviour_logprobs={behaviour}"]
     train(tmp_path, "r", "run.ray.rollout_workers=2", *extra, iterations=2)
     assert latest_checkpoint(tmp_path / "r").name == "iter-000002"
     resumed = train(tmp_path, "r", "run.ray.rollout_workers=2", *extra, iterations=4, resume=True)
     assert_same_run(whole, resumed)
-    assert [r["staleness/speaker"] for r in resumed[1].rows[2:]] == [1, 1]  # the saved collection first
+    assert [r["staleness/speaker"] for r in resumed[1].rows[2:]] == [1, 1]  # the relaunched one first
 
 
 def test_a_worker_killed_with_collections_in_flight_is_restarted_and_they_are_collected_again(

@@ -21,9 +21,10 @@ clipped around it), and ``algorithm.rollout_correction: tis`` weights each advan
 truncated ratio of that proximal policy to the sampler's (behaviour) log-probs, per agent.
 
 Exactness: every collection is a pure function of its env copies' state and the adapters it was
-launched with. A checkpoint waits for the collections in flight and saves them with their versions;
-a resumed run takes them first, as the uninterrupted run would have. A worker that dies is given its
-env copies' state from before its oldest collection in flight, and every collection it had in
+launched with. A checkpoint does not wait for the collections in flight: it saves the env copies'
+state from before them and, for each, its versions and adapters; a resumed run launches them again
+and gets the same trajectories, as the uninterrupted run would have. A worker that dies is given
+its env copies' state from before its oldest collection in flight, and every collection it had in
 flight is launched again, each with the adapters it was first launched with.
 """
 
@@ -188,29 +189,27 @@ class AsyncRayRollout(RayRollout):
         return {name: ray.get(last.held[name])[name] for name in behind}
 
     def state_dict(self) -> dict[str, Any]:
-        """The collector state after every collection in flight (waited for), and those
-        collections with their versions and adapters, so that a resumed run takes them first."""
+        """The collector state before the collections in flight, and those collections as what
+        launches them again (versions, adapters, steps): a resumed run collects them again first,
+        to the same trajectories. Nothing here waits for a worker."""
         import ray
 
-        for launch in self.in_flight:
-            self._receive(launch)
         saved = [
             {
                 "version": launch.version,
                 "versions": dict(launch.versions),
                 "held": {name: ray.get(ref)[name] for name, ref in launch.held.items()},
-                "trajectory": merge_trajectories(
-                    launch.done.parts, [lo for lo, _ in self.slices], self.pad_id
-                ),
-                "seconds": max(launch.done.seconds),
+                "steps": launch.steps,
             }
             for launch in self.in_flight
-            if launch.done is not None
         ]
         extra = {"launches": saved, "adapter_versions": dict(self.adapter_versions)}
         return {**join_collector_states(self.states), IN_FLIGHT: extra}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the workers' env copies, then launch the saved collections in flight again,
+        each with the adapters it was first launched with (the trainer's sync of the current
+        adapters that follows reaches the workers after them)."""
         import ray
 
         state = dict(state)
@@ -220,10 +219,13 @@ class AsyncRayRollout(RayRollout):
             return
         self.adapter_versions.update(extra["adapter_versions"])
         self.in_flight.clear()
-        for saved in extra["launches"]:  # done: one merged trajectory (merging it again keeps it)
-            done = Collected([saved["trajectory"]], [], [saved["seconds"]])
+        for saved in extra["launches"]:
             held = {name: ray.put({name: t}) for name, t in saved["held"].items()}
-            self.in_flight.append(Launch(saved["version"], saved["versions"], held, 0, done=done))
+            launch = Launch(saved["version"], saved["versions"], held, saved["steps"])
+            for w in self.workers:
+                w.update_adapters.remote(launch.version, *held.values())
+                launch.refs.append(w.collect.remote(launch.steps, launch.version))
+            self.in_flight.append(launch)
 
     # ------------------------------------------------------------------ the pipeline
 
