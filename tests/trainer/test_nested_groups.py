@@ -76,7 +76,8 @@ def test_answer_changes_equal_a_loop_over_pairs():
                 across = (i % parent) // s != (j % parent) // s
                 counts[across][0] += int(answers[i] != answers[j])
                 counts[across][1] += 1
-        assert got[d] == pytest.approx((counts[True][0] / counts[True][1], counts[False][0] / counts[False][1]))
+        across, within = (counts[True][0] / counts[True][1], counts[False][0] / counts[False][1])
+        assert got[d] == pytest.approx((across, within))
 
 
 def test_last_answers_takes_each_rollouts_last_step():
