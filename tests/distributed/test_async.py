@@ -6,11 +6,6 @@ Runs are compared at one worker count: the correction weighs advantages by the s
 log-probs, and a worker's forward over a batch of another size rounds them differently (~1e-6),
 so, unlike synchronous runs without it, K = 1 and K = 2 agree to rounding, not bit for bit."""
 
-import os
-import signal
-import threading
-import time
-
 import pytest
 
 pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
@@ -19,7 +14,12 @@ from marft.compose import load_config  # noqa: E402
 from marft.config import ConfigError  # noqa: E402
 from marft.distributed.async_rollout import staleness  # noqa: E402
 from marft.trainer.checkpoint import latest_checkpoint  # noqa: E402
-from tests.distributed.test_ray import assert_same_run, local_ray, train  # noqa: E402, F401
+from tests.distributed.test_ray import (  # noqa: E402, F401
+    assert_same_run,
+    kill_during_third_collection,
+    local_ray,
+    train,
+)
 
 ASYNC = ["run.ray.async.max_staleness=1", "algorithm.rollout_correction=tis"]
 RECOMPUTE = "run.ray.async.behaviour_logprobs=recompute"
@@ -77,27 +77,9 @@ def test_a_worker_killed_with_collections_in_flight_is_restarted_and_they_are_co
     tmp_path, async_k2
 ):
     killed = []
-
-    def kill_during_third_collection(trainer):
-        rollout = trainer.parts.sampler
-        collect, calls = rollout.collect, []
-
-        def collect_and_kill(steps):
-            calls.append(steps)
-            if len(calls) == 3:
-                pid = rollout.worker_pids()[1]
-
-                def kill():
-                    time.sleep(0.05)
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-
-                threading.Thread(target=kill).start()
-            return collect(steps)
-
-        rollout.collect = collect_and_kill
-
-    run = train(tmp_path, "kill", "run.ray.rollout_workers=2", *ASYNC, during=kill_during_third_collection)
+    run = train(
+        tmp_path, "kill", "run.ray.rollout_workers=2", *ASYNC, during=kill_during_third_collection(killed)
+    )
     assert killed
     assert run[1].rows[-1]["rollout_restarts"] >= 1
     assert len((tmp_path / "kill" / "metrics.jsonl").read_text().splitlines()) == 4  # each logged once

@@ -83,10 +83,11 @@ def test_group_algorithms_give_the_same_run_with_two_workers(tmp_path):
     assert_same_run(one, two)
 
 
-def test_a_worker_killed_mid_collection_is_restarted_and_nothing_is_lost(tmp_path, k1_run):
-    killed = []
+def kill_during_third_collection(killed):
+    """A ``during`` hook: SIGKILL rollout worker 1 shortly after the third collection starts (its
+    pid goes into ``killed``)."""
 
-    def kill_during_third_collection(trainer):
+    def install(trainer):
         rollout = trainer.parts.sampler
         collect, calls = rollout.collect, []
 
@@ -105,7 +106,12 @@ def test_a_worker_killed_mid_collection_is_restarted_and_nothing_is_lost(tmp_pat
 
         rollout.collect = collect_and_kill
 
-    run = train(tmp_path, "kill", "run.ray.rollout_workers=2", during=kill_during_third_collection)
+    return install
+
+
+def test_a_worker_killed_mid_collection_is_restarted_and_nothing_is_lost(tmp_path, k1_run):
+    killed = []
+    run = train(tmp_path, "kill", "run.ray.rollout_workers=2", during=kill_during_third_collection(killed))
     assert killed
     restarts = [r["rollout_restarts"] for r in run[1].rows]
     assert restarts[:2] == [0, 0] and restarts[2] >= 1  # the third iteration was redone

@@ -33,7 +33,6 @@ from __future__ import annotations
 import collections
 import logging
 import pickle
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -269,27 +268,8 @@ class AsyncRayRollout(RayRollout):
         """Worker k died: wait for Ray's restart, give it its env copies' state from before its
         oldest collection in flight, and launch each of its collections in flight again with the
         adapters it was first launched with; then the current adapters."""
-        import ray
-
-        self.restarts += 1
-        self._metrics["rollout_restarts"] = float(self.restarts)
-        if self.restarts > self.cfg.run.ray.max_restarts * len(self.workers):
-            raise RuntimeError(
-                f"rollout worker {k} keeps dying ({self.restarts} restarts): {error}"
-            ) from error
-        log.warning(
-            "rollout worker %d died (%s); restarting it and redoing its collections", k, type(error).__name__
-        )
+        self._restart(k, error)
         worker = self.workers[k]
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                ray.get(worker.load_state_dict.remote(self.states[k]))
-                break
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
         for launch in self.in_flight:
             if launch.done is None:
                 worker.update_adapters.remote(launch.version, *launch.held.values())

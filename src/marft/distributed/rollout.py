@@ -214,6 +214,14 @@ class RayRollout:
         iteration and the current adapters."""
         import ray
 
+        self._restart(k, error)
+        ray.get(self.workers[k].update_weights.remote(self.version, cpu_adapters(self._weights(None))))
+
+    def _restart(self, k: int, error: Exception) -> None:
+        """Count worker k's death (too many stop the run), wait for Ray to restart it and give it
+        its env copies' state as of ``self.states``."""
+        import ray
+
         self.restarts += 1
         self._metrics["rollout_restarts"] = float(self.restarts)
         if self.restarts > self.cfg.run.ray.max_restarts * len(self.workers):
@@ -232,7 +240,6 @@ class RayRollout:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
-        ray.get(self.workers[k].update_weights.remote(self.version, cpu_adapters(self._weights(None))))
 
     def state_dict(self) -> dict[str, Any]:
         """The collector state of all env copies in env order (what one process would save)."""
